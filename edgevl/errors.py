@@ -1,0 +1,47 @@
+"""Typed errors. Each message names the thing, where it is, and how to fix it (one line)."""
+
+from __future__ import annotations
+
+
+class EdgevlError(Exception):
+    """Base of every error edgevl raises on purpose; the CLI prints it as one line and exits 2."""
+
+    exit_code = 2
+
+
+class InputError(EdgevlError, ValueError):
+    """Bad user input: a path, an option, a file that cannot be used."""
+
+
+class ModelLoadError(InputError):
+    """A model folder or weights file cannot be loaded."""
+
+
+class UnsupportedModelError(InputError):
+    """The checkpoint's architecture is not one edgevl knows how to export."""
+
+
+class UnknownNameError(InputError):
+    """A name looked up in a registry (model, target, precision) does not exist."""
+
+
+class MissingBackendError(EdgevlError, RuntimeError):
+    """An optional SDK is not installed; the message names the pip extra that installs it."""
+
+
+class ExportError(EdgevlError, RuntimeError):
+    """An exporter could not produce a valid artifact."""
+
+
+class UnfusedAttentionError(ExportError):
+    """Some attention blocks did not become one fused op on the target."""
+
+
+class ParityError(EdgevlError, RuntimeError):
+    """An artifact disagrees with the PyTorch reference beyond its tolerance."""
+
+    exit_code = 3
+
+
+class CalibrationError(InputError):
+    """A calibration set is empty, unreadable, or produced non-finite activations."""

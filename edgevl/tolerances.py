@@ -1,0 +1,48 @@
+"""The one tolerance table, keyed by (target, precision) (coremltools' compare_backend habit).
+
+Float artifacts must reproduce the reference; quantized ones are judged by cosine, SQNR and
+zero-shot agreement, never by allclose. `max_abs` None means "reported, not gated".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    cosine_min: float
+    top1_agreement: float
+    sqnr_db: Optional[float] = None
+    max_abs: Optional[float] = None
+
+
+_FP32 = Tolerance(cosine_min=0.9999, top1_agreement=1.0, sqnr_db=40.0, max_abs=1e-3)
+_HALF = Tolerance(cosine_min=0.999, top1_agreement=1.0, sqnr_db=25.0)
+_INT8 = Tolerance(cosine_min=0.99, top1_agreement=0.98, sqnr_db=15.0)
+_WEIGHT_ONLY_INT8 = Tolerance(cosine_min=0.995, top1_agreement=0.98, sqnr_db=18.0)
+_INT4 = Tolerance(cosine_min=0.98, top1_agreement=0.9, sqnr_db=10.0)
+
+TOLERANCES: dict[tuple[str, str], Tolerance] = {
+    ("onnx", "fp32"): _FP32,
+    ("onnx", "int8"): _INT8,
+    ("onnx", "int8w"): _WEIGHT_ONLY_INT8,
+    ("onnx", "int4w"): _INT4,
+    ("openvino", "fp32"): _FP32,
+    ("openvino", "fp16"): _HALF,
+    ("openvino", "bf16"): Tolerance(cosine_min=0.995, top1_agreement=1.0, sqnr_db=18.0),
+    ("openvino", "int8"): _INT8,
+    ("openvino", "int8w"): _WEIGHT_ONLY_INT8,
+    ("openvino", "int4w"): _INT4,
+}
+
+
+def tolerance_for(target: str, precision: str) -> Tolerance:
+    try:
+        return TOLERANCES[(target, precision)]
+    except KeyError:
+        raise KeyError(
+            f"no tolerance row for target {target!r} at precision {precision!r}; add one to "
+            "edgevl/tolerances.py"
+        ) from None

@@ -1,0 +1,101 @@
+"""Exporter contract: public `export()` validates and checks the SDK, private `_export()` works.
+
+An exporter turns ONE tower of a ModelSpec into ONE artifact in `out_dir` (a staging folder the
+pipeline moves into place only when everything succeeded) and reports how attention was lowered.
+Exporters know nothing of distillation or parity; runtimes know nothing of exporters.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from edgevl.errors import InputError, MissingBackendError
+from edgevl.models.spec import Component, ModelSpec
+
+ONNX_FLAVORS = ("standard", "ort")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Options every exporter receives.
+
+    Attributes:
+        precision: one of the exporter's `precisions`.
+        onnx_flavor: "standard" lowers attention to ONNX `Attention` (opset 23); "ort" to
+            `com.microsoft.MultiHeadAttention` (ONNX Runtime's contrib op).
+        allow_unfused: export even if some attention blocks did not fuse (they are still counted).
+        static_shapes: fixed sizes for dynamic axes, e.g. {"batch": 1, "seq": 77} (NPUs).
+        calibration: a calibration set for precisions that need one (int8); None = bundled samples.
+    """
+
+    precision: str = "fp32"
+    onnx_flavor: str = "standard"
+    allow_unfused: bool = False
+    static_shapes: Optional[dict[str, int]] = None
+    calibration: Any = None
+
+    def __post_init__(self) -> None:
+        if self.onnx_flavor not in ONNX_FLAVORS:
+            raise InputError(
+                f"unknown ONNX flavour {self.onnx_flavor!r}; use one of: {', '.join(ONNX_FLAVORS)}"
+            )
+
+
+@dataclass
+class ExportedArtifact:
+    """One file (plus sidecars) for one tower at one precision, and what the export did."""
+
+    target: str
+    precision: str
+    component: Component
+    path: Path  # the main file, inside the staging folder
+    files: list[Path]  # every file that belongs to the artifact (main file first)
+    fused_attention: int
+    unfused_attention: int
+    unfused_blocks: list[str] = field(default_factory=list)
+    runtime: str = ""  # the registered runtime that verifies it ("" = none can run here)
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    passes: dict[str, Any] = field(default_factory=dict)  # what each graph pass did (counts)
+    notes: list[str] = field(default_factory=list)
+
+
+class Exporter(ABC):
+    """Base of every target. Subclasses set the class attributes and implement `_export`."""
+
+    name: str = ""
+    requires: tuple[str, ...] = ()  # importable modules the SDK provides
+    extra: str = ""  # the pip extra that installs them: pip install 'edgevl[<extra>]'
+    precisions: tuple[str, ...] = ("fp32",)
+    runtime: str = ""  # the runtime that verifies this target's artifacts on this machine
+
+    def missing_modules(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def check_available(self) -> None:
+        missing = self.missing_modules()
+        if missing:
+            raise MissingBackendError(
+                f"target {self.name!r} needs {', '.join(missing)}, which is not installed; "
+                f"install it with: pip install 'edgevl[{self.extra}]'"
+            )
+
+    def export(
+        self, spec: ModelSpec, component: Component, out_dir: Path, options: ExportOptions
+    ) -> ExportedArtifact:
+        if options.precision not in self.precisions:
+            raise InputError(
+                f"target {self.name!r} does not support precision {options.precision!r}; "
+                f"choose one of: {', '.join(self.precisions)}"
+            )
+        self.check_available()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return self._export(spec, component, out_dir, options)
+
+    @abstractmethod
+    def _export(
+        self, spec: ModelSpec, component: Component, out_dir: Path, options: ExportOptions
+    ) -> ExportedArtifact: ...

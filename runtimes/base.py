@@ -1,0 +1,47 @@
+"""Runtime contract: `load(path, options)` then `run(feeds) -> outputs`, numpy in and out.
+
+One file per backend. Runtimes get a path and options, never an exporter or a ModelSpec, so the
+same code runs the artifacts inside apps on a device.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevl.errors import MissingBackendError
+
+
+class LoadedModel(ABC):
+    input_names: list[str]
+    output_names: list[str]
+
+    @abstractmethod
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class Runtime(ABC):
+    name: str = ""
+    requires: tuple[str, ...] = ()
+    extra: str = ""
+
+    def check_available(self) -> None:
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise MissingBackendError(
+                f"runtime {self.name!r} needs {', '.join(missing)}, which is not installed; "
+                f"install it with: pip install 'edgevl[{self.extra}]'"
+            )
+
+    def load(self, path: Path, options: dict[str, Any] | None = None) -> LoadedModel:
+        self.check_available()
+        if not Path(path).exists():
+            raise FileNotFoundError(f"artifact {path} does not exist")
+        return self._load(Path(path), dict(options or {}))
+
+    @abstractmethod
+    def _load(self, path: Path, options: dict[str, Any]) -> LoadedModel: ...
