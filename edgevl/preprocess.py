@@ -28,6 +28,8 @@ class PreprocessConfig:
         crop: side of the square center crop taken after resizing.
         mean, std: per-channel normalisation applied to pixels scaled to [0, 1].
         interpolation: Pillow resampling filter for the resize.
+        resize_mode: "shortest_edge" (CLIP: shorter side to `resize`, aspect kept, then crop) or
+            "squash" (SigLIP: straight to `resize` x `resize`, aspect not kept, then crop).
         context_length: token sequence length the text tower is fed (padded / truncated to it).
         text_inputs: names of the text tower's inputs, e.g. ("input_ids", "attention_mask").
     """
@@ -37,6 +39,7 @@ class PreprocessConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    resize_mode: str = "shortest_edge"
     context_length: int = 77
     text_inputs: tuple[str, ...] = ("input_ids", "attention_mask")
     pad_token_id: int = 0
@@ -47,6 +50,8 @@ class PreprocessConfig:
             raise ValueError(
                 f"interpolation {self.interpolation!r} is not supported; use one of {_INTERPOLATIONS}"
             )
+        if self.resize_mode not in ("shortest_edge", "squash"):
+            raise ValueError(f"resize_mode {self.resize_mode!r} must be 'shortest_edge' or 'squash'")
         if self.crop > self.resize or self.crop <= 0:
             raise ValueError(f"crop {self.crop} must be in 1..resize ({self.resize})")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -94,7 +99,9 @@ def preprocess_image(image: "object", config: PreprocessConfig) -> np.ndarray:
     image = image.convert("RGB")
     width, height = image.size
     # Shorter side to `resize`, longer side scaled and truncated, as torchvision's Resize(int).
-    if width <= height:
+    if config.resize_mode == "squash":
+        new_w, new_h = config.resize, config.resize
+    elif width <= height:
         new_w, new_h = config.resize, int(config.resize * height / width)
     else:
         new_w, new_h = int(config.resize * width / height), config.resize

@@ -109,3 +109,28 @@ def default_cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgevl"
     )
     return Path(root)
+
+
+def random_token_feeds(
+    n: int, context_length: int, vocab_size: int, special: dict[str, int], input_names: tuple[str, ...], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Random but well-formed token ids, for checkpoints that ship no tokenizer: `[bos] ids
+    [eos] pad...` with varied lengths, so padding and end-of-text pooling are exercised."""
+    rng = np.random.default_rng(seed)
+    bos, eos, pad = special.get("bos"), special.get("eos"), special.get("pad", 0)
+    reserved = {t for t in (bos, eos, pad) if t is not None}
+    high = min(vocab_size, eos) if eos is not None and eos > 8 else vocab_size
+    ids = np.full((n, context_length), pad, dtype=np.int64)
+    mask = np.zeros((n, context_length), dtype=np.int64)
+    for row in range(n):
+        length = int(rng.integers(max(3, context_length // 4), context_length + 1))
+        body = rng.integers(0, high, size=length)
+        body = np.where(np.isin(body, list(reserved)), (body + 1) % high, body)
+        if bos is not None:
+            body[0] = bos
+        if eos is not None:
+            body[-1] = eos
+        ids[row, :length] = body
+        mask[row, :length] = 1
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    return {name: feeds[name] for name in input_names}
