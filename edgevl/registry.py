@@ -65,7 +65,6 @@ EXPORTERS: Registry = Registry(
 RUNTIMES: Registry = Registry(
     "runtime",
     {
-        "torch": "edgevl.runtimes.torch_ref",
         "onnxruntime": "edgevl.runtimes.onnxruntime",
         "openvino": "edgevl.runtimes.openvino",
     },

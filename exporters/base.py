@@ -30,6 +30,8 @@ class ExportOptions:
         allow_unfused: export even if some attention blocks did not fuse (they are still counted).
         static_shapes: fixed sizes for dynamic axes, e.g. {"batch": 1, "seq": 77} (NPUs).
         calibration: a calibration set for precisions that need one (int8); None = bundled samples.
+        max_drop: accuracy gate for quantized precisions: the largest allowed drop of zero-shot
+            top-1 agreement (and of min cosine) against the fp32 reference on the parity set.
     """
 
     precision: str = "fp32"
@@ -37,8 +39,11 @@ class ExportOptions:
     allow_unfused: bool = False
     static_shapes: Optional[dict[str, int]] = None
     calibration: Any = None
+    max_drop: float = 0.01
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_drop < 1.0:
+            raise InputError(f"--max-drop {self.max_drop} must be in [0, 1)")
         if self.onnx_flavor not in ONNX_FLAVORS:
             raise InputError(
                 f"unknown ONNX flavour {self.onnx_flavor!r}; use one of: {', '.join(ONNX_FLAVORS)}"

@@ -99,6 +99,8 @@ def _load_model(folder: Path, model_type: str, weights: Path, is_pickle: bool):
     from edgevl.ops.attention import ATTN_IMPLEMENTATION, _register_with_transformers
 
     _register_with_transformers()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     cls = getattr(transformers, SUPPORTED[model_type])
     try:
         if is_pickle:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import TYPE_CHECKING, Callable, Literal, Optional
 
 import numpy as np
-import torch
-from torch import nn
 
 from edgevl.preprocess import PreprocessConfig
+
+if TYPE_CHECKING:  # torch stays out of `edgevl --help` and `edgevl targets`
+    import torch
+    from torch import nn
 
 Component = Literal["image", "text"]
 
@@ -42,6 +44,8 @@ class TowerSpec:
 
     def forward_numpy(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The PyTorch reference: run the tower eagerly on numpy inputs."""
+        import torch
+
         with torch.no_grad():
             tensors = {name: torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in self.input_names}
             return self.module(**tensors).float().numpy()

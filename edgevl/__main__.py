@@ -1,0 +1,4 @@
+from edgevl.cli import main
+import sys
+
+sys.exit(main())

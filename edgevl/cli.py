@@ -1,0 +1,150 @@
+"""`edgevl` command line. Nothing heavy is imported at module level: `edgevl --help` must not
+import torch (optimum CLI habit); each command imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+MODEL_HELP = {
+    "effnet-minilm": "embedded default: EfficientNet-Lite0 image tower + all-MiniLM-L6-v2 text tower, "
+    "real weights, aligned by a projection edgevl fits offline",
+    "hf-clip": "any local Hugging Face CLIPModel / SiglipModel checkpoint folder (pass its path as MODEL)",
+}
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. onnx,openvino")
+    return items
+
+
+def _static_shapes(value: str) -> dict[str, int]:
+    shapes: dict[str, int] = {}
+    for item in value.split(","):
+        name, _, size = item.partition("=")
+        if not name.strip() or not size.strip().isdigit() or int(size) < 1:
+            raise argparse.ArgumentTypeError(f"bad --static-shapes item {item!r}; use e.g. batch=1,seq=77")
+        shapes[name.strip()] = int(size)
+    return shapes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgevl",
+        description="Deploy vision-language models on device: export with fused attention, verify on real data.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    export = sub.add_parser(
+        "export",
+        help="export a model's towers to one or more targets and verify them",
+        description="Export each tower (image, text) to every target and precision, verify each artifact "
+        "against the PyTorch reference on real photos and captions, and write OUT/manifest.json. "
+        "Exit codes: 0 ok, 2 bad input, 3 parity failed.",
+    )
+    export.add_argument("model", nargs="?", default=None,
+                        help="registered model name (see `edgevl models`) or a checkpoint folder; default: effnet-minilm")
+    export.add_argument("--target", type=_csv, default=("onnx",), help="comma-separated targets (see `edgevl targets`); default: onnx")
+    export.add_argument("--precision", type=_csv, default=("fp32",), help="comma-separated precisions, e.g. fp32,int8; default: fp32")
+    export.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty unless --force)")
+    export.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    export.add_argument("--components", type=_csv, default=("image", "text"), help="towers to export; default: image,text")
+    export.add_argument("--onnx-flavor", choices=("standard", "ort"), default="standard",
+                        help="ONNX attention op: standard `Attention` (opset 23) or ORT's com.microsoft.MultiHeadAttention")
+    export.add_argument("--allow-unfused", action="store_true", help="do not fail when an attention block is not fused")
+    export.add_argument("--allow-pickle", action="store_true",
+                        help="accept a pickle checkpoint (pytorch_model.bin), loaded with torch.load(weights_only=True)")
+    export.add_argument("--static-shapes", type=_static_shapes, default=None, metavar="AXIS=N,...",
+                        help="fix dynamic axes, e.g. batch=1,seq=77 (for NPUs)")
+    export.add_argument("--calib", default=None, metavar="DATA",
+                        help="calibration data for int8: an image folder or a JSON-lines caption file; default: bundled real samples")
+    export.add_argument("--max-drop", type=float, default=0.01,
+                        help="int8 accuracy gate: largest allowed drop in top-1 agreement / cosine; default 0.01")
+    export.add_argument("--keep-failed", action="store_true", help="publish the artifacts even if parity fails (exit code stays 3)")
+    export.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    sub.add_parser("models", help="list registered models")
+    sub.add_parser("targets", help="list targets and whether their SDK is installed")
+    return parser
+
+
+def _cmd_models() -> int:
+    from edgevl.registry import MODELS
+
+    for name in MODELS.names():
+        print(f"{name:16s} {MODEL_HELP.get(name, '')}")
+    return 0
+
+
+def _cmd_targets() -> int:
+    from edgevl.registry import EXPORTERS
+
+    for name in EXPORTERS.names():
+        exporter = EXPORTERS.get(name)()
+        missing = exporter.missing_modules()
+        state = "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgevl[{exporter.extra}]'"
+        print(f"{name:10s} precisions {','.join(exporter.precisions):28s} {state}")
+    print("coreml     not implemented yet")
+    print("tensorrt   not implemented yet (TensorRT cannot be installed on these machines)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from edgevl.pipeline import ExportRequest, run_export
+    from edgevl.progress import Progress
+
+    request = ExportRequest(
+        model=args.model,
+        targets=args.target,
+        precisions=args.precision,
+        out=args.out,
+        force=args.force,
+        components=args.components,
+        onnx_flavor=args.onnx_flavor,
+        allow_unfused=args.allow_unfused,
+        allow_pickle=args.allow_pickle,
+        keep_failed=args.keep_failed,
+        static_shapes=args.static_shapes,
+        calibration=args.calib,
+        max_drop=args.max_drop,
+    )
+    outcome = run_export(request, Progress(enabled=not args.quiet))
+    for a in outcome.manifest.artifacts:
+        p = a.parity
+        figures = (
+            f"cos {p['cosine_min']:.6f} top1 {p['top1_agreement']:.3f}" if a.verified == "runtime" else "not verified"
+        )
+        print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
+              f"{a.fused_attention + a.unfused_attention}  {figures}")
+    print(f"wrote {outcome.out / 'manifest.json'}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from edgevl.errors import EdgevlError
+
+    try:
+        if args.command == "models":
+            return _cmd_models()
+        if args.command == "targets":
+            return _cmd_targets()
+        return _cmd_export(args)
+    except EdgevlError as exc:
+        print(f"edgevl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgevl: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""manifest.json: the contract users' pipelines read (schema in README.md, "Manifest")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+VERIFIED_VALUES = ("runtime", "reference-interpreter", "not-run")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class ArtifactEntry:
+    target: str
+    precision: str
+    component: str
+    path: str  # relative to the manifest's folder
+    sha256: str
+    bytes: int
+    fused_attention: int
+    unfused_attention: int
+    verified: str
+    parity: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.verified not in VERIFIED_VALUES:
+            raise ValueError(f"verified must be one of {VERIFIED_VALUES}, got {self.verified!r}")
+
+    def to_json(self) -> dict:
+        data = {
+            "target": self.target,
+            "precision": self.precision,
+            "component": self.component,
+            "path": self.path,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "fused_attention": self.fused_attention,
+            "unfused_attention": self.unfused_attention,
+            "verified": self.verified,
+            "parity": self.parity,
+        }
+        data.update(self.extra)
+        return data
+
+
+@dataclass
+class Manifest:
+    edgevl_version: str
+    model: dict[str, Any]
+    artifacts: list[ArtifactEntry] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = {
+            "edgevl_version": self.edgevl_version,
+            "model": self.model,
+            "artifacts": [a.to_json() for a in self.artifacts],
+        }
+        data.update(self.extra)
+        return data
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
+        return path
+
+    @property
+    def passed(self) -> bool:
+        return all(a.parity.get("passed", False) for a in self.artifacts if a.verified != "not-run")

@@ -1,0 +1,87 @@
+"""The parity set turned into tower inputs, and the PyTorch reference outputs on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from edgevl.models.spec import Component, ModelSpec, random_token_feeds
+from edgevl.parity import ParityResult, agreement, check_parity, zero_shot_top1
+from edgevl.preprocess import preprocess_images
+from edgevl.tolerances import Tolerance
+
+RANDOM_TEXTS = 24
+
+
+@dataclass
+class ParityData:
+    """Inputs for both towers and the reference embeddings on them.
+
+    The text feeds hold the captions first and the `n_prompts` label prompts last; zero-shot
+    agreement ranks the label prompts for every photo.
+    """
+
+    image_feeds: dict[str, np.ndarray]
+    text_feeds: dict[str, np.ndarray]
+    n_prompts: int
+    text_source: str
+    image_names: list[str]
+    reference: dict[str, np.ndarray]  # component -> embeddings
+
+    def feeds(self, component: Component) -> dict[str, np.ndarray]:
+        return self.image_feeds if component == "image" else self.text_feeds
+
+    def describe(self) -> dict:
+        return {
+            "images": len(self.image_names),
+            "texts": int(next(iter(self.text_feeds.values())).shape[0]),
+            "label_prompts": self.n_prompts,
+            "text_source": self.text_source,
+        }
+
+
+def build_parity_data(spec: ModelSpec, parity_set: Optional[object] = None) -> ParityData:
+    from edgevl.calibration.samples import bundled_parity_set
+
+    ps = parity_set or bundled_parity_set()
+    image_feeds = {"pixel_values": preprocess_images(ps.images, spec.preprocess)}
+    if spec.tokenize is not None:
+        text_feeds = spec.tokenize(ps.texts)
+        n_prompts, source = len(ps.prompts), "real captions and label prompts"
+    else:
+        # No tokenizer shipped: the text tower still runs on every code path, on random ids.
+        text_feeds = random_token_feeds(
+            RANDOM_TEXTS, spec.preprocess.context_length, spec.vocab_size or 1000,
+            spec.special_token_ids, spec.preprocess.text_inputs,
+        )
+        n_prompts, source = RANDOM_TEXTS, "random token ids (the checkpoint has no tokenizer)"
+    reference = {
+        "image": spec.image.forward_numpy(image_feeds),
+        "text": spec.text.forward_numpy(text_feeds),
+    }
+    return ParityData(image_feeds, text_feeds, n_prompts, source, list(ps.image_names), reference)
+
+
+def run_batched(run, feeds: dict[str, np.ndarray], batch: int = 16) -> np.ndarray:
+    n = next(iter(feeds.values())).shape[0]
+    outs = [run({k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
+    return np.concatenate(outs, axis=0)
+
+
+def verify_outputs(
+    data: ParityData, component: Component, candidate: np.ndarray, tolerance: Tolerance, output_name: str
+) -> ParityResult:
+    """Figures for one tower's artifact output, including zero-shot agreement against the
+    reference of the other tower."""
+    ref_images, ref_texts = data.reference["image"], data.reference["text"]
+    ref_prompts = ref_texts[-data.n_prompts :]
+    expected = zero_shot_top1(ref_images, ref_prompts)
+    top1 = None
+    if candidate.shape == data.reference[component].shape:
+        if component == "image":
+            top1 = agreement(expected, zero_shot_top1(candidate, ref_prompts))
+        else:
+            top1 = agreement(expected, zero_shot_top1(ref_images, candidate[-data.n_prompts :]))
+    return check_parity(data.reference[component], candidate, tolerance, top1, output_name)

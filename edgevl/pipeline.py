@@ -1,0 +1,210 @@
+"""`edgevl export`: model -> per-target artifacts -> parity on real data -> manifest.
+
+Data moves forward only: the pipeline loads a ModelSpec, asks each exporter for an artifact in a
+staging folder, runs it with the target's runtime (by path and name), compares with the PyTorch
+reference, writes the manifest and only then moves the folder into place.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from edgevl import __version__
+from edgevl.errors import InputError, ModelLoadError, ParityError
+from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions
+from edgevl.fsutil import check_output_dir, publish, staging_dir
+from edgevl.manifest import ArtifactEntry, Manifest, sha256_of
+from edgevl.models.spec import LoadOptions, ModelSpec
+from edgevl.progress import Progress
+from edgevl.registry import EXPORTERS, MODELS, RUNTIMES
+
+DEFAULT_MODEL = "effnet-minilm"
+COMPONENTS = ("image", "text")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything `edgevl export` was asked to do (validated by `validate`)."""
+
+    model: Optional[str]
+    targets: tuple[str, ...]
+    precisions: tuple[str, ...]
+    out: Path
+    force: bool = False
+    components: tuple[str, ...] = COMPONENTS
+    onnx_flavor: str = "standard"
+    allow_unfused: bool = False
+    allow_pickle: bool = False
+    keep_failed: bool = False
+    static_shapes: Optional[dict[str, int]] = None
+    calibration: Optional[str] = None
+    max_drop: float = 0.01
+
+
+@dataclass
+class ExportOutcome:
+    manifest: Manifest
+    out: Path
+    published: bool
+    failures: list[str] = field(default_factory=list)
+
+
+def resolve_model(name_or_path: Optional[str], options: LoadOptions) -> ModelSpec:
+    """A registered name, or a checkpoint folder (loaded by the hf-clip adapter)."""
+    if name_or_path is None:
+        return MODELS.get(DEFAULT_MODEL)(None, options)
+    if name_or_path in MODELS.names():
+        return MODELS.get(name_or_path)(None, options)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(
+            f"model {name_or_path!r} is neither a registered model ({', '.join(MODELS.names())}) "
+            "nor an existing checkpoint folder; check the path"
+        )
+    return MODELS.get("hf-clip")(str(path), options)
+
+
+def validate(request: ExportRequest) -> list[Exporter]:
+    """Check names, combinations, SDKs and the output folder before any work is done."""
+    if not request.targets:
+        raise InputError("--target is empty; choose from: " + ", ".join(EXPORTERS.names()))
+    exporters: list[Exporter] = [EXPORTERS.get(t)() for t in request.targets]
+    for precision in request.precisions:
+        unsupported = [e.name for e in exporters if precision not in e.precisions]
+        if unsupported:
+            valid = sorted({p for e in exporters for p in e.precisions})
+            raise InputError(
+                f"precision {precision!r} is not supported by target {', '.join(unsupported)}; "
+                f"choose from: {', '.join(valid)}"
+            )
+    for component in request.components:
+        if component not in COMPONENTS:
+            raise InputError(f"unknown component {component!r}; choose from: {', '.join(COMPONENTS)}")
+    check_output_dir(request.out, request.force)
+    for exporter in exporters:
+        exporter.check_available()
+    return exporters
+
+
+def _verify(
+    artifact: ExportedArtifact, data, spec: ModelSpec, progress: Progress
+) -> tuple[str, dict, list[str]]:
+    from edgevl.paritydata import run_batched, verify_outputs
+    from edgevl.tolerances import tolerance_for
+
+    if not artifact.runtime:
+        return "not-run", {"passed": None}, []
+    runtime = RUNTIMES.get(artifact.runtime)()
+    loaded = runtime.load(artifact.path, artifact.runtime_options)
+    tower = spec.tower(artifact.component)
+    output_name = loaded.output_names[0]
+    candidate = run_batched(lambda f: loaded.run(f)[output_name], data.feeds(artifact.component))
+    tolerance = tolerance_for(artifact.target, artifact.precision)
+    label = f"{artifact.target}/{artifact.precision}/{artifact.component}"
+    result = verify_outputs(data, artifact.component, candidate, tolerance, f"{label} {tower.output.name}")
+    return "runtime", result.to_json(), result.failures
+
+
+def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> ExportOutcome:
+    progress = progress or Progress()
+    exporters = validate(request)
+    cache = None
+    with progress.step(f"loading model {request.model or DEFAULT_MODEL}") as details:
+        spec = resolve_model(request.model, LoadOptions(allow_pickle=request.allow_pickle, cache_dir=cache))
+        details.append(f"{spec.params / 1e6:.1f} M params" if spec.params >= 1e5 else f"{spec.params} params")
+    for note in spec.notes:
+        progress.info(f"  note: {note}")
+    calibration = None
+    if request.calibration is not None:
+        from edgevl.calibration.datasets import load_calibration_set
+
+        calibration = load_calibration_set(request.calibration)
+    manifest = Manifest(
+        edgevl_version=__version__,
+        model={"name": spec.name, "source": spec.source, "params": spec.params},
+    )
+    failures: list[str] = []
+    with staging_dir(request.out) as stage:
+        spec.preprocess.save(stage / "preprocess.json")
+        if spec.tokenizer_files:
+            (stage / "tokenizer").mkdir()
+            for f in spec.tokenizer_files:
+                shutil.copy2(f, stage / "tokenizer" / f.name)
+        with progress.step("computing PyTorch reference on the parity set") as details:
+            from edgevl.paritydata import build_parity_data
+
+            data = build_parity_data(spec)
+            d = data.describe()
+            details.append(f"{d['images']} real images, {d['texts']} texts: {d['text_source']}")
+        manifest.extra["parity_set"] = data.describe()
+        manifest.extra["preprocess"] = "preprocess.json"
+        if spec.tokenizer_files:
+            manifest.extra["tokenizer"] = "tokenizer"
+        for exporter in exporters:
+            for precision in request.precisions:
+                options = ExportOptions(
+                    precision=precision,
+                    onnx_flavor=request.onnx_flavor,
+                    allow_unfused=request.allow_unfused,
+                    static_shapes=request.static_shapes,
+                    calibration=calibration,
+                    max_drop=request.max_drop,
+                )
+                for component in request.components:
+                    folder = stage / exporter.name / precision
+                    with progress.step(f"exporting {component} tower to {exporter.name} {precision}") as details:
+                        artifact = exporter.export(spec, component, folder, options)
+                        details.append(
+                            f"attention fused {artifact.fused_attention}, unfused {artifact.unfused_attention}"
+                        )
+                    with progress.step(f"verifying with {artifact.runtime or 'no runtime'}") as details:
+                        verified, parity, misses = _verify(artifact, data, spec, progress)
+                        if verified == "runtime":
+                            details.append(
+                                f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "
+                                f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {parity['top1_agreement']:.3f}"
+                            )
+                        else:
+                            details.append("not run: no runtime for this target on this machine")
+                    failures += misses
+                    manifest.artifacts.append(_entry(artifact, stage, verified, parity))
+        manifest.write(stage)
+        passed = not failures
+        if passed or request.keep_failed:
+            publish(stage, request.out)
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
+    outcome = ExportOutcome(manifest, request.out, passed or request.keep_failed, failures)
+    if failures:
+        where = f"artifacts kept in {request.out}" if request.keep_failed else "nothing was written"
+        raise ParityError(f"parity failed ({where}): " + "; ".join(failures))
+    return outcome
+
+
+def _entry(artifact: ExportedArtifact, stage: Path, verified: str, parity: dict) -> ArtifactEntry:
+    files = [f for f in artifact.files if f.exists()]
+    extra = {
+        "files": [str(f.relative_to(stage)) for f in files],
+        "unfused_blocks": artifact.unfused_blocks,
+        "passes": artifact.passes,
+    }
+    if artifact.runtime_options:
+        extra["runtime_options"] = artifact.runtime_options
+    if artifact.notes:
+        extra["notes"] = artifact.notes
+    return ArtifactEntry(
+        target=artifact.target,
+        precision=artifact.precision,
+        component=artifact.component,
+        path=str(artifact.path.relative_to(stage)),
+        sha256=sha256_of(artifact.path),
+        bytes=sum(f.stat().st_size for f in files),
+        fused_attention=artifact.fused_attention,
+        unfused_attention=artifact.unfused_attention,
+        verified=verified,
+        parity=parity,
+        extra=extra,
+    )
