@@ -1,0 +1,97 @@
+"""ONNX target on tiny random CLIP / SigLIP checkpoints, in both attention flavours, through the
+real CLI path: real transformers model code, real ONNX Runtime, real photos for parity."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgevl.cli import main
+from edgevl.errors import UnfusedAttentionError
+from edgevl.exporters.onnx import export_tower_onnx
+from edgevl.exporters.onnx_attention import count_fused_attention, lower_attention_to_ort_mha
+from edgevl.models.hf_clip import load_hf_clip
+from edgevl.models.spec import LoadOptions
+from edgevl.ops.attention import attention_blocks
+
+FUSED_OP = {"standard": ("", "Attention"), "ort": ("com.microsoft", "MultiHeadAttention")}
+
+
+def _ops(path: Path) -> Counter:
+    return Counter((n.domain, n.op_type) for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("flavor", ["standard", "ort"])
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_tiny_checkpoint_exports_fused_and_verified(kind, flavor, tiny_clip_dir, tiny_siglip_dir, tmp_path, capsys):
+    ckpt = tiny_clip_dir if kind == "clip" else tiny_siglip_dir
+    out = tmp_path / "out"
+    code = main(["export", str(ckpt), "--target", "onnx", "--onnx-flavor", flavor, "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec = load_hf_clip(str(ckpt), LoadOptions())
+    assert {a["component"] for a in manifest["artifacts"]} == {"image", "text"}
+    for art in manifest["artifacts"]:
+        blocks = len(attention_blocks(spec.tower(art["component"]).module))
+        # CLIP: 2 blocks per tower; SigLIP's vision tower adds its attention-pooling head.
+        assert blocks == (3 if (kind, art["component"]) == ("siglip", "image") else 2)
+        assert art["fused_attention"] == blocks and art["unfused_attention"] == 0
+        ops = _ops(out / art["path"])
+        assert ops[FUSED_OP[flavor]] == blocks
+        assert ops[("", "Softmax")] == 0, "a decomposed attention would leave a Softmax behind"
+        assert art["verified"] == "runtime"
+        parity = art["parity"]
+        assert parity["passed"] and parity["cosine_min"] >= 0.9999 and parity["top1_agreement"] == 1.0
+        assert parity["n_samples"] == (57 if art["component"] == "image" else 24)
+    assert manifest["parity_set"]["text_source"].startswith("random token ids")
+    pre = json.loads((out / "preprocess.json").read_text())
+    assert pre["crop"] == 32 and pre["resize_mode"] == ("squash" if kind == "siglip" else "shortest_edge")
+
+
+def test_dynamic_batch_and_sequence(tiny_clip_dir, tmp_path):
+    import onnxruntime as ort
+
+    spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
+    path = tmp_path / "text.onnx"
+    export_tower_onnx(spec.text, path)
+    session = ort.InferenceSession(str(path))
+    from edgevl.models.spec import random_token_feeds
+
+    for batch, seq in [(1, 5), (3, 16)]:
+        feeds = random_token_feeds(batch, seq, 99, spec.special_token_ids, ("input_ids", "attention_mask"), seed=batch)
+        got = session.run(None, feeds)[0]
+        np.testing.assert_allclose(got, spec.text.forward_numpy(feeds), atol=1e-5)
+
+
+def test_unrouted_attention_block_fails_with_its_name(tiny_clip_dir, tmp_path):
+    spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
+    # One block left on transformers' eager path (matmul + softmax): the realistic miss.
+    attn = spec.image.module.vision_model.encoder.layers[1].self_attn
+    attn.config = copy.copy(attn.config)
+    attn.config._attn_implementation = "eager"
+    with pytest.raises(UnfusedAttentionError, match=r"vision_model\.encoder\.layers\.1\.self_attn"):
+        export_tower_onnx(spec.image, tmp_path / "image.onnx")
+    assert not (tmp_path / "image.onnx").exists()
+    report = export_tower_onnx(spec.image, tmp_path / "image.onnx", allow_unfused=True)
+    assert (report.fused, report.unfused) == (1, 1)
+    assert report.unfused_blocks == ["vision_model.encoder.layers.1.self_attn"]
+
+
+def test_ort_pass_reports_its_count_and_leaves_other_nodes(tiny_siglip_dir, tmp_path):
+    spec = load_hf_clip(str(tiny_siglip_dir), LoadOptions())
+    path = tmp_path / "image.onnx"
+    export_tower_onnx(spec.image, path)
+    model = onnx.load(str(path))
+    before = Counter(n.op_type for n in model.graph.node)
+    assert lower_attention_to_ort_mha(model) == 3
+    assert count_fused_attention(model) == 3
+    after = Counter(n.op_type for n in model.graph.node)
+    assert after["Attention"] == 0 and after["MultiHeadAttention"] == 3
+    assert after["MatMul"] == before["MatMul"]
+    assert lower_attention_to_ort_mha(model) == 0  # nothing left to rewrite

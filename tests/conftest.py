@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random CLIP / SigLIP checkpoints saved with transformers' own
+`save_pretrained`, so the real loading path (config.json + model.safetensors) is exercised."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=16)
+VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+              image_size=32, patch_size=8)
+
+
+def make_tiny_checkpoint(kind: str, folder: Path) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    torch.manual_seed(0)
+    if kind == "clip":
+        text = dict(TEXT, bos_token_id=97, eos_token_id=98, pad_token_id=1)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=VISION, projection_dim=24))
+    elif kind == "siglip":
+        model = SiglipModel(SiglipConfig(text_config=TEXT, vision_config=VISION))
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint("clip", tmp_path_factory.mktemp("ckpt") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint("siglip", tmp_path_factory.mktemp("ckpt") / "tiny-siglip")
