@@ -52,19 +52,24 @@ class ExportOutcome:
     failures: list[str] = field(default_factory=list)
 
 
+def check_model_name(name_or_path: Optional[str]) -> None:
+    if name_or_path is None or name_or_path in MODELS.names():
+        return
+    if not Path(name_or_path).expanduser().exists():
+        raise ModelLoadError(
+            f"model path {name_or_path} does not exist and is not a registered model "
+            f"({', '.join(MODELS.names())}); check the path"
+        )
+
+
 def resolve_model(name_or_path: Optional[str], options: LoadOptions) -> ModelSpec:
     """A registered name, or a checkpoint folder (loaded by the hf-clip adapter)."""
+    check_model_name(name_or_path)
     if name_or_path is None:
         return MODELS.get(DEFAULT_MODEL)(None, options)
     if name_or_path in MODELS.names():
         return MODELS.get(name_or_path)(None, options)
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        raise ModelLoadError(
-            f"model {name_or_path!r} is neither a registered model ({', '.join(MODELS.names())}) "
-            "nor an existing checkpoint folder; check the path"
-        )
-    return MODELS.get("hf-clip")(str(path), options)
+    return MODELS.get("hf-clip")(str(Path(name_or_path).expanduser()), options)
 
 
 def validate(request: ExportRequest) -> list[Exporter]:
@@ -83,6 +88,7 @@ def validate(request: ExportRequest) -> list[Exporter]:
     for component in request.components:
         if component not in COMPONENTS:
             raise InputError(f"unknown component {component!r}; choose from: {', '.join(COMPONENTS)}")
+    check_model_name(request.model)
     check_output_dir(request.out, request.force)
     for exporter in exporters:
         exporter.check_available()
