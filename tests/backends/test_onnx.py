@@ -4,6 +4,7 @@ real CLI path: real transformers model code, real ONNX Runtime, real photos for 
 from __future__ import annotations
 
 import copy
+import shutil
 import json
 from collections import Counter
 from pathlib import Path
@@ -95,3 +96,29 @@ def test_ort_pass_reports_its_count_and_leaves_other_nodes(tiny_siglip_dir, tmp_
     assert after["Attention"] == 0 and after["MultiHeadAttention"] == 3
     assert after["MatMul"] == before["MatMul"]
     assert lower_attention_to_ort_mha(model) == 0  # nothing left to rewrite
+
+
+def test_checkpoint_with_tokenizer_is_verified_on_real_captions(tiny_clip_dir, tmp_path):
+    """A checkpoint that ships tokenizer.json: its files travel with the export and text parity
+    runs on the real captions and label prompts, tokenised without torch."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from edgevl.calibration.samples import bundled_parity_set
+
+    ckpt = tmp_path / "with-tokenizer"
+    shutil.copytree(tiny_clip_dir, ckpt)
+    words = sorted({w for t in bundled_parity_set().texts for w in t.lower().replace(".", " ").split()})
+    vocab = {"<unk>": 0, "<pad>": 1, **{w: i + 2 for i, w in enumerate(words[:90])}}
+    vocab.update({"<bos>": 97, "<eos>": 98})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 97), ("<eos>", 98)])
+    tok.save(str(ckpt / "tokenizer.json"))
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>"}))
+    out = tmp_path / "out"
+    assert main(["export", str(ckpt), "--components", "text", "--out", str(out), "-q"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parity_set"]["text_source"] == "real captions and label prompts"
+    assert manifest["artifacts"][0]["parity"]["n_samples"] == len(bundled_parity_set().texts)
+    assert sorted(p.name for p in (out / "tokenizer").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert json.loads((out / "preprocess.json").read_text())["pad_token_id"] == 1
