@@ -16,8 +16,9 @@ class, over 1000 classes x 8 prompt templates. Lambda is chosen by leaving one t
 time (fit on 7 templates' 7,000 prompts, retrieve the class of each of the 8th's 1,000 prompts by
 its dot product with the 1000 normalised class rows). Measured here (2 shared cores): held-out
 top-1 class retrieval 99.75 % for lambda 0.001, 0.01 and 0.1 (ties go to the larger: 0.1),
-99.56 % for 1.0, 98.13 % for 10.0. The one-time fit takes 25-30 s, nearly all of it encoding the
-8,000 prompts; a cached load takes about 6 s.
+99.56 % for 1.0, 98.13 % for 10.0. The one-time fit takes about 25 s on 2 idle cores (60-120 s
+when other jobs share them), nearly all of it encoding the 8,000 prompts; the ridge solves and the
+40 held-out evaluations take about 1 s. A cached load takes about 6 s.
 
 Limits: the image space is an ImageNet classifier's, so zero-shot works for things that resemble
 ImageNet classes (animals, objects, food, vehicles) and is weak for scenes, people and abstract
@@ -85,9 +86,11 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
     "a picture of a {}.",
 )
 # Ridge penalties tried; the one with the best held-out accuracy wins (ties: the larger one).
+# Measured leave-one-template-out accuracy: 99.75 % (1e-3, 1e-2, 1e-1 -> 0.1 chosen), 99.56 % (1),
+# 98.13 % (10).
 _LAMBDAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 # Bump when the fit procedure changes, so old caches are not reused.
-_FIT_VERSION = 1
+_FIT_VERSION = 2
 _ENCODE_BATCH = 250
 
 _DATA = Path(__file__).with_name("data")
@@ -243,17 +246,22 @@ def _heldout_accuracy(x: np.ndarray, targets: np.ndarray, lambdas: Sequence[floa
 
 
 def _encode_prompts(tower: MiniLMTextTower, tokenize: "object", prompts: Sequence[str]) -> np.ndarray:
-    chunks = []
+    """Sentence embeddings [n, 384] (float64) of `prompts`, in their order."""
+    feeds = tokenize(list(prompts))
+    lengths = feeds["attention_mask"].sum(1)
+    # Encode in order of token count and trim each batch to its longest prompt: masked mean
+    # pooling ignores padding columns, and this cuts the work ~1/3 (mean batch width 10.7 tokens
+    # instead of 15.4 in prompt order, 32 padded). A stable sort keeps the result deterministic.
+    order = np.argsort(lengths, kind="stable")
+    out = np.empty((len(prompts), TEXT_DIM), dtype=np.float64)
     with torch.no_grad():
         for start in range(0, len(prompts), _ENCODE_BATCH):
-            feeds = tokenize(list(prompts[start : start + _ENCODE_BATCH]))
-            # Trim the padding columns no prompt of the batch uses: masked mean pooling ignores
-            # them, and prompts are ~half the context length, so this halves the encoding time.
-            used = max(int(feeds["attention_mask"].sum(1).max()), 1)
-            ids = torch.from_numpy(np.ascontiguousarray(feeds["input_ids"][:, :used]))
-            mask = torch.from_numpy(np.ascontiguousarray(feeds["attention_mask"][:, :used]))
-            chunks.append(tower.sentence_embedding(ids, mask).double().numpy())
-    return np.concatenate(chunks)
+            rows = order[start : start + _ENCODE_BATCH]
+            used = max(int(lengths[rows].max()), 1)
+            ids = torch.from_numpy(np.ascontiguousarray(feeds["input_ids"][rows, :used]))
+            mask = torch.from_numpy(np.ascontiguousarray(feeds["attention_mask"][rows, :used]))
+            out[rows] = tower.sentence_embedding(ids, mask).double().numpy()
+    return out
 
 
 def fit_text_projection(

