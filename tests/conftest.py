@@ -33,6 +33,20 @@ def make_tiny_checkpoint(kind: str, folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def edgevl_cache(tmp_path_factory) -> Path:
+    """A cache private to this test run (hermetic: the user's ~/.cache/edgevl is never read), shared
+    by every test so the default model's projection is fitted once per run."""
+    cache = tmp_path_factory.mktemp("edgevl-cache")
+    previous = os.environ.get("EDGEVL_CACHE")
+    os.environ["EDGEVL_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("EDGEVL_CACHE", None)
+    else:
+        os.environ["EDGEVL_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     return make_tiny_checkpoint("clip", tmp_path_factory.mktemp("ckpt") / "tiny-clip")

@@ -14,14 +14,16 @@ from edgevl.errors import InputError
 from edgevl.models.spec import LoadOptions
 from edgevl.preprocess import preprocess_images
 
-effnet_minilm = pytest.importorskip("edgevl.models.effnet_minilm")
+from edgevl.models import effnet_minilm
+from edgevl.models.spec import default_cache_dir
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("edgevl-cache")
-    spec = effnet_minilm.load_effnet_minilm(None, LoadOptions(cache_dir=cache))
-    return spec, cache
+def loaded():
+    # The session's cache (tests/conftest.py): the projection is fitted once per test run and the
+    # end-to-end export tests reuse it.
+    spec = effnet_minilm.load_effnet_minilm(None, LoadOptions())
+    return spec, default_cache_dir()
 
 
 @pytest.fixture(scope="module")
