@@ -226,13 +226,16 @@ def _ensure_opset(model: "object") -> None:
 
 
 def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["object", dict]:
-    """SmoothQuant: for each activation tensor t with factors s (per input channel), divide t by s
-    where it is produced and multiply the consuming weights' rows by s (the product is unchanged,
-    the activation's outlier channels shrink). Only folds where the producer is a
-    LayerNormalization (gamma, beta divided by s) and EVERY consumer is a constant-weight MatMul;
-    anything else is left alone and reported."""
+    """SmoothQuant: for each activation tensor t with per-input-channel factors s, the consuming
+    MatMuls see t / s and their weight rows are multiplied by s (the product is unchanged, the
+    outlier channels of t shrink, the weights take them on per output channel).
+
+    Where t is produced by a LayerNormalization whose every consumer is a constant-weight MatMul
+    (pre-LN transformers) the 1/s folds into its gamma and beta for free. Otherwise (post-LN BERT,
+    where t also feeds the residual Add) one `Mul(t, 1/s)` is inserted on the MatMul branch only.
+    """
     onnx = _onnx()
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     inits = _initializers(model)
@@ -241,28 +244,47 @@ def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["obj
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    folded, skipped = [], {}
+    folded, inserted, skipped = [], [], {}
+    before: dict[str, list] = {}
     for tensor, s in smooth.items():
         s = np.asarray(s, np.float32)
         prod = producers.get(tensor)
         users = consumers.get(tensor, [])
-        if prod is None or prod.op_type != "LayerNormalization" or len(prod.input) < 3:
-            skipped[tensor] = "producer is not a LayerNormalization with scale and bias"
+        linear = [u for u in users if u.op_type == "MatMul" and u.input[0] == tensor and u.input[1] in inits]
+        if not linear:
+            skipped[tensor] = "no constant-weight MatMul consumes it"
             continue
-        if not users or any(u.op_type != "MatMul" or u.input[1] not in inits or u.input[0] != tensor for u in users):
-            skipped[tensor] = "a consumer is not a constant-weight MatMul"
-            continue
-        if prod.input[1] not in inits or prod.input[2] not in inits:
-            skipped[tensor] = "LayerNormalization scale/bias are not constants"
-            continue
-        for idx in (1, 2):
-            arr = numpy_helper.to_array(inits[prod.input[idx]]).astype(np.float32) / s
-            inits[prod.input[idx]].CopyFrom(numpy_helper.from_array(arr, prod.input[idx]))
-        for u in users:
+        for u in linear:
             w = numpy_helper.to_array(inits[u.input[1]]).astype(np.float32) * s[:, None]
             inits[u.input[1]].CopyFrom(numpy_helper.from_array(w, u.input[1]))
-        folded.append(tensor)
-    return model, {"smoothquant_folded": len(folded), "smoothquant_skipped": skipped}
+        foldable = (
+            prod is not None
+            and prod.op_type == "LayerNormalization"
+            and len(prod.input) >= 3
+            and prod.input[1] in inits
+            and prod.input[2] in inits
+            and len(linear) == len(users)
+        )
+        if foldable:
+            for idx in (1, 2):
+                arr = numpy_helper.to_array(inits[prod.input[idx]]).astype(np.float32) / s
+                inits[prod.input[idx]].CopyFrom(numpy_helper.from_array(arr, prod.input[idx]))
+            folded.append(tensor)
+            continue
+        inv, out = f"{tensor}_smooth_inv", f"{tensor}_smoothed"
+        model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
+        before.setdefault(linear[0].name, []).append(helper.make_node("Mul", [tensor, inv], [out], name=f"{tensor}_smooth"))
+        for u in linear:
+            u.input[0] = out
+        inserted.append(tensor)
+    if before:
+        nodes = []
+        for n in model.graph.node:
+            nodes.extend(before.get(n.name, []))
+            nodes.append(n)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return model, {"smoothquant_folded": len(folded), "smoothquant_mul": len(inserted), "smoothquant_skipped": skipped}
 
 
 def weight_only_nbits(
