@@ -123,10 +123,11 @@ class HistogramObserver(Observer):
 
     def _update(self, x: np.ndarray) -> None:
         lo, hi = self.min, self.max
-        if hi <= lo:
-            hi = lo + 1e-8
+        if hi - lo < 1e-3 * max(1.0, abs(lo)):
+            # Constant data so far: give the grid a finite width around it.
+            hi = lo + 1e-3 * max(1.0, abs(lo))
         if self.hist is None:
-            self.hist, self.edges = np.histogram(x, bins=self.bins, range=(lo, hi))
+            self.hist, self.edges = np.histogram(x.astype(np.float64), bins=self.bins, range=(lo, hi))
             self.hist = self.hist.astype(np.float64)
             return
         if lo < self.edges[0] or hi > self.edges[-1]:
