@@ -68,6 +68,19 @@ class ExportedArtifact:
     notes: list[str] = field(default_factory=list)
 
 
+def check_static_shapes(tower: "object", static_shapes: Optional[dict[str, int]]) -> None:
+    """Every name in --static-shapes must be one of the tower's dynamic axes."""
+    if not static_shapes:
+        return
+    axes = {d for sig in tower.inputs for d in sig.shape if isinstance(d, str)}
+    unknown = sorted(set(static_shapes) - axes)
+    if unknown:
+        raise InputError(
+            f"--static-shapes names unknown axis {', '.join(unknown)} for the {tower.component} tower; "
+            f"its dynamic axes are: {', '.join(sorted(axes))}"
+        )
+
+
 class Exporter(ABC):
     """Base of every target. Subclasses set the class attributes and implement `_export`."""
 

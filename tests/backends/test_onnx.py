@@ -122,3 +122,15 @@ def test_checkpoint_with_tokenizer_is_verified_on_real_captions(tiny_clip_dir, t
     assert manifest["artifacts"][0]["parity"]["n_samples"] == len(bundled_parity_set().texts)
     assert sorted(p.name for p in (out / "tokenizer").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
     assert json.loads((out / "preprocess.json").read_text())["pad_token_id"] == 1
+
+
+def test_static_shapes_fix_the_named_axes(tiny_clip_dir, tmp_path):
+    from edgevl.errors import InputError
+
+    spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
+    path = tmp_path / "text.onnx"
+    export_tower_onnx(spec.text, path, static_shapes={"batch": 1, "seq": 16})
+    dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load(str(path)).graph.input}
+    assert dims == {"input_ids": [1, 16], "attention_mask": [1, 16]}
+    with pytest.raises(InputError, match="unknown axis sequence.*batch, seq"):
+        export_tower_onnx(spec.text, path, static_shapes={"sequence": 77})
