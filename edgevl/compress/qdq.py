@@ -84,7 +84,9 @@ def normalize_gemm(model: "object") -> int:
             inits[node.input[1]].CopyFrom(replacement)
         has_bias = len(node.input) > 2 and node.input[2]
         mm_out = node.output[0] + "_mm" if has_bias else node.output[0]
-        new_nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [mm_out], name=node.name))
+        matmul = helper.make_node("MatMul", [node.input[0], node.input[1]], [mm_out], name=node.name)
+        matmul.metadata_props.extend(node.metadata_props)  # keeps the module path for reports
+        new_nodes.append(matmul)
         if has_bias:
             new_nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_bias"))
         count += 1

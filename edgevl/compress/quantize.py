@@ -126,7 +126,7 @@ PRECISION_CONFIGS: dict[str, Callable[[], QuantConfig]] = {
 
 
 def config_to_json(config: QuantConfig) -> dict:
-    data = asdict(config)
+    data = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as the JSON reads back
     data["type"] = type(config).__name__
     return data
 
@@ -181,7 +181,8 @@ def layer_paths(model: "object") -> dict[str, str]:
                 except ValueError:
                     scopes = []
                 if scopes:
-                    paths[node.name] = ".".join(scopes[:-1]) or scopes[-1]
+                    # Each scope is a full module path; the last one is the aten op itself.
+                    paths[node.name] = scopes[-2] if len(scopes) > 1 else scopes[-1]
     return paths
 
 
