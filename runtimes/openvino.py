@@ -23,6 +23,13 @@ from edgevl.runtimes.base import LoadedModel, Runtime
 _NUMPY = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32, "boolean": np.bool_}
 
 
+def _name(port: Any) -> str:
+    names = port.get_names()
+    # The exporter sets exactly one name; for other IRs prefer a readable one.
+    readable = sorted(n for n in names if not n.isdigit())
+    return (readable or sorted(names) or [port.get_node().get_friendly_name()])[0]
+
+
 class _OvModel(LoadedModel):
     def __init__(self, path: Path, options: dict[str, Any]) -> None:
         import openvino as ov
@@ -38,14 +45,17 @@ class _OvModel(LoadedModel):
             if key.isupper() and value is not None:
                 config[key] = value
         core = ov.Core()
-        self._compiled = core.compile_model(str(path), device, config)
-        self._request = self._compiled.create_infer_request()
-        self.input_names = [port.get_any_name() for port in self._compiled.inputs]
-        self.output_names = [port.get_any_name() for port in self._compiled.outputs]
+        model = core.read_model(str(path))
+        # Names come from the IR: the CPU plugin's graph transformations can merge other tensor
+        # names ("34", "input_ids_1") into the compiled ports, and get_any_name() may pick those.
+        self.input_names = [_name(port) for port in model.inputs]
+        self.output_names = [_name(port) for port in model.outputs]
         self._dtypes = {
-            port.get_any_name(): _NUMPY.get(port.get_element_type().get_type_name())
-            for port in self._compiled.inputs
+            name: _NUMPY.get(port.get_element_type().get_type_name())
+            for name, port in zip(self.input_names, model.inputs)
         }
+        self._compiled = core.compile_model(model, device, config)
+        self._request = self._compiled.create_infer_request()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
@@ -61,7 +71,7 @@ class _OvModel(LoadedModel):
             if want is not None and value.dtype != want:
                 value = value.astype(want)
             inputs[name] = np.ascontiguousarray(value)
-        results = self._request.infer(inputs)
+        results = self._request.infer([inputs[name] for name in self.input_names])
         return {
             name: np.array(results[port], copy=True)
             for name, port in zip(self.output_names, self._compiled.outputs)
