@@ -42,7 +42,12 @@ class ParityData:
         }
 
 
-def build_parity_data(spec: ModelSpec, parity_set: Optional[object] = None) -> ParityData:
+def build_parity_data(
+    spec: ModelSpec, parity_set: Optional[object] = None, static_seq: Optional[int] = None
+) -> ParityData:
+    """Preprocess the parity set and run the reference on it. With `static_seq` (an artifact
+    exported with a fixed sequence length) texts are padded or cut to that length first, so the
+    reference sees exactly what the artifact sees."""
     from edgevl.calibration.samples import bundled_parity_set
 
     ps = parity_set or bundled_parity_set()
@@ -57,6 +62,10 @@ def build_parity_data(spec: ModelSpec, parity_set: Optional[object] = None) -> P
             spec.special_token_ids, spec.preprocess.text_inputs,
         )
         n_prompts, source = RANDOM_TEXTS, "random token ids (the checkpoint has no tokenizer)"
+    if static_seq is not None:
+        pad = spec.preprocess.pad_token_id
+        text_feeds = {name: _fit_length(v, static_seq, pad if name == "input_ids" else 0)
+                      for name, v in text_feeds.items()}
     reference = {
         "image": spec.image.forward_numpy(image_feeds),
         "text": spec.text.forward_numpy(text_feeds),
@@ -64,9 +73,24 @@ def build_parity_data(spec: ModelSpec, parity_set: Optional[object] = None) -> P
     return ParityData(image_feeds, text_feeds, n_prompts, source, list(ps.image_names), reference)
 
 
+def _fit_length(values: np.ndarray, seq: int, pad: int) -> np.ndarray:
+    if values.shape[1] >= seq:
+        return np.ascontiguousarray(values[:, :seq])
+    extra = np.full((values.shape[0], seq - values.shape[1]), pad, dtype=values.dtype)
+    return np.concatenate([values, extra], axis=1)
+
+
 def run_batched(run, feeds: dict[str, np.ndarray], batch: int = 16) -> np.ndarray:
+    """Run in chunks of exactly `batch` rows (a static-batch artifact takes no other size): the
+    last chunk is filled up by repeating its last row, and the filler outputs are dropped."""
     n = next(iter(feeds.values())).shape[0]
-    outs = [run({k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
+    outs = []
+    for i in range(0, n, batch):
+        chunk = {k: v[i : i + batch] for k, v in feeds.items()}
+        rows = next(iter(chunk.values())).shape[0]
+        if rows < batch:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], batch - rows, axis=0)]) for k, v in chunk.items()}
+        outs.append(run(chunk)[:rows])
     return np.concatenate(outs, axis=0)
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 from edgevl import __version__
 from edgevl.errors import InputError, ModelLoadError, ParityError
-from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions
+from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, check_static_shapes
 from edgevl.fsutil import check_output_dir, publish, staging_dir
 from edgevl.manifest import ArtifactEntry, Manifest, sha256_of
 from edgevl.models.spec import LoadOptions, ModelSpec
@@ -96,7 +96,7 @@ def validate(request: ExportRequest) -> list[Exporter]:
 
 
 def _verify(
-    artifact: ExportedArtifact, data, spec: ModelSpec, progress: Progress
+    artifact: ExportedArtifact, data, spec: ModelSpec, static_shapes: Optional[dict[str, int]]
 ) -> tuple[str, dict, list[str]]:
     from edgevl.paritydata import run_batched, verify_outputs
     from edgevl.tolerances import tolerance_for
@@ -107,7 +107,8 @@ def _verify(
     loaded = runtime.load(artifact.path, artifact.runtime_options)
     tower = spec.tower(artifact.component)
     output_name = loaded.output_names[0]
-    candidate = run_batched(lambda f: loaded.run(f)[output_name], data.feeds(artifact.component))
+    batch = (static_shapes or {}).get("batch", 16)
+    candidate = run_batched(lambda f: loaded.run(f)[output_name], data.feeds(artifact.component), batch)
     tolerance = tolerance_for(artifact.target, artifact.precision)
     label = f"{artifact.target}/{artifact.precision}/{artifact.component}"
     result = verify_outputs(data, artifact.component, candidate, tolerance, f"{label} {tower.output.name}")
@@ -121,6 +122,7 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
     with progress.step(f"loading model {request.model or DEFAULT_MODEL}") as details:
         spec = resolve_model(request.model, LoadOptions(allow_pickle=request.allow_pickle, cache_dir=cache))
         details.append(f"{spec.params / 1e6:.1f} M params" if spec.params >= 1e5 else f"{spec.params} params")
+    check_static_shapes([spec.tower(c) for c in request.components], request.static_shapes)
     for note in spec.notes:
         progress.info(f"  note: {note}")
     calibration = None
@@ -142,7 +144,7 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
         with progress.step("computing PyTorch reference on the parity set") as details:
             from edgevl.paritydata import build_parity_data
 
-            data = build_parity_data(spec)
+            data = build_parity_data(spec, static_seq=(request.static_shapes or {}).get("seq"))
             d = data.describe()
             details.append(f"{d['images']} real images, {d['texts']} texts: {d['text_source']}")
         manifest.extra["parity_set"] = data.describe()
@@ -167,7 +169,7 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
                             f"attention fused {artifact.fused_attention}, unfused {artifact.unfused_attention}"
                         )
                     with progress.step(f"verifying with {artifact.runtime or 'no runtime'}") as details:
-                        verified, parity, misses = _verify(artifact, data, spec, progress)
+                        verified, parity, misses = _verify(artifact, data, spec, request.static_shapes)
                         if verified == "runtime":
                             details.append(
                                 f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "

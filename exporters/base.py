@@ -68,16 +68,17 @@ class ExportedArtifact:
     notes: list[str] = field(default_factory=list)
 
 
-def check_static_shapes(tower: "object", static_shapes: Optional[dict[str, int]]) -> None:
-    """Every name in --static-shapes must be one of the tower's dynamic axes."""
+def check_static_shapes(towers: list, static_shapes: Optional[dict[str, int]]) -> None:
+    """Every name in --static-shapes must be a dynamic axis of at least one exported tower (an
+    axis a tower lacks, e.g. `seq` for the image tower, simply does not apply to it)."""
     if not static_shapes:
         return
-    axes = {d for sig in tower.inputs for d in sig.shape if isinstance(d, str)}
+    axes = {d for tower in towers for sig in tower.inputs for d in sig.shape if isinstance(d, str)}
     unknown = sorted(set(static_shapes) - axes)
     if unknown:
         raise InputError(
-            f"--static-shapes names unknown axis {', '.join(unknown)} for the {tower.component} tower; "
-            f"its dynamic axes are: {', '.join(sorted(axes))}"
+            f"--static-shapes names unknown axis {', '.join(unknown)}; "
+            f"the model's dynamic axes are: {', '.join(sorted(axes))}"
         )
 
 

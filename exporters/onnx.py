@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgevl.errors import ExportError, UnfusedAttentionError
-from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, check_static_shapes
+from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions
 from edgevl.models.spec import Component, ModelSpec, TowerSpec
 from edgevl.registry import register_exporter
 
@@ -114,7 +114,6 @@ def export_tower_onnx(
     from edgevl.exporters.onnx_attention import count_fused_attention, lower_attention_to_ort_mha
     from edgevl.ops.attention import attention_blocks, unrouted_blocks
 
-    check_static_shapes(tower, static_shapes)
     module = tower.module.eval()
     inputs = _example_inputs(tower, static_shapes)
     blocks = attention_blocks(module)

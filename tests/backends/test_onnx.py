@@ -124,13 +124,18 @@ def test_checkpoint_with_tokenizer_is_verified_on_real_captions(tiny_clip_dir, t
     assert json.loads((out / "preprocess.json").read_text())["pad_token_id"] == 1
 
 
-def test_static_shapes_fix_the_named_axes(tiny_clip_dir, tmp_path):
-    from edgevl.errors import InputError
-
-    spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
-    path = tmp_path / "text.onnx"
-    export_tower_onnx(spec.text, path, static_shapes={"batch": 1, "seq": 16})
-    dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load(str(path)).graph.input}
-    assert dims == {"input_ids": [1, 16], "attention_mask": [1, 16]}
-    with pytest.raises(InputError, match="unknown axis sequence.*batch, seq"):
-        export_tower_onnx(spec.text, path, static_shapes={"sequence": 77})
+def test_static_shapes_fix_the_named_axes_and_are_verified(tiny_clip_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["export", str(tiny_clip_dir), "--static-shapes", "batch=4,seq=12", "--out", str(out), "-q"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    inputs = {}
+    for art in manifest["artifacts"]:
+        assert art["parity"]["passed"]
+        for i in onnx.load(str(out / art["path"])).graph.input:
+            inputs[i.name] = [d.dim_value for d in i.type.tensor_type.shape.dim]
+    assert inputs == {"pixel_values": [4, 3, 32, 32], "input_ids": [4, 12], "attention_mask": [4, 12]}
+    capsys.readouterr()
+    assert main(["export", str(tiny_clip_dir), "--static-shapes", "sequence=77", "--out", str(tmp_path / "o2"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown axis sequence; the model's dynamic axes are: batch, seq" in err
+    assert not (tmp_path / "o2").exists()
