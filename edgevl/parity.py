@@ -25,6 +25,7 @@ class ParityResult:
     top1_agreement: Optional[float]
     n_samples: int
     failures: list[str] = field(default_factory=list)
+    top1_agreement_strict: Optional[float] = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -46,23 +47,39 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     return 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
-def zero_shot_top1(queries: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Index of the best class (row of `classes`) for each query embedding."""
-    return np.argmax(queries.astype(np.float64) @ classes.astype(np.float64).T, axis=-1)
+# Zero-shot picks whose reference scores lie within this of the reference's best are ties. On
+# the default model several out-of-domain parity photos (hubble, moon, grass) have top-1/top-2
+# gaps under 5e-4 on cosine scores of ~0.05-0.1, which any rounding flips; counting those as
+# disagreements would measure the photo's ambiguity, not the artifact. The strict figure is
+# reported beside the tie-aware one in every manifest.
+TIE_MARGIN = 1e-3
 
 
-def agreement(reference_top1: np.ndarray, candidate_top1: np.ndarray) -> float:
-    return float(np.mean(reference_top1 == candidate_top1))
+def zero_shot_scores(queries: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Similarity of each query embedding (rows) to each class embedding (columns)."""
+    return queries.astype(np.float64) @ classes.astype(np.float64).T
+
+
+def agreement(ref_scores: np.ndarray, cand_scores: np.ndarray, margin: float = TIE_MARGIN) -> tuple[float, float]:
+    """(tie-aware, strict) top-1 agreement. Tie-aware: the share of queries whose candidate pick
+    scores, under the reference, within `margin` of the reference's own best. Strict: the share
+    whose picks are identical."""
+    picks = np.argmax(cand_scores, axis=-1)
+    chosen = ref_scores[np.arange(len(picks)), picks]
+    tie_aware = float(np.mean(chosen >= ref_scores.max(axis=-1) - margin))
+    strict = float(np.mean(picks == np.argmax(ref_scores, axis=-1)))
+    return tie_aware, strict
 
 
 def check_parity(
     reference: np.ndarray,
     candidate: np.ndarray,
     tolerance: Tolerance,
-    top1: Optional[float],
+    top1: Optional[tuple[float, float]],
     output_name: str,
 ) -> ParityResult:
-    """Compare one output; `top1` is the agreement computed by the caller (None if not defined)."""
+    """Compare one output; `top1` is the (tie-aware, strict) agreement computed by the caller
+    (None if not defined). The tie-aware figure is the one gated."""
     if candidate.shape != reference.shape:
         return ParityResult(
             False, None, None, None, None, int(reference.shape[0]) if reference.ndim else 0,
@@ -80,8 +97,12 @@ def check_parity(
         failures.append(f"{output_name}: max abs diff {max_abs:.3g} > {tolerance.max_abs}")
     if tolerance.sqnr_db is not None and not sqnr >= tolerance.sqnr_db:
         failures.append(f"{output_name}: SQNR {sqnr:.1f} dB < {tolerance.sqnr_db} dB")
-    if top1 is not None and not top1 >= tolerance.top1_agreement:
-        failures.append(f"{output_name}: zero-shot top-1 agreement {top1:.3f} < {tolerance.top1_agreement}")
+    tie_aware, strict = top1 if top1 is not None else (None, None)
+    if tie_aware is not None and not tie_aware >= tolerance.top1_agreement:
+        failures.append(
+            f"{output_name}: zero-shot top-1 agreement {tie_aware:.3f} < {tolerance.top1_agreement} (strict {strict:.3f})"
+        )
     return ParityResult(
-        not failures, cos, max_abs, (sqnr if np.isfinite(sqnr) else 999.0), top1, int(reference.shape[0]), failures
+        not failures, cos, max_abs, (sqnr if np.isfinite(sqnr) else 999.0), tie_aware, int(reference.shape[0]),
+        failures, strict,
     )

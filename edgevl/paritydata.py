@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from edgevl.models.spec import Component, ModelSpec, random_token_feeds
-from edgevl.parity import ParityResult, agreement, check_parity, zero_shot_top1
+from edgevl.parity import ParityResult, agreement, check_parity, zero_shot_scores
 from edgevl.preprocess import preprocess_images
 from edgevl.tolerances import Tolerance
 
@@ -101,11 +101,11 @@ def verify_outputs(
     reference of the other tower."""
     ref_images, ref_texts = data.reference["image"], data.reference["text"]
     ref_prompts = ref_texts[-data.n_prompts :]
-    expected = zero_shot_top1(ref_images, ref_prompts)
+    expected = zero_shot_scores(ref_images, ref_prompts)
     top1 = None
     if candidate.shape == data.reference[component].shape:
         if component == "image":
-            top1 = agreement(expected, zero_shot_top1(candidate, ref_prompts))
+            top1 = agreement(expected, zero_shot_scores(candidate, ref_prompts))
         else:
-            top1 = agreement(expected, zero_shot_top1(ref_images, candidate[-data.n_prompts :]))
+            top1 = agreement(expected, zero_shot_scores(ref_images, candidate[-data.n_prompts :]))
     return check_parity(data.reference[component], candidate, tolerance, top1, output_name)

@@ -127,9 +127,9 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
         progress.info(f"  note: {note}")
     calibration = None
     if request.calibration is not None:
-        from edgevl.calibration.datasets import load_calibration_set
+        from edgevl.calibration.datasets import load_calibration
 
-        calibration = load_calibration_set(request.calibration)
+        calibration = load_calibration(request.calibration)
     manifest = Manifest(
         edgevl_version=__version__,
         model={"name": spec.name, "source": spec.source, "params": spec.params},
