@@ -38,13 +38,17 @@ def cosine_per_row(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a64 * b64).sum(-1) / np.maximum(denom, 1e-30)
 
 
+SQNR_IDENTICAL_DB = 999.0  # JSON has no inf: identical outputs report this
+
+
 def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Signal-to-quantisation-noise ratio in dB (torchao's compute_error); inf if identical."""
+    """Signal-to-quantisation-noise ratio in dB (torchao's compute_error); SQNR_IDENTICAL_DB if
+    the outputs are identical."""
     signal = float(np.sum(reference.astype(np.float64) ** 2))
     noise = float(np.sum((reference.astype(np.float64) - candidate.astype(np.float64)) ** 2))
     if noise == 0.0:
-        return float("inf")
-    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+        return SQNR_IDENTICAL_DB
+    return min(10.0 * np.log10(max(signal, 1e-30) / noise), SQNR_IDENTICAL_DB)
 
 
 # Zero-shot picks whose reference scores lie within this of the reference's best are ties. On
@@ -103,6 +107,6 @@ def check_parity(
             f"{output_name}: zero-shot top-1 agreement {tie_aware:.3f} < {tolerance.top1_agreement} (strict {strict:.3f})"
         )
     return ParityResult(
-        not failures, cos, max_abs, (sqnr if np.isfinite(sqnr) else 999.0), tie_aware, int(reference.shape[0]),
+        not failures, cos, max_abs, sqnr, tie_aware, int(reference.shape[0]),
         failures, strict,
     )
