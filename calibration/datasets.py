@@ -113,13 +113,17 @@ class CalibrationSet:
                     f"calibration set {self.source!r} has no texts for the text tower; "
                     "pass a JSON-lines file with \"text\" (or \"caption\" / \"label\") fields"
                 )
-            if spec.tokenize is None:
-                raise CalibrationError(
-                    f"model {spec.name!r} ships no tokenizer, so real texts cannot be fed to its text "
-                    "tower; calibrate the image tower only"
-                )
             texts = [self.texts[i] for i in self._order(len(self.texts), limit)]
-            batch = spec.tokenize(texts)
+            if spec.tokenize is not None:
+                batch = spec.tokenize(texts)
+            else:
+                # No tokenizer shipped (as for parity): well-formed random ids, one per text.
+                from edgevl.models.spec import random_token_feeds
+
+                batch = random_token_feeds(
+                    len(texts), spec.preprocess.context_length, max(spec.vocab_size, 2),
+                    spec.special_token_ids, spec.preprocess.text_inputs, seed=self.seed,
+                )
             return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(len(texts))]
         raise CalibrationError(f"unknown component {component!r}; use 'image' or 'text'")
 

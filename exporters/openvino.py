@@ -32,11 +32,11 @@ import logging
 import shlex
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from edgevl.errors import CalibrationError, ExportError, MissingBackendError, UnfusedAttentionError
+from edgevl.errors import ExportError, MissingBackendError, UnfusedAttentionError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions
 from edgevl.models.spec import Component, ModelSpec, TowerSpec
 from edgevl.registry import register_exporter
@@ -132,74 +132,13 @@ def convert_tower(tower: TowerSpec, static_shapes: Optional[dict[str, int]] = No
 # --- calibration -------------------------------------------------------------------------------
 
 
-def _text_feeds(spec: ModelSpec, tower: TowerSpec, texts: list[str]) -> dict[str, np.ndarray]:
-    if spec.tokenize is not None:
-        feeds = spec.tokenize(list(texts))
-    else:
-        from edgevl.models.spec import random_token_feeds
-
-        feeds = random_token_feeds(
-            len(texts), spec.preprocess.context_length, max(spec.vocab_size, 2),
-            spec.special_token_ids, tuple(tower.input_names),
-        )
-    return {name: np.ascontiguousarray(feeds[name]) for name in tower.input_names}
-
-
 def calibration_feeds(spec: ModelSpec, component: Component, calibration: Any = None) -> list[dict[str, np.ndarray]]:
-    """Batch-1 feed dicts for calibrating `component`.
+    """Batch-1 feed dicts for calibrating `component`, from the same calibration sets the ONNX
+    quantizer uses (`edgevl.calibration.datasets`): None = the bundled real photos and captions,
+    a folder of images, a JSON-lines file, or a `CalibrationSet`."""
+    from edgevl.calibration.datasets import load_calibration
 
-    `calibration` may be None (edgevl's bundled real photos and their captions + label prompts),
-    an object with `images` (Pillow) and `texts` (e.g. a `ParitySet`), or an iterable of feed
-    dicts for this tower (each may hold a batch; it is split into batch-1 samples).
-    """
-    from edgevl.calibration.samples import bundled_parity_set
-
-    tower = spec.tower(component)
-    wanted = "images" if component == "image" else "texts"
-    if calibration is None or (
-        # A set of one modality (an image folder, a caption file) calibrates its own tower only;
-        # the other tower falls back to the bundled real samples.
-        not isinstance(calibration, (list, tuple)) and hasattr(calibration, "images") != hasattr(calibration, "texts")
-        and not hasattr(calibration, wanted)
-    ):
-        calibration = bundled_parity_set()
-    if hasattr(calibration, wanted):
-        data = list(getattr(calibration, wanted))
-        if not data:
-            raise CalibrationError(f"the calibration set has no {wanted} for the {component} tower")
-        if component == "image":
-            from edgevl.preprocess import preprocess_images
-
-            batch = {tower.input_names[0]: preprocess_images(data, spec.preprocess)}
-        else:
-            batch = _text_feeds(spec, tower, data)
-        batches: Iterable[dict] = [batch]
-    else:
-        try:
-            batches = list(calibration)
-        except TypeError:
-            raise CalibrationError(
-                f"calibration must be a set with images and/or texts, or an iterable of feed dicts; "
-                f"got {type(calibration).__name__}"
-            ) from None
-    samples = []
-    for batch in batches:
-        missing = [n for n in tower.input_names if n not in batch]
-        if missing:
-            raise CalibrationError(
-                f"calibration feeds for the {component} tower lack {', '.join(missing)}; "
-                f"it takes: {', '.join(tower.input_names)}"
-            )
-        arrays = {n: np.asarray(batch[n]) for n in tower.input_names}
-        for row in range(arrays[tower.input_names[0]].shape[0]):
-            samples.append({n: np.ascontiguousarray(a[row : row + 1]) for n, a in arrays.items()})
-    if not samples:
-        raise CalibrationError(f"the calibration set gave no samples for the {component} tower")
-    for sample in samples:
-        for name, value in sample.items():
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise CalibrationError(f"calibration input {name!r} holds NaN or inf; check the data")
-    return samples
+    return load_calibration(calibration).feeds(spec, component)
 
 
 # --- compression -------------------------------------------------------------------------------

@@ -629,6 +629,10 @@ def quantize_onnx_artifact(
     recipe_path = out_path.with_name(out_path.name.replace(".onnx", "") + ".recipe.json")
     recipe.save(recipe_path)
     paths = info.get("paths", {})
+    if not recipe.layers and precision == "int8":
+        # Only MatMul/Gemm are quantized; say so rather than call a float graph int8 silently.
+        notes.append(f"the {component} tower has no MatMul/Gemm layers to quantize (Conv is not "
+                     "quantized by the ONNX target): this artifact computes in float")
     fp32_size, q_size = Path(fp32_path).stat().st_size, out_path.stat().st_size
     return {
         "precision": precision,
