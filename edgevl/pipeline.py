@@ -91,7 +91,8 @@ def validate(request: ExportRequest) -> list[Exporter]:
     check_model_name(request.model)
     check_output_dir(request.out, request.force)
     for exporter in exporters:
-        exporter.check_available()
+        for precision in request.precisions:
+            exporter.check_available(precision)
     return exporters
 
 

@@ -91,14 +91,19 @@ class Exporter(ABC):
     precisions: tuple[str, ...] = ("fp32",)
     runtime: str = ""  # the runtime that verifies this target's artifacts on this machine
 
-    def missing_modules(self) -> list[str]:
-        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+    # Extra modules a precision needs beyond `requires` (e.g. a quantization toolkit).
+    precision_requires: dict[str, tuple[str, ...]] = {}
 
-    def check_available(self) -> None:
-        missing = self.missing_modules()
+    def missing_modules(self, precision: Optional[str] = None) -> list[str]:
+        modules = self.requires + self.precision_requires.get(precision or "", ())
+        return [m for m in modules if importlib.util.find_spec(m) is None]
+
+    def check_available(self, precision: Optional[str] = None) -> None:
+        missing = self.missing_modules(precision)
         if missing:
+            at = f" at precision {precision!r}" if precision and precision in self.precision_requires else ""
             raise MissingBackendError(
-                f"target {self.name!r} needs {', '.join(missing)}, which is not installed; "
+                f"target {self.name!r}{at} needs {', '.join(missing)}, which is not installed; "
                 f"install it with: pip install 'edgevl[{self.extra}]'"
             )
 
@@ -110,7 +115,7 @@ class Exporter(ABC):
                 f"target {self.name!r} does not support precision {options.precision!r}; "
                 f"choose one of: {', '.join(self.precisions)}"
             )
-        self.check_available()
+        self.check_available(options.precision)
         out_dir.mkdir(parents=True, exist_ok=True)
         return self._export(spec, component, out_dir, options)
 

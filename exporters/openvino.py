@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgevl.errors import ExportError, MissingBackendError, UnfusedAttentionError
+from edgevl.errors import ExportError, UnfusedAttentionError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions
 from edgevl.models.spec import Component, ModelSpec, TowerSpec
 from edgevl.registry import register_exporter
@@ -275,15 +275,7 @@ class OpenVinoExporter(Exporter):
     extra = "openvino"
     precisions = ("fp32", "fp16", "bf16", "int8", "int8w", "int4w")
     runtime = "openvino"
-
-    def _check_nncf(self, precision: str) -> None:
-        import importlib.util
-
-        if importlib.util.find_spec("nncf") is None:
-            raise MissingBackendError(
-                f"target 'openvino' at precision {precision!r} needs nncf, which is not installed; "
-                f"install it with: pip install 'edgevl[{self.extra}]'"
-            )
+    precision_requires = {p: ("nncf",) for p in ("int8", "int8w", "int4w")}
 
     def _export(
         self, spec: ModelSpec, component: Component, out_dir: Path, options: ExportOptions
@@ -293,8 +285,6 @@ class OpenVinoExporter(Exporter):
         from edgevl.ops.attention import attention_blocks, unrouted_blocks
 
         precision = options.precision
-        if precision in ("int8", "int8w", "int4w"):
-            self._check_nncf(precision)
         tower = spec.tower(component)
         module = tower.module.eval()
         blocks = attention_blocks(module)
