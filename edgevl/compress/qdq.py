@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from edgevl.compress.recipe import LayerRecipe, QuantRecipe
+from edgevl.compress.recipe import QuantRecipe
 from edgevl.errors import ExportError
 
 # onnx 1.23 writes IR 14 by default, which ORT 1.31 rejects.

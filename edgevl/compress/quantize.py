@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 
 from edgevl.calibration.observers import OBSERVERS, make_observer, qparams_for_range
 from edgevl.compress.recipe import LayerRecipe, QuantRecipe
-from edgevl.errors import CalibrationError, ExportError, InputError, ParityError
+from edgevl.errors import CalibrationError, InputError, ParityError
 
 log = logging.getLogger("edgevl.quantize")
 
