@@ -117,8 +117,39 @@ class WeightOnlyConfig:
 
 QuantConfig = Any  # W8A8Config | SmoothQuantConfig | WeightOnlyConfig
 
+@dataclass(frozen=True)
+class DynamicW8A8Config:
+    """int8 weights (per output channel, symmetric) with activations quantised at run time, per
+    tensor (ONNX Runtime's MatMulInteger path), after SmoothQuant moved activation outliers into
+    the weights. The default for `--precision int8` on ONNX.
+
+    Why the default (default model's text tower, 2 threads, batch 1, same run, idle machine):
+    static W8A8 (`W8A8Config`) ran at 0.92x / 0.66x of fp32 at 16 / 77 tokens, dynamic per-channel
+    at 0.64x / 0.53x; SmoothQuant (alpha 0.7) lifts dynamic per-channel from min cosine 0.967 to
+    0.990 on the parity texts (0.5: 0.976, 0.85: 0.989). Calibration is still used: for the
+    SmoothQuant factors and to rank layers for the accuracy gate.
+
+    Attributes:
+        smoothquant: SmoothQuant settings, or None to switch it off.
+        max_drop: as in W8A8Config.
+        exclude: layer names (ONNX node or module path, substring match) that stay float.
+        calib_limit: at most this many calibration samples are observed.
+    """
+
+    smoothquant: Optional[SmoothQuantConfig] = SmoothQuantConfig()
+    max_drop: float = 0.01
+    exclude: tuple[str, ...] = ()
+    calib_limit: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_drop < 1.0:
+            raise InputError(f"max_drop {self.max_drop} must be in [0, 1) (e.g. 0.01)")
+        if self.calib_limit < 1:
+            raise InputError(f"calib_limit {self.calib_limit} must be at least 1")
+
+
 PRECISION_CONFIGS: dict[str, Callable[..., QuantConfig]] = {
-    "int8": W8A8Config,
+    "int8": DynamicW8A8Config,
     "int8w": lambda **kw: WeightOnlyConfig(bits=8, group_size=128, embeddings=False, **kw),
     "int4w": lambda **kw: WeightOnlyConfig(bits=4, group_size=32, **kw),
 }
@@ -410,17 +441,11 @@ def _smoothing_factors(model: "object", stats: ActivationStats, cfg: SmoothQuant
 def _w8a8(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
     from onnx import numpy_helper
 
-    from edgevl.compress.qdq import apply_recipe, fold_smoothing, linear_nodes, weight_recipe
+    from edgevl.compress.qdq import apply_recipe, linear_nodes, weight_recipe
 
-    model = ctx.model
-    paths = layer_paths(model)
-    passes: dict[str, Any] = {}
+    paths = layer_paths(ctx.model)
     feeds = ctx.feeds[: cfg.calib_limit]
-    if cfg.smoothquant is not None:
-        acts = sorted({l.activation for l in linear_nodes(model)})
-        first = collect_stats(model, acts, feeds, "minmax", keep_rows=1)
-        model, report = fold_smoothing(model, _smoothing_factors(model, first, cfg.smoothquant))
-        passes["smoothquant"] = {"alpha": cfg.smoothquant.alpha, **report}
+    model, passes = _smooth(ctx.model, cfg.smoothquant, feeds)
     layers = linear_nodes(model)
     acts = sorted({l.activation for l in layers})
     stats = collect_stats(model, acts, feeds, cfg.observer)
@@ -459,33 +484,114 @@ def _w8a8(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
     passes["local_sqnr_db"] = {n: round(v, 2) for n, v in sorted(local.items(), key=lambda kv: kv[1])}
     # The gate: move layers back to float, worst local SQNR first, until the parity set passes.
     order = [n for n, _ in sorted(local.items(), key=lambda kv: kv[1]) if n in recipe.layers]
-    steps, tried = [], []
+    qmodel, drop, (counts,), gate_report = _gate_loop(
+        ctx, order, local, cfg.max_drop, lambda drop: apply_recipe(model, recipe.without(drop))
+    )
+    candidate = recipe.without(drop)
+    passes["gate"] = gate_report
+    passes.update(counts)
+    return qmodel, {"recipe": candidate, "passes": passes, "paths": paths}
+
+
+def _gate_loop(
+    ctx: QuantContext, order: list[str], local: dict[str, float], max_drop: float,
+    build: Callable[[dict[str, str]], tuple["object", Any]],
+) -> tuple["object", dict[str, str], tuple, dict]:
+    """Build with the first k layers of `order` float, k = 0, 1, 2, 4, ..., until the gate
+    passes; returns (model, the layers kept float with why, build's extras, the gate report)."""
+    tried: list[dict] = []
     k, step = 0, 1
     while True:
         drop = {n: f"kept float by the accuracy gate (local SQNR {local[n]:.1f} dB, rank {i + 1})"
                 for i, n in enumerate(order[:k])}
-        candidate = recipe.without(drop)
-        qmodel, counts = apply_recipe(model, candidate)
+        qmodel, extra = build(drop)
         if ctx.gate is None:
             figures, ok = None, True
         else:
             figures = measure(ctx.gate, qmodel)
-            ok = gate_passes(figures, ctx.cosine_min, cfg.max_drop)
+            ok = gate_passes(figures, ctx.cosine_min, max_drop)
         tried.append({"float_layers": k, **(figures or {})})
         if ok:
-            break
+            report = {"passed": True, "figures": figures, "tried": tried, "cosine_min": ctx.cosine_min,
+                      "max_drop": max_drop}
+            return qmodel, drop, (extra,), report
         if k >= len(order):
             raise ParityError(
                 f"int8 {ctx.component} tower fails the accuracy gate even with every layer float "
-                f"({figures}); the float graph around the Q/DQ nodes is at fault, report a bug"
+                f"({figures}); the float graph around the quantized layers is at fault, report a bug"
             )
         k = min(len(order), k + step)
         step = step * 2 if len(tried) > 2 else step
-        steps.append(k)
-    passes["gate"] = {"passed": True, "figures": figures, "tried": tried, "cosine_min": ctx.cosine_min,
-                      "max_drop": cfg.max_drop}
+
+
+def _smooth(model: "object", cfg: Optional[SmoothQuantConfig], feeds: list) -> tuple["object", dict[str, Any]]:
+    """Fold SmoothQuant factors (from per-channel activation maxima on `feeds`) into the graph."""
+    from edgevl.compress.qdq import fold_smoothing, linear_nodes
+
+    if cfg is None:
+        return model, {}
+    acts = sorted({l.activation for l in linear_nodes(model)})
+    first = collect_stats(model, acts, feeds, "minmax", keep_rows=1)
+    model, report = fold_smoothing(model, _smoothing_factors(model, first, cfg))
+    return model, {"smoothquant": {"alpha": cfg.alpha, **report}}
+
+
+@register_handler(DynamicW8A8Config)
+def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", dict]:
+    import tempfile
+
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgevl.compress.qdq import linear_nodes, strip_value_info, weight_recipe
+
+    paths = layer_paths(ctx.model)
+    feeds = ctx.feeds[: cfg.calib_limit]
+    model, passes = _smooth(ctx.model, cfg.smoothquant, feeds)
+    layers = linear_nodes(model)
+    stats = collect_stats(model, sorted({l.activation for l in layers}), feeds, "minmax")
+    inits = {i.name: i for i in model.graph.initializer}
+    recipe = QuantRecipe(ctx.component, "int8", config_to_json(cfg), calibration=dict(ctx.calibration))
+    local: dict[str, float] = {}
+    for l in layers:
+        excluded = _matches(l.name, paths.get(l.name, ""), cfg.exclude)
+        if excluded:
+            recipe.float_layers[l.name] = f"excluded by config ({excluded!r})"
+            continue
+        lo, hi = stats.observers[l.activation].compute_range()
+        w = numpy_helper.to_array(inits[l.weight]).astype(np.float32)
+        wr = weight_recipe(w)
+        # Activations are quantised at run time; the calibration range estimates that grid,
+        # good enough to rank layers by their local error for the gate.
+        estimate = qparams_for_range(lo, hi).to_json()
+        recipe.layers[l.name] = LayerRecipe(l.name, l.weight, l.activation, {"dynamic": True, "observed_range": [lo, hi]}, wr)
+        local[l.name] = _local_sqnr(stats.rows[l.activation], w, estimate, np.asarray(wr["scales"], np.float32))
+    passes["local_sqnr_db"] = {n: round(v, 2) for n, v in sorted(local.items(), key=lambda kv: kv[1])}
+    work = Path(tempfile.mkdtemp(prefix="edgevl-dynq-"))
+    source = work / "smoothed.onnx"
+    onnx.save(strip_value_info(model), str(source))
+
+    def build(drop: dict[str, str]) -> tuple["object", dict]:
+        target = work / "quantized.onnx"
+        # MatMul only: ORT's quantizer mistakes the opset-23 Attention op for its own.
+        quantize_dynamic(
+            str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=sorted(set(drop) | set(recipe.float_layers)),
+        )
+        quantized = onnx.load(str(target))
+        return quantized, {"MatMulInteger": sum(n.op_type == "MatMulInteger" for n in quantized.graph.node)}
+
+    try:
+        order = [n for n, _ in sorted(local.items(), key=lambda kv: kv[1])]
+        qmodel, drop, (counts,), passes["gate"] = _gate_loop(ctx, order, local, cfg.max_drop, build)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     passes.update(counts)
-    return qmodel, {"recipe": candidate, "passes": passes, "paths": paths}
+    return qmodel, {"recipe": recipe.without(drop), "passes": passes, "paths": paths}
 
 
 @register_handler(SmoothQuantConfig)
@@ -651,7 +757,7 @@ def quantize_onnx_artifact(
 
 
 def _precision_of(config: QuantConfig) -> str:
-    if isinstance(config, (W8A8Config, SmoothQuantConfig)):
+    if isinstance(config, (W8A8Config, SmoothQuantConfig, DynamicW8A8Config)):
         return "int8"
     if isinstance(config, WeightOnlyConfig):
         return f"int{config.bits}w"
