@@ -103,6 +103,24 @@ def test_w8a8_recipe_round_trips_and_keeps_accuracy(minilm, tmp_path):
     assert again.to_json() == recipe.to_json()
 
 
+def test_default_int8_is_smoothquant_plus_dynamic_and_passes_the_gate(minilm):
+    """`--precision int8` on ONNX: SmoothQuant folded, MatMuls as ORT's dynamic MatMulInteger
+    (never the Attention op), gated on cosine; what stayed float is in the recipe."""
+    model, calib, feeds = minilm
+    assert isinstance(Q.PRECISION_CONFIGS["int8"](), Q.DynamicW8A8Config)
+    assert Q.handler_for(Q.DynamicW8A8Config()) is Q._w8a8_dynamic
+    gate = _gate(model, feeds)
+    qmodel, recipe, info = Q.quantize_model(model, Q.DynamicW8A8Config(calib_limit=8), calib, "text", gate, 0.98)
+    ops = [n.op_type for n in qmodel.graph.node]
+    assert ops.count("MatMulInteger") == len(recipe.layers) == info["passes"]["MatMulInteger"] > 0
+    assert len(recipe.layers) + len(recipe.float_layers) == 37
+    assert ops.count("Attention") == 6 and "QAttention" not in ops
+    assert info["passes"]["smoothquant"]["smoothquant_mul"] == 18
+    out = Q._session(qmodel).run(None, feeds)[0]
+    assert _cos(gate.reference, out) >= 0.98
+    assert all(layer.act["dynamic"] for layer in recipe.layers.values())
+
+
 def test_gate_keeps_a_crudely_calibrated_projection_float(minilm):
     model, calib, feeds = minilm
     gate = _gate(model, feeds)
