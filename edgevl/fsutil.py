@@ -20,8 +20,8 @@ def check_output_dir(out: Path, force: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise InputError(f"--out {out} exists and is not empty; choose another folder or pass --force to replace it")
     parent = out.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"--out {out}: parent folder {parent} does not exist; create it first")
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"--out {out}: {parent} is a file, not a folder; choose another path")
 
 
 @contextlib.contextmanager
@@ -29,6 +29,7 @@ def staging_dir(out: Path) -> Iterator[Path]:
     """A fresh folder on the same filesystem as `out` (so the final rename is atomic); removed on
     any failure, including KeyboardInterrupt."""
     parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)  # like `mkdir -p`: out/demo works on a fresh clone
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgevl-staging-", dir=parent))
     # mkdtemp makes the folder private (0700); the published folder gets the usual umask mode.
     umask = os.umask(0)

@@ -178,3 +178,9 @@ def test_console_script_exit_code_and_help_without_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "onnx" in proc.stdout and "installed" in proc.stdout
+
+
+def test_missing_parent_folders_are_created(tiny_clip_dir, tmp_path, capsys):
+    out = tmp_path / "new" / "nested" / "out"
+    assert main(["export", str(tiny_clip_dir), "--components", "image", "--out", str(out), "-q"]) == 0
+    assert (out / "manifest.json").is_file()
