@@ -334,7 +334,7 @@ def _load_or_fit_projection(
                 return info
         except Exception:  # noqa: BLE001 - a corrupt cache is refitted, never fatal
             pass
-    print(f"edgevl: {NAME}: fitting the text projection (one time, ~20 s)...", file=sys.stderr, flush=True)
+    print(f"edgevl: {NAME}: fitting the text projection (one time, ~30 s on 2 cores)...", file=sys.stderr, flush=True)
     w, b, info = fit_text_projection(tower, tokenize, class_names, class_vectors)
     weight = np.ascontiguousarray(w, dtype=np.float32)
     bias = np.ascontiguousarray(b, dtype=np.float32)
@@ -394,7 +394,7 @@ def _preprocess_config(pad_id: int) -> PreprocessConfig:
 def load_effnet_minilm(source: str | None, options: LoadOptions) -> ModelSpec:
     """Build the embedded default model. `source` must be None: the weights are in packages.
 
-    The first call fits and caches the text projection (about 20 s on 2 cores) under
+    The first call fits and caches the text projection (25-30 s measured on 2 idle cores) under
     `options.cache_dir` or `default_cache_dir()`; later calls read the cache.
     """
     if source is not None:
