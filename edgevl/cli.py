@@ -115,9 +115,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     outcome = run_export(request, Progress(enabled=not args.quiet))
     for a in outcome.manifest.artifacts:
         p = a.parity
-        figures = (
-            f"cos {p['cosine_min']:.6f} top1 {p['top1_agreement']:.3f}" if a.verified == "runtime" else "not verified"
-        )
+        if a.verified != "runtime":
+            figures = "not verified"
+        elif p["cosine_min"] is None:
+            figures = "output shape differs from the reference"
+        else:
+            top1 = "n/a" if p["top1_agreement"] is None else f"{p['top1_agreement']:.3f}"
+            figures = f"cos {p['cosine_min']:.6f} top1 {top1}"
         print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
               f"{a.fused_attention + a.unfused_attention}  {figures}")
     print(f"wrote {outcome.out / 'manifest.json'}")

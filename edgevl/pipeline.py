@@ -119,18 +119,18 @@ def _verify(
 def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> ExportOutcome:
     progress = progress or Progress()
     exporters = validate(request)
-    cache = None
-    with progress.step(f"loading model {request.model or DEFAULT_MODEL}") as details:
-        spec = resolve_model(request.model, LoadOptions(allow_pickle=request.allow_pickle, cache_dir=cache))
-        details.append(f"{spec.params / 1e6:.1f} M params" if spec.params >= 1e5 else f"{spec.params} params")
-    check_static_shapes([spec.tower(c) for c in request.components], request.static_shapes)
-    for note in spec.notes:
-        progress.info(f"  note: {note}")
     calibration = None
     if request.calibration is not None:
         from edgevl.calibration.datasets import load_calibration
 
+        # Read before the (slow) model load, so a bad --calib fails at once.
         calibration = load_calibration(request.calibration)
+    with progress.step(f"loading model {request.model or DEFAULT_MODEL}") as details:
+        spec = resolve_model(request.model, LoadOptions(allow_pickle=request.allow_pickle))
+        details.append(f"{spec.params / 1e6:.1f} M params" if spec.params >= 1e5 else f"{spec.params} params")
+    check_static_shapes([spec.tower(c) for c in request.components], request.static_shapes)
+    for note in spec.notes:
+        progress.info(f"  note: {note}")
     manifest = Manifest(
         edgevl_version=__version__,
         model={"name": spec.name, "source": spec.source, "params": spec.params},
@@ -171,10 +171,12 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
                         )
                     with progress.step(f"verifying with {artifact.runtime or 'no runtime'}") as details:
                         verified, parity, misses = _verify(artifact, data, spec, request.static_shapes)
-                        if verified == "runtime":
+                        if verified == "runtime" and parity["cosine_min"] is None:
+                            details.append("output shape differs from the reference")
+                        elif verified == "runtime":
                             details.append(
                                 f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "
-                                f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {parity['top1_agreement']:.3f}"
+                                f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {_fmt(parity['top1_agreement'])}"
                             )
                         else:
                             details.append("not run: no runtime for this target on this machine")
@@ -191,6 +193,10 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
         where = f"artifacts kept in {request.out}" if request.keep_failed else "nothing was written"
         raise ParityError(f"parity failed ({where}): " + "; ".join(failures))
     return outcome
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _entry(artifact: ExportedArtifact, stage: Path, verified: str, parity: dict) -> ArtifactEntry:

@@ -184,3 +184,10 @@ def test_missing_parent_folders_are_created(tiny_clip_dir, tmp_path, capsys):
     out = tmp_path / "new" / "nested" / "out"
     assert main(["export", str(tiny_clip_dir), "--components", "image", "--out", str(out), "-q"]) == 0
     assert (out / "manifest.json").is_file()
+
+
+def test_bad_calibration_path_fails_before_any_work(tmp_path, capsys):
+    code, err = _run(["--precision", "int8", "--calib", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    _assert_one_line(err, "nope.jsonl", "does not exist")
+    _assert_clean(tmp_path, tmp_path / "out")
