@@ -68,3 +68,23 @@ def test_torch_free_app_classifies_real_photos(default_export, photo, labels, ex
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0].split()[-1] == expected, proc.stdout
+
+
+def test_int8_text_tower_through_the_cli(tmp_path):
+    """`--precision int8` end to end: calibrated on the bundled samples (and said so), gated,
+    quantized MatMuls in the graph, the recipe beside the artifact, parity on real captions."""
+    out = tmp_path / "int8"
+    assert main(["export", "--precision", "int8", "--components", "text", "--out", str(out), "-q"]) == 0
+    art = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+    quant = art["passes"]["quantization"]
+    assert art["precision"] == "int8" and art["parity"]["passed"]
+    assert art["parity"]["cosine_min"] >= 0.99 and art["parity"]["top1_agreement"] >= 0.98
+    assert (art["fused_attention"], art["unfused_attention"]) == (6, 0)
+    assert quant["quantized_layers"] > 0 and quant["gate"]["passed"]
+    assert any("bundled real samples" in n for n in quant["notes"])
+    ops = Counter(n.op_type for n in onnx.load(str(out / art["path"])).graph.node)
+    assert ops["MatMulInteger"] == quant["quantized_layers"] and ops["Attention"] == 6
+    recipe = json.loads((out / "onnx" / "int8" / "text_encoder.int8.recipe.json").read_text())
+    assert len(recipe["layers"]) == quant["quantized_layers"]
+    assert set(recipe["float_layers"]) == set(quant["float_layers"])
+    assert not list((out / "onnx" / "int8").glob(".*fp32*")), "the intermediate fp32 graph was left behind"
