@@ -200,12 +200,7 @@ def apply_recipe(model: "object", recipe: QuantRecipe) -> tuple["object", dict]:
         node.input[0] = f"{name}_a_dq"
         node.input[1] = f"{layer.weight}_dq"
         pre[name] = nodes
-    out_nodes = []
-    for node in model.graph.node:
-        out_nodes.extend(pre.get(node.name, []))
-        out_nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(out_nodes)
+    _insert_before(model, pre)
     # Float weights no longer used by anything are dropped (that is where the size goes).
     used = {i for n in model.graph.node for i in n.input}
     kept = [i for i in model.graph.initializer if i.name in used]
@@ -218,6 +213,18 @@ def apply_recipe(model: "object", recipe: QuantRecipe) -> tuple["object", dict]:
         "float_linear": len(recipe.float_layers),
         "quantize_nodes": len(quant_act),
     }
+
+
+def _insert_before(model: "object", before: dict[str, list]) -> None:
+    """Put each list of new nodes right before the node it is keyed by (keeps topological order)."""
+    if not before:
+        return
+    nodes = []
+    for node in model.graph.node:
+        nodes.extend(before.get(node.name, []))
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _ensure_opset(model: "object") -> None:
@@ -279,13 +286,7 @@ def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["obj
         for u in linear:
             u.input[0] = out
         inserted.append(tensor)
-    if before:
-        nodes = []
-        for n in model.graph.node:
-            nodes.extend(before.get(n.name, []))
-            nodes.append(n)
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
+    _insert_before(model, before)
     return model, {"smoothquant_folded": len(folded), "smoothquant_mul": len(inserted), "smoothquant_skipped": skipped}
 
 
