@@ -47,7 +47,18 @@ def build_parity_data(
 ) -> ParityData:
     """Preprocess the parity set and run the reference on it. With `static_seq` (an artifact
     exported with a fixed sequence length) texts are padded or cut to that length first, so the
-    reference sees exactly what the artifact sees."""
+    reference sees exactly what the artifact sees. The bundled set's data is computed once per
+    spec (the pipeline and the int8 accuracy gate both need it)."""
+    key = ("parity_data", static_seq)
+    if parity_set is None and key in spec.derived:
+        return spec.derived[key]
+    data = _build_parity_data(spec, parity_set, static_seq)
+    if parity_set is None:
+        spec.derived[key] = data
+    return data
+
+
+def _build_parity_data(spec: ModelSpec, parity_set: Optional[object], static_seq: Optional[int]) -> ParityData:
     from edgevl.calibration.samples import bundled_parity_set
 
     ps = parity_set or bundled_parity_set()

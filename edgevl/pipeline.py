@@ -8,7 +8,7 @@ reference, writes the manifest and only then moves the folder into place.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -46,10 +46,10 @@ class ExportRequest:
 
 @dataclass
 class ExportOutcome:
+    """A successful export (a failed one raises): its manifest and where it was published."""
+
     manifest: Manifest
     out: Path
-    published: bool
-    failures: list[str] = field(default_factory=list)
 
 
 def check_model_name(name_or_path: Optional[str]) -> None:
@@ -188,11 +188,10 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
             publish(stage, request.out)
         else:
             shutil.rmtree(stage, ignore_errors=True)
-    outcome = ExportOutcome(manifest, request.out, passed or request.keep_failed, failures)
     if failures:
         where = f"artifacts kept in {request.out}" if request.keep_failed else "nothing was written"
         raise ParityError(f"parity failed ({where}): " + "; ".join(failures))
-    return outcome
+    return ExportOutcome(manifest, request.out)
 
 
 def _fmt(value: Optional[float]) -> str:

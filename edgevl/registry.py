@@ -34,9 +34,6 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(set(self._lazy) | set(self._items))
 
-    def module_of(self, name: str) -> str | None:
-        return self._lazy.get(name)
-
     def get(self, name: str) -> T:
         if name not in self._items and name in self._lazy:
             importlib.import_module(self._lazy[name])

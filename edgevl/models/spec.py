@@ -68,6 +68,9 @@ class ModelSpec:
     vocab_size: int = 0
     special_token_ids: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    # Results derived from the towers that several stages need (the parity reference): computed
+    # once per spec, not per artifact.
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     def tower(self, component: Component) -> TowerSpec:
         if component == "image":
@@ -100,10 +103,6 @@ class LoadOptions:
 
     allow_pickle: bool = False
     cache_dir: Optional[Path] = None
-
-
-# Every registered model is a loader: (source path or None, options) -> ModelSpec.
-ModelLoader = Callable[[Optional[str], LoadOptions], ModelSpec]
 
 
 def default_cache_dir() -> Path:
