@@ -1,4 +1,5 @@
-"""fp32 vs edgevl int8 vs ORT quantize_dynamic for the default model's text tower, in one run.
+"""fp32 vs edgevl int8 vs ORT quantize_dynamic for the default model's text tower, and fp32 vs
+edgevl's conv int8 for its image tower, in one run.
 
 Latency: ORT CPU, 2 threads, batch 1, at 16 and 77 tokens; the variants are timed in interleaved
 rounds and the best round is kept (the machines here are shared, medians wander). Accuracy: on
@@ -59,6 +60,9 @@ def main() -> None:
     # The default for --precision int8: SmoothQuant + dynamic per-channel int8, gated.
     dyn, dyn_recipe, _ = Q.quantize_model(fp32, Q.DynamicW8A8Config(), feeds, "text", gate, 0.99)
     variants[f"edgevl int8 default: SmoothQuant + dynamic, gated ({len(dyn_recipe.float_layers)} of 37 float)"] = dyn
+    # The same at --max-drop 0.02: the issue's bar (top-1 agreement >= 0.98) allows one flip in 57.
+    dyn2, dyn2_recipe, _ = Q.quantize_model(fp32, Q.DynamicW8A8Config(max_drop=0.02), feeds, "text", gate, 0.99)
+    variants[f"edgevl int8 --max-drop 0.02 ({len(dyn2_recipe.float_layers)} of 37 float)"] = dyn2
     clean = strip_value_info(onnx.load(str(fp32_path)))  # ORT's quantizer re-infers shapes
     onnx.save(clean, str(tmp / "clean.onnx"))
     for name, per_channel in (("ORT quantize_dynamic", False), ("ORT quantize_dynamic per-channel", True)):
@@ -94,8 +98,9 @@ def main() -> None:
         for k in sessions:
             results[k][f"ms_{length}"] = round(best[k] * 1e3, 3)
             results[k][f"ratio_{length}"] = round(best[k] / best["fp32"], 3)
+    image = _image_tower(spec, tmp, args.rounds, args.runs)
     report = {
-        "model": spec.name, "tower": "text", "threads": 2, "batch": 1,
+        "model": spec.name, "tower": "text", "threads": 2, "batch": 1, "image": image,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "onnxruntime": ort.__version__},
         "parity_texts": gate.n_samples, "int8_build_seconds": round(build_s, 1),
         "gated_float_layers": {n: why for n, why in recipe.float_layers.items()},
@@ -109,6 +114,11 @@ def main() -> None:
              "| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for k, r in results.items():
         lines.append(f"| {k} | " + " | ".join(str(r.get(c)) for c in cols) + " |")
+    icols = ["ms", "ratio", "cosine_min", "top1_agreement", "top1_agreement_strict", "int8_convs", "size_mb"]
+    lines += ["", f"## {spec.name} image tower (EfficientNet-Lite0), batch 1", "",
+              "| variant | " + " | ".join(icols) + " |", "|---" * (len(icols) + 1) + "|"]
+    for k, r in image.items():
+        lines.append(f"| {k} | " + " | ".join(str(r.get(c)) for c in icols) + " |")
     lines += ["", "ratio = latency / fp32 latency (best of interleaved rounds; shared machine). "
               "cosine vs the fp32 artifact on the parity texts at 77 tokens (and truncated to 16). "
               "top1_agreement is tie-aware (picks within 1e-3 of the reference best count), strict beside it.",
@@ -116,6 +126,44 @@ def main() -> None:
               "rerun on an idle machine before quoting them."]
     (args.out / "onnx_int8.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _image_tower(spec: "object", tmp: Path, rounds: int, runs: int) -> dict:
+    """fp32 vs edgevl's conv int8 (ConvW8A8Config) at the default gate and at --max-drop 0.02,
+    accuracy on the parity photos, latency at batch 1 in interleaved rounds."""
+    import onnx
+
+    from edgevl.calibration.datasets import bundled
+    from edgevl.compress import quantize as Q
+    from edgevl.exporters.onnx import export_tower_onnx
+
+    path = tmp / "image.fp32.onnx"
+    export_tower_onnx(spec.image, path)
+    fp32 = onnx.load(str(path))
+    feeds = bundled().feeds(spec, "image")
+    gate = Q.build_gate_data(spec, "image", fp32)
+    variants: dict[str, object] = {"fp32": fp32}
+    counts = {"fp32": 0}
+    for drop in (0.01, 0.02):
+        model, recipe, _ = Q.quantize_model(fp32, Q.ConvW8A8Config(max_drop=drop, speed_guard=False),
+                                            feeds, "image", gate, 0.99)
+        name = f"edgevl int8, --max-drop {drop} ({len(recipe.layers)} of 49 convs int8)"
+        variants[name], counts[name] = model, len(recipe.layers)
+    sessions = {k: Q._session(m) for k, m in variants.items()}
+    feed = {"pixel_values": gate.feeds["pixel_values"][:1]}
+    best = {k: np.inf for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            s.run(None, feed)
+            for _ in range(runs):
+                t = time.perf_counter()
+                s.run(None, feed)
+                best[k] = min(best[k], time.perf_counter() - t)
+    out = {}
+    for k, m in variants.items():
+        out[k] = {**Q.measure(gate, m), "ms": round(best[k] * 1e3, 3), "ratio": round(best[k] / best["fp32"], 3),
+                  "int8_convs": counts[k], "size_mb": round(len(m.SerializeToString()) / 1e6, 2)}
+    return out
 
 
 if __name__ == "__main__":

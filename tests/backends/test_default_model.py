@@ -88,3 +88,35 @@ def test_int8_text_tower_through_the_cli(tmp_path):
     assert len(recipe["layers"]) == quant["quantized_layers"]
     assert set(recipe["float_layers"]) == set(quant["float_layers"])
     assert not list((out / "onnx" / "int8").glob(".*fp32*")), "the intermediate fp32 graph was left behind"
+
+
+def test_int8_image_tower_through_the_cli(tmp_path):
+    """The CNN tower at `--precision int8`: ORT static Q/DQ on the convs, the earliest convs kept
+    float by the gate (they were measured the most sensitive), parity at the issue's bar
+    (agreement >= 0.98, i.e. `--max-drop 0.02`), the scales ORT chose read back into the recipe."""
+    out = tmp_path / "int8-image"
+    args = ["export", "--precision", "int8", "--components", "image", "--max-drop", "0.02", "--out", str(out), "-q"]
+    assert main(args) == 0
+    art = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+    quant = art["passes"]["quantization"]
+    assert quant["config"]["type"] == "ConvW8A8Config" and quant["gate"]["passed"]
+    assert art["parity"]["passed"] and art["parity"]["cosine_min"] >= 0.99 and art["parity"]["top1_agreement"] >= 0.98
+    recipe = json.loads((out / "onnx" / "int8" / "image_encoder.int8.recipe.json").read_text())
+    graph = onnx.load(str(out / art["path"])).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    guard = quant["passes"]["speed_guard"]
+    if guard["speedup"] < quant["config"]["min_speedup"]:
+        # A loaded machine can make int8 look no faster; then everything is float, and says why.
+        assert quant["quantized_layers"] == 0 and all("measured" in f["why"] for f in quant["float_layers"].values())
+        return
+    assert quant["quantized_layers"] == len(recipe["layers"]) > 0
+    assert set(recipe["float_layers"]) == set(quant["float_layers"])
+    # The float part is a prefix of the conv chain: every float conv comes before every int8 one.
+    position = {name: i for i, name in enumerate(convs)}
+    assert max(position[n] for n in recipe["float_layers"]) < min(position[n] for n in recipe["layers"])
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    for name, layer in recipe["layers"].items():
+        node = next(n for n in graph.node if n.name == name)
+        assert producers[node.input[0]] == producers[node.input[1]] == "DequantizeLinear", name
+        assert layer["weight_q"]["axis"] == 0 and len(layer["weight_q"]["scales"]) > 1
+        assert 0 < layer["act"]["scale"] < 1 and layer["act"]["qmin"] == 0

@@ -109,6 +109,7 @@ def test_default_int8_is_smoothquant_plus_dynamic_and_passes_the_gate(minilm):
     model, calib, feeds = minilm
     assert isinstance(Q.PRECISION_CONFIGS["int8"](), Q.DynamicW8A8Config)
     assert Q.handler_for(Q.DynamicW8A8Config()) is Q._w8a8_dynamic
+    assert not Q._is_conv_tower(model), "a transformer tower must not get the conv int8 config"
     gate = _gate(model, feeds)
     qmodel, recipe, info = Q.quantize_model(model, Q.DynamicW8A8Config(calib_limit=8), calib, "text", gate, 0.98)
     ops = [n.op_type for n in qmodel.graph.node]
@@ -168,3 +169,13 @@ def test_int4_weight_only_is_small_and_close(minilm):
     assert ratio <= 0.3
     assert info["passes"]["gate"]["figures"]["cosine_min"] >= 0.98
     assert info["passes"]["GatherBlockQuantized"] >= 1
+
+
+@pytest.mark.parametrize("kwargs, named", [({"max_drop": 1.5}, "max_drop"), ({"min_speedup": 0}, "min_speedup"),
+                                           ({"calib_limit": 0}, "calib_limit")])
+def test_conv_config_rejects_bad_values_by_name(kwargs, named):
+    with pytest.raises(InputError, match=named):
+        Q.ConvW8A8Config(**kwargs)
+    from edgevl.compress.conv_int8 import _conv_w8a8
+
+    assert Q.handler_for(Q.ConvW8A8Config()) is _conv_w8a8

@@ -1,0 +1,149 @@
+"""Static int8 for convolutional towers on ONNX Runtime (`ConvW8A8Config`), gated on accuracy
+and on measured speed. The float graph is the one `edgevl.compress.qdq.prepare` gives; ONNX
+Runtime's own static quantizer places the Q/DQ pairs (it knows which ops its int8 kernels fuse:
+Conv, the ReLU6 Clip folded into the output range, residual Add), calibrated on the user's
+images with min-max ranges. The scales it chose are read back into edgevl's recipe, so the same
+file describes this graph as it does the MatMul towers'.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgevl.compress.quantize import (
+    ConvW8A8Config, QuantContext, _gate_loop, _session, _time_session, config_to_json, layer_paths,
+    quiet_ort_quantizer, register_handler,
+)
+from edgevl.compress.recipe import LayerRecipe, QuantRecipe
+
+
+def conv_nodes(model: "object") -> list[str]:
+    """Names of the Conv nodes with constant weights, in graph order."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds (restartable)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self._it: Iterator = iter(feeds)
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+
+def _prefix(model: "object", convs: list[str], k: int) -> list[str]:
+    """Every node up to and including the k-th conv: the float part when k convs stay float
+    (the Clips and Adds between them too, so no int8 island is left inside the float prefix)."""
+    if k == 0:
+        return []
+    names = [n.name for n in model.graph.node]
+    return names[: names.index(convs[k - 1]) + 1]
+
+
+def _recipe_layers(qmodel: "object", convs: list[str]) -> dict[str, LayerRecipe]:
+    """Read the scales ORT's quantizer chose back out of the Q/DQ graph, per quantized conv."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
+    producers = {o: n for n in qmodel.graph.node for o in n.output}
+    layers = {}
+    for node in qmodel.graph.node:
+        if node.name not in convs or node.op_type != "Conv":
+            continue
+        x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
+        if x_dq is None or w_dq is None or "DequantizeLinear" not in (x_dq.op_type, w_dq.op_type) or x_dq.op_type != w_dq.op_type:
+            continue
+        x_q = producers.get(x_dq.input[0])
+        act_src = x_q.input[0] if x_q is not None and x_q.op_type == "QuantizeLinear" else x_dq.input[0]
+        scale, zp = inits[x_dq.input[1]], inits[x_dq.input[2]]
+        lo, hi = 0, 255
+        act = {"scale": float(scale), "zero_point": int(zp), "qmin": lo, "qmax": hi,
+               "range": [float((lo - int(zp)) * scale), float((hi - int(zp)) * scale)], "observer": "minmax"}
+        w_scales = np.atleast_1d(inits[w_dq.input[1]])
+        weight = w_dq.input[0]
+        layers[node.name] = LayerRecipe(
+            node.name, weight, act_src, act,
+            {"axis": 0, "bits": 8, "symmetric": True, "scales": [float(s) for s in w_scales]},
+        )
+    return layers
+
+
+@register_handler(ConvW8A8Config)
+def _conv_w8a8(ctx: QuantContext, cfg: ConvW8A8Config) -> tuple["object", dict]:
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgevl.compress.qdq import strip_value_info
+
+    paths = layer_paths(ctx.model)
+    feeds = ctx.feeds[: cfg.calib_limit]
+    work = Path(tempfile.mkdtemp(prefix="edgevl-convq-"))
+    try:
+        onnx.save(strip_value_info(ctx.model), str(work / "float.onnx"))
+        # ORT's recommended pre-processing (shape inference, constant folding) before its quantizer.
+        quant_pre_process(str(work / "float.onnx"), str(work / "pre.onnx"), skip_symbolic_shape=True)
+        pre = onnx.load(str(work / "pre.onnx"))
+        convs = conv_nodes(pre)
+        reader = _Reader(feeds)
+
+        def build(drop: dict[str, str]) -> tuple["object", dict]:
+            reader.rewind()
+            target = work / "quantized.onnx"
+            with quiet_ort_quantizer():
+                quantize_static(
+                    str(work / "pre.onnx"), str(target), reader, quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=_prefix(pre, convs, len(drop)),
+                )
+            quantized = onnx.load(str(target))
+            return quantized, {"quantized_convs": len(convs) - len(drop)}
+
+        def reason(name: str, rank: int) -> str:
+            return (f"kept float by the accuracy gate (conv {rank} of {len(convs)} in depth order; "
+                    "early convs measured the most sensitive)")
+
+        qmodel, drop, (counts,), gate_report = _gate_loop(ctx, convs, {}, cfg.max_drop, build, reason)
+        passes: dict = {"gate": gate_report, **counts}
+        recipe = QuantRecipe(ctx.component, "int8", config_to_json(cfg), calibration=dict(ctx.calibration))
+        recipe.layers = _recipe_layers(qmodel, [c for c in convs if c not in drop])
+        recipe.float_layers = dict(drop)
+        if cfg.speed_guard and recipe.layers:
+            timing = _whole_graph_speed(pre, qmodel, feeds[0])
+            passes["speed_guard"] = timing
+            if timing["speedup"] < cfg.min_speedup:
+                why = (f"int8 tower measured {timing['int8_ms']} ms vs {timing['float_ms']} ms float "
+                       f"on ORT (speedup {timing['speedup']} < {cfg.min_speedup}): kept float")
+                recipe = recipe.without({n: why for n in recipe.layers})
+                qmodel = pre
+                passes["quantized_convs"] = 0
+        return qmodel, {"recipe": recipe, "passes": passes, "paths": paths}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _whole_graph_speed(float_model: "object", int8_model: "object", feed: dict, rounds: int = 3) -> dict:
+    """Batch-1 latency of the float and int8 graphs, best of interleaved rounds (shared machines:
+    interleaving keeps both under the same load)."""
+    one = {k: v[:1] for k, v in feed.items()}
+    sessions = {"float": _session(float_model), "int8": _session(int8_model)}
+    best = {k: np.inf for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            best[k] = min(best[k], _time_session(s, one, runs=10))
+    return {
+        "float_ms": round(best["float"] * 1e3, 3),
+        "int8_ms": round(best["int8"] * 1e3, 3),
+        "speedup": round(best["float"] / best["int8"], 3),
+    }
