@@ -160,8 +160,9 @@ class ConvW8A8Config:
     uint8 activations let ORT run every conv, depthwise included, as one NHWC int8 chain
     (0.61x of fp32); int8 activations leave the depthwise convs float between layout
     transposes (1.22x, slower than fp32). Quantizing one conv alone cost min cosine 0.57 (the
-    stem), 0.77 (the first depthwise), 0.95 (the next two) and 0.998-0.99997 for every conv
-    after the tenth: sensitivity falls with depth, so the gate keeps a float prefix.
+    stem), 0.77 (the first depthwise), 0.95 (the 4th and 5th) and 0.998-0.99997 for each of the
+    12th to 24th (the later ones were not measured one by one): sensitivity falls with depth,
+    so the gate keeps a float prefix.
 
     Attributes:
         max_drop: as in W8A8Config.
