@@ -161,6 +161,7 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
                     static_shapes=request.static_shapes,
                     calibration=calibration,
                     max_drop=request.max_drop,
+                    progress=lambda line: progress.info(f"  {line}"),
                 )
                 for component in request.components:
                     folder = stage / exporter.name / precision

@@ -11,7 +11,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from edgevl.errors import InputError, MissingBackendError
 from edgevl.models.spec import Component, ModelSpec
@@ -32,6 +32,8 @@ class ExportOptions:
         calibration: a calibration set for precisions that need one (int8); None = bundled samples.
         max_drop: accuracy gate for quantized precisions: the largest allowed drop of zero-shot
             top-1 agreement (and of min cosine) against the fp32 reference on the parity set.
+        progress: called with one line per step of long work inside an export (the int8
+            accuracy gate's tries); None = silent.
     """
 
     precision: str = "fp32"
@@ -40,6 +42,7 @@ class ExportOptions:
     static_shapes: Optional[dict[str, int]] = None
     calibration: Any = None
     max_drop: float = 0.01
+    progress: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop < 1.0:

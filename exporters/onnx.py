@@ -182,7 +182,8 @@ class OnnxExporter(Exporter):
             from edgevl.compress.quantize import quantize_onnx_artifact
 
             quant = quantize_onnx_artifact(
-                fp32_path, path, spec, component, options.precision, options.calibration, options.max_drop
+                fp32_path, path, spec, component, options.precision, options.calibration, options.max_drop,
+                progress=options.progress,
             )
             fp32_path.unlink(missing_ok=True)
             passes["quantization"] = quant

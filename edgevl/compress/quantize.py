@@ -470,6 +470,7 @@ class QuantContext:
     cosine_min: float
     component: str
     calibration: dict = field(default_factory=dict)
+    progress: Optional[Callable[[str], None]] = None
 
 
 def _smoothing_factors(model: "object", stats: ActivationStats, cfg: SmoothQuantConfig) -> dict[str, np.ndarray]:
@@ -567,6 +568,13 @@ def _gate_loop(
             figures = measure(ctx.gate, qmodel)
             ok = gate_passes(figures, ctx.cosine_min, max_drop)
         tried.append({"float_layers": k, **(figures or {})})
+        if ctx.progress is not None and figures is not None:
+            agree = figures["top1_agreement"]
+            ctx.progress(
+                f"accuracy gate: {k} of {len(order)} layers float: min cosine {figures['cosine_min']:.4f}"
+                + (f", top-1 agreement {agree:.4f}" if agree is not None else "")
+                + (" -> passes" if ok else " -> fails")
+            )
         if ok:
             report = {"passed": True, "figures": figures, "tried": tried, "cosine_min": ctx.cosine_min,
                       "max_drop": max_drop}
@@ -739,13 +747,15 @@ def _weight_only(ctx: QuantContext, cfg: WeightOnlyConfig) -> tuple["object", di
 def quantize_model(
     fp32_model: "object", config: QuantConfig, feeds: list[dict[str, np.ndarray]], component: str,
     gate: Optional[GateData], cosine_min: float, calibration: Optional[dict] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> tuple["object", QuantRecipe, dict]:
-    """Quantise an fp32 ONNX model in memory: (quantised model, recipe, passes)."""
+    """Quantise an fp32 ONNX model in memory: (quantised model, recipe, passes). `progress`
+    gets a line per accuracy-gate try."""
     from edgevl.compress.qdq import prepare
 
     handler = handler_for(config)
     prepared, prep = prepare(fp32_model)
-    ctx = QuantContext(prepared, feeds, gate, cosine_min, component, calibration or {})
+    ctx = QuantContext(prepared, feeds, gate, cosine_min, component, calibration or {}, progress)
     qmodel, info = handler(ctx, config)
     info["passes"] = {**prep, **info["passes"]}
     return qmodel, info["recipe"], info
@@ -753,7 +763,7 @@ def quantize_model(
 
 def quantize_onnx_artifact(
     fp32_path: Path, out_path: Path, spec: "object", component: str, precision: str, calibration: Any,
-    max_drop: float = 0.01,
+    max_drop: float = 0.01, progress: Optional[Callable[[str], None]] = None,
 ) -> dict:
     """The ONNX exporter's hook: write `out_path` (quantised) and its recipe next to it.
 
@@ -787,7 +797,9 @@ def quantize_onnx_artifact(
     feeds = calib.feeds(spec, component, limit=getattr(config, "calib_limit", 64))
     gate = build_gate_data(spec, component, fp32)
     tol = tolerance_for("onnx", precision)
-    qmodel, recipe, info = quantize_model(fp32, config, feeds, component, gate, tol.cosine_min, calib.describe())
+    qmodel, recipe, info = quantize_model(
+        fp32, config, feeds, component, gate, tol.cosine_min, calib.describe(), progress
+    )
     out_path = Path(out_path)
     onnx.save_model(qmodel, str(out_path))
     recipe_path = out_path.with_name(out_path.name.replace(".onnx", "") + ".recipe.json")

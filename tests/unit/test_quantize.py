@@ -111,7 +111,11 @@ def test_default_int8_is_smoothquant_plus_dynamic_and_passes_the_gate(minilm):
     assert Q.handler_for(Q.DynamicW8A8Config()) is Q._w8a8_dynamic
     assert not Q._is_conv_tower(model), "a transformer tower must not get the conv int8 config"
     gate = _gate(model, feeds)
-    qmodel, recipe, info = Q.quantize_model(model, Q.DynamicW8A8Config(calib_limit=8), calib, "text", gate, 0.98)
+    lines: list[str] = []
+    qmodel, recipe, info = Q.quantize_model(model, Q.DynamicW8A8Config(calib_limit=8), calib, "text", gate, 0.98,
+                                            progress=lines.append)
+    # One progress line per gate try, the last one the try that passed.
+    assert len(lines) == len(info["passes"]["gate"]["tried"]) and lines[-1].endswith("-> passes")
     ops = [n.op_type for n in qmodel.graph.node]
     assert ops.count("MatMulInteger") == len(recipe.layers) == info["passes"]["MatMulInteger"] > 0
     assert len(recipe.layers) + len(recipe.float_layers) == 37
