@@ -199,7 +199,7 @@ def float_scope(model: Any, transformer: bool, keep_float: Optional[tuple[str, .
 #                                                0.930 / 0.930 / 0.947 / 0.965,
 #                                                0.59x / 0.66x / 0.72x / 0.76x
 #   chosen: first 9 float. The early convs are where this tower is sensitive (quantizing the stem
-#   alone costs min cosine 0.57 on ORT, every conv from the 12th on 0.998 or better), so a float
+#   alone costs min cosine 0.57 on ORT, each of the 12th to 24th conv 0.998 or better), so a float
 #   prefix buys the cosine bar at less latency than keeping every depthwise conv float.
 # Image agreement stays below 0.98 for every variant: the reference's top-1/top-2 margins go
 # down to 5e-5 on out-of-domain photos (see benchmarks/results/openvino_int8.md).

@@ -62,8 +62,8 @@ def _recipe_layers(qmodel: "object", convs: list[str]) -> dict[str, LayerRecipe]
         if node.name not in convs or node.op_type != "Conv":
             continue
         x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
-        if x_dq is None or w_dq is None or "DequantizeLinear" not in (x_dq.op_type, w_dq.op_type) or x_dq.op_type != w_dq.op_type:
-            continue
+        if x_dq is None or w_dq is None or {x_dq.op_type, w_dq.op_type} != {"DequantizeLinear"}:
+            continue  # not fed by Q/DQ on both inputs: this conv stayed float
         x_q = producers.get(x_dq.input[0])
         act_src = x_q.input[0] if x_q is not None and x_q.op_type == "QuantizeLinear" else x_dq.input[0]
         scale, zp = inits[x_dq.input[1]], inits[x_dq.input[2]]

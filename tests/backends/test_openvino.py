@@ -181,3 +181,31 @@ def test_default_model_text_tower_fp32_and_int8(tmp_path, capsys):
         assert _ir_ops(out / art["path"]).get(SDPA_OP, 0) == 6
     assert arts["fp32"]["parity"]["passed"] and arts["fp32"]["parity"]["cosine_min"] >= 0.9999
     assert arts["int8"]["parity"]["cosine_min"] >= 0.99
+
+
+@pytest.mark.slow
+def test_default_model_image_int8_keeps_the_early_convs_float(tmp_path):
+    """The CNN tower's int8 IR (real EfficientNet-Lite0 weights, real photos): exactly the first
+    EARLY_FLOAT_CONVS convolutions stay float (the measured-sensitive ones), the rest carry
+    FakeQuantize, and min cosine holds at 0.99. Agreement on this tower is the open part of
+    issue 3 (see benchmarks/results/openvino_int8.md), so it is reported, not asserted."""
+    import openvino as ov
+
+    from edgevl.exporters.openvino import EARLY_FLOAT_CONVS, convert_tower, float_scope
+    from edgevl.registry import MODELS
+
+    spec = MODELS.get("effnet-minilm")(None, LoadOptions())
+    names, types = float_scope(convert_tower(spec.tower("image")), transformer=False)
+    assert len(names) == EARLY_FLOAT_CONVS and types == []
+    out = tmp_path / "out"
+    code = main(["export", "--target", "openvino", "--precision", "int8", "--components", "image",
+                 "--out", str(out), "-q", "--keep-failed"])
+    assert code in (0, 3)
+    art = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+    assert art["passes"]["quantization"]["float_layers"] == EARLY_FLOAT_CONVS
+    assert art["parity"]["cosine_min"] >= 0.99
+    model = ov.Core().read_model(str(out / art["path"]))
+    convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+    # A quantized conv reads its input through a FakeQuantize; the float prefix does not.
+    fed_by_fq = [op.input_value(0).get_node().get_type_name() == "FakeQuantize" for op in convs]
+    assert not any(fed_by_fq[:EARLY_FLOAT_CONVS]) and sum(fed_by_fq) >= len(convs) - EARLY_FLOAT_CONVS - 1
