@@ -110,7 +110,8 @@ def main() -> None:
     (args.out / "onnx_int8.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     cols = ["ms_16", "ratio_16", "ms_77", "ratio_77", "cosine_min", "cosine_min_16tok", "cosine_mean",
             "top1_agreement_strict", "top1_agreement", "size_mb"]
-    lines = [f"# ONNX Runtime int8, {spec.name} text tower (2 threads, batch 1)", "",
+    lines = [f"# ONNX Runtime int8, {spec.name} text and image towers (2 threads, batch 1)", "",
+             f"## {spec.name} text tower (all-MiniLM-L6-v2 + projection)", "",
              "| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for k, r in results.items():
         lines.append(f"| {k} | " + " | ".join(str(r.get(c)) for c in cols) + " |")
