@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -26,20 +25,6 @@ def conv_nodes(model: "object") -> list[str]:
     """Names of the Conv nodes with constant weights, in graph order."""
     inits = {i.name for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]
-
-
-class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds (restartable)."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self._feeds = feeds
-        self._it: Iterator = iter(feeds)
-
-    def get_next(self) -> dict | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._feeds)
 
 
 def _prefix(model: "object", convs: list[str], k: int) -> list[str]:
@@ -85,27 +70,30 @@ def _conv_w8a8(ctx: QuantContext, cfg: ConvW8A8Config) -> tuple["object", dict]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgevl.compress.qdq import strip_value_info
+    from edgevl.calibration.readers import ort_reader
 
     paths = layer_paths(ctx.model)
     feeds = ctx.feeds[: cfg.calib_limit]
     work = Path(tempfile.mkdtemp(prefix="edgevl-convq-"))
     try:
-        onnx.save(strip_value_info(ctx.model), str(work / "float.onnx"))
+        onnx.save(ctx.model, str(work / "float.onnx"))  # prepared: value_info already stripped
         # ORT's recommended pre-processing (shape inference, constant folding) before its quantizer.
         quant_pre_process(str(work / "float.onnx"), str(work / "pre.onnx"), skip_symbolic_shape=True)
         pre = onnx.load(str(work / "pre.onnx"))
         convs = conv_nodes(pre)
-        reader = _Reader(feeds)
+        reader = ort_reader(feeds)
+        # The activation ranges do not depend on which convs stay float (ORT calibrates every
+        # tensor of the quantizable op types), so the first gate try calibrates and the later
+        # ones reuse its ranges from this cache instead of re-running the calibration set.
+        ranges = work / "calibration.json"
 
         def build(drop: dict[str, str]) -> tuple["object", dict]:
-            reader.rewind()
             target = work / "quantized.onnx"
             with quiet_ort_quantizer():
                 quantize_static(
                     str(work / "pre.onnx"), str(target), reader, quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=_prefix(pre, convs, len(drop)),
+                    nodes_to_exclude=_prefix(pre, convs, len(drop)), calibration_cache_path=str(ranges),
                 )
             quantized = onnx.load(str(target))
             return quantized, {"quantized_convs": len(convs) - len(drop)}

@@ -831,8 +831,8 @@ def quantize_onnx_artifact(
 def _is_conv_tower(model: "object") -> bool:
     """A tower whose weighted layers are convolutions (no constant-weight MatMul/Gemm)."""
     inits = {i.name for i in model.graph.initializer}
-    ops = [n for n in model.graph.node if len(n.input) > 1 and n.input[1] in inits]
-    return any(n.op_type == "Conv" for n in ops) and not any(n.op_type in ("MatMul", "Gemm") for n in ops)
+    linear = any(n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits for n in model.graph.node)
+    return bool(conv_int8.conv_nodes(model)) and not linear
 
 
 def _precision_of(config: QuantConfig) -> str:
