@@ -85,16 +85,7 @@ def main() -> None:
     text = "a portrait of an astronaut in a space suit with a flag " * 10
     for length in (16, 77):
         feed = {k: v[:, :length] for k, v in spec.tokenize([text]).items()}
-        best = {k: np.inf for k in sessions}
-        for s in sessions.values():
-            for _ in range(3):
-                s.run(None, feed)
-        for _ in range(args.rounds):
-            for k, s in sessions.items():
-                for _ in range(args.runs):
-                    t = time.perf_counter()
-                    s.run(None, feed)
-                    best[k] = min(best[k], time.perf_counter() - t)
+        best = _best_latencies(sessions, feed, args.rounds, args.runs)
         for k in sessions:
             results[k][f"ms_{length}"] = round(best[k] * 1e3, 3)
             results[k][f"ratio_{length}"] = round(best[k] / best["fp32"], 3)
@@ -129,6 +120,23 @@ def main() -> None:
     print("\n".join(lines))
 
 
+def _best_latencies(sessions: dict, feed: dict, rounds: int, runs: int) -> dict[str, float]:
+    """Seconds per run of each session: 3 warm-up runs each, then `rounds` interleaved rounds of
+    `runs` timed runs, keeping the best (shared machines: interleaving keeps every variant under
+    the same load)."""
+    best = {k: np.inf for k in sessions}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, feed)
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            for _ in range(runs):
+                t = time.perf_counter()
+                s.run(None, feed)
+                best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
 def _image_tower(spec: "object", tmp: Path, rounds: int, runs: int) -> dict:
     """fp32 vs edgevl's conv int8 (ConvW8A8Config) at the default gate and at --max-drop 0.02,
     accuracy on the parity photos, latency at batch 1 in interleaved rounds."""
@@ -152,14 +160,7 @@ def _image_tower(spec: "object", tmp: Path, rounds: int, runs: int) -> dict:
         variants[name], counts[name] = model, len(recipe.layers)
     sessions = {k: Q._session(m) for k, m in variants.items()}
     feed = {"pixel_values": gate.feeds["pixel_values"][:1]}
-    best = {k: np.inf for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            s.run(None, feed)
-            for _ in range(runs):
-                t = time.perf_counter()
-                s.run(None, feed)
-                best[k] = min(best[k], time.perf_counter() - t)
+    best = _best_latencies(sessions, feed, rounds, runs)
     out = {}
     for k, m in variants.items():
         out[k] = {**Q.measure(gate, m), "ms": round(best[k] * 1e3, 3), "ratio": round(best[k] / best["fp32"], 3),
