@@ -137,10 +137,32 @@ def _best_latencies(sessions: dict, feed: dict, rounds: int, runs: int) -> dict[
     return best
 
 
+def _ort_static_all_convs(fp32: "object", feeds: list, activation_type: "object", tmp: Path) -> "object":
+    """ORT's static Q/DQ quantizer on every conv (per-channel int8 weights, min-max), after ORT's
+    recommended pre-processing."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgevl.calibration.readers import ort_reader
+    from edgevl.compress.qdq import strip_value_info
+
+    src, pre, out = tmp / "convs.float.onnx", tmp / "convs.pre.onnx", tmp / "convs.int8.onnx"
+    onnx.save(strip_value_info(onnx.ModelProto.FromString(fp32.SerializeToString())), str(src))
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), ort_reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=activation_type, weight_type=QuantType.QInt8)
+    return onnx.load(str(out))
+
+
 def _image_tower(spec: "object", tmp: Path, rounds: int, runs: int) -> dict:
     """fp32 vs edgevl's conv int8 (ConvW8A8Config) at the default gate and at --max-drop 0.02,
-    accuracy on the parity photos, latency at batch 1 in interleaved rounds."""
+    and ORT's static quantizer on every conv with uint8 and with int8 activations (why
+    ConvW8A8Config uses uint8); accuracy on the parity photos, latency at batch 1 in interleaved
+    rounds."""
     import onnx
+
+    from onnxruntime.quantization import QuantType
 
     from edgevl.calibration.datasets import bundled
     from edgevl.compress import quantize as Q
@@ -158,6 +180,9 @@ def _image_tower(spec: "object", tmp: Path, rounds: int, runs: int) -> dict:
                                             feeds, "image", gate, 0.99)
         name = f"edgevl int8, --max-drop {drop} ({len(recipe.layers)} of 49 convs int8)"
         variants[name], counts[name] = model, len(recipe.layers)
+    for label, act_type in (("uint8", QuantType.QUInt8), ("int8", QuantType.QInt8)):
+        name = f"ORT quantize_static, every conv, {label} activations"
+        variants[name], counts[name] = _ort_static_all_convs(fp32, feeds, act_type, tmp), 49
     sessions = {k: Q._session(m) for k, m in variants.items()}
     feed = {"pixel_values": gate.feeds["pixel_values"][:1]}
     best = _best_latencies(sessions, feed, rounds, runs)

@@ -191,16 +191,16 @@ def float_scope(model: Any, transformer: bool, keep_float: Optional[tuple[str, .
 #         ... FFN down-projections float         0.977  0.965
 #         ... FFN down + last float (chosen)     0.9953 0.983
 #         model_type=None (CNN defaults)         0.57 on MiniLM alone (quantizes attention/LN inputs)
-#   image NNCF defaults, all convs int8          0.936  0.947  0.58x fp32 latency
+#   image NNCF defaults, all convs int8          0.936  0.947
 #         (mixed preset 0.905; full bias correction 0.964, 2.3x the calibration time)
 #         ... depthwise float                    0.966  0.930
-#         ... depthwise + first + last float     0.9933 0.895  0.82x
+#         ... depthwise + first + last float     0.9933 0.895
 #         ... first 3 / 5 / 9 / 17 convs float   0.982 / 0.9895 / 0.9926 / 0.9931,
-#                                                0.930 / 0.930 / 0.947 / 0.965,
-#                                                0.59x / 0.66x / 0.72x / 0.76x
+#                                                0.930 / 0.930 / 0.947 / 0.965
 #   chosen: first 9 float. The early convs are where this tower is sensitive (quantizing the stem
 #   alone costs min cosine 0.57 on ORT, each of the 12th to 24th conv 0.998 or better), so a float
-#   prefix buys the cosine bar at less latency than keeping every depthwise conv float.
+#   prefix buys the cosine bar at less latency than keeping every depthwise conv float (int8/fp32
+#   0.69 vs 0.76 in the same run: benchmarks/results/openvino_int8.md).
 # Image agreement stays below 0.98 for every variant: the reference's top-1/top-2 margins go
 # down to 5e-5 on out-of-domain photos (see benchmarks/results/openvino_int8.md).
 EARLY_FLOAT_CONVS = 9

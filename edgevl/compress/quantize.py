@@ -156,10 +156,10 @@ class ConvW8A8Config:
     convolutions stay float until the accuracy gate passes. `--precision int8` picks it for a
     tower whose weighted layers are convolutions.
 
-    Why this shape (default model's EfficientNet-Lite0, ORT CPU, 2 threads, batch 1, same run):
-    uint8 activations let ORT run every conv, depthwise included, as one NHWC int8 chain
-    (0.61x of fp32); int8 activations leave the depthwise convs float between layout
-    transposes (1.22x, slower than fp32). Quantizing one conv alone cost min cosine 0.57 (the
+    Why this shape (default model's EfficientNet-Lite0, ORT CPU, 2 threads, batch 1, same run,
+    benchmarks/onnx_int8.py): uint8 activations let ORT run every conv, depthwise included, as
+    one NHWC int8 chain (0.63x of fp32); int8 activations leave the depthwise convs float between
+    layout transposes (1.15x, slower than fp32). Quantizing one conv alone cost min cosine 0.57 (the
     stem), 0.77 (the first depthwise), 0.95 (the 4th and 5th) and 0.998-0.99997 for each of the
     12th to 24th (the later ones were not measured one by one): sensitivity falls with depth,
     so the gate keeps a float prefix.
