@@ -7,7 +7,8 @@ from onnx import helper, numpy_helper
 import numpy as np
 
 MSFT_DOMAIN = "com.microsoft"
-FUSED_OPS = {("", "Attention"), (MSFT_DOMAIN, "MultiHeadAttention")}
+# The last two are ORT's packed-QKV ops the int8 path writes (edgevl/compress/packed_attention.py).
+FUSED_OPS = {("", "Attention"), (MSFT_DOMAIN, "MultiHeadAttention"), (MSFT_DOMAIN, "Attention"), (MSFT_DOMAIN, "QAttention")}
 
 
 def count_fused_attention(model: onnx.ModelProto) -> int:

@@ -135,12 +135,16 @@ class DynamicW8A8Config:
         max_drop: as in W8A8Config.
         exclude: layer names (ONNX node or module path, substring match) that stay float.
         calib_limit: at most this many calibration samples are observed.
+        pack_attention: pack each standard Attention with its Q/K/V projections into ORT's
+            `com.microsoft.Attention`, quantised as `QAttention` (see
+            edgevl/compress/packed_attention.py); checked against the unpacked graph first.
     """
 
     smoothquant: Optional[SmoothQuantConfig] = SmoothQuantConfig()
     max_drop: float = 0.01
     exclude: tuple[str, ...] = ()
     calib_limit: int = 64
+    pack_attention: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop < 1.0:
@@ -608,6 +612,7 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from edgevl.compress.packed_attention import pack_attention
     from edgevl.compress.qdq import linear_nodes, strip_value_info, weight_recipe
 
     paths = layer_paths(ctx.model)
@@ -632,31 +637,54 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
         recipe.layers[l.name] = LayerRecipe(l.name, l.weight, l.activation, {"dynamic": True, "observed_range": [lo, hi]}, wr)
         local[l.name] = _local_sqnr(stats.rows[l.activation], w, estimate, np.asarray(wr["scales"], np.float32))
     passes["local_sqnr_db"] = {n: round(v, 2) for n, v in sorted(local.items(), key=lambda kv: kv[1])}
+    # Q/K/V + attention -> one op ORT quantizes as QAttention; the gate then keeps a packed
+    # projection trio float together (one op), ranked by its worst member.
+    model, packs, why_not = pack_attention(model, feeds) if cfg.pack_attention else (model, [], "switched off by config")
+    passes["qkv_packed"] = len(packs)
+    if why_not:
+        passes["qkv_packed_skipped"] = why_not
+    unit_of = {p: pack.name for pack in packs for p in pack.projections}
+    members = {pack.name: pack.projections for pack in packs}
+    unit_local: dict[str, float] = {}
+    for name, value in local.items():
+        unit = unit_of.get(name, name)
+        unit_local[unit] = min(value, unit_local.get(unit, np.inf))
+    for name in list(recipe.float_layers):
+        for other in members.get(unit_of.get(name, ""), ()):
+            if other not in recipe.float_layers:
+                recipe.float_layers[other] = f"packed with {name} into one attention op, which stays float"
+                recipe.layers.pop(other, None)
+                unit_local.pop(unit_of[other], None)
+    float_units = {unit_of.get(n, n) for n in recipe.float_layers}
+    standard_attention = [n.name for n in model.graph.node if (n.domain, n.op_type) == ("", "Attention")]
     work = Path(tempfile.mkdtemp(prefix="edgevl-dynq-"))
     source = work / "smoothed.onnx"
     onnx.save(strip_value_info(model), str(source))
 
     def build(drop: dict[str, str]) -> tuple["object", dict]:
         target = work / "quantized.onnx"
-        # MatMul only: ORT's quantizer mistakes the opset-23 Attention op for its own.
+        # ORT's quantizer takes any op named Attention for its own: the standard ones stay out.
         with quiet_ort_quantizer():
             quantize_dynamic(
                 str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                op_types_to_quantize=["MatMul"],
-                nodes_to_exclude=sorted(set(drop) | set(recipe.float_layers)),
+                op_types_to_quantize=["MatMul", "Attention"] if packs else ["MatMul"],
+                nodes_to_exclude=sorted(set(drop) | float_units | set(standard_attention)),
+                # onnx's shape inference stops at contrib ops; every tensor here is float.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
         quantized = onnx.load(str(target))
-        return quantized, {"MatMulInteger": sum(n.op_type == "MatMulInteger" for n in quantized.graph.node)}
+        return quantized, {op: sum(n.op_type == op for n in quantized.graph.node) for op in ("MatMulInteger", "QAttention")}
 
     try:
-        order = [n for n, _ in sorted(local.items(), key=lambda kv: kv[1])]
-        qmodel, drop, (counts,), passes["gate"] = _gate_loop(ctx, order, local, cfg.max_drop, build)
+        order = [n for n, _ in sorted(unit_local.items(), key=lambda kv: kv[1])]
+        qmodel, drop, (counts,), passes["gate"] = _gate_loop(ctx, order, unit_local, cfg.max_drop, build)
     finally:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
     passes.update(counts)
-    return qmodel, {"recipe": recipe.without(drop), "passes": passes, "paths": paths}
+    dropped = {m: why for unit, why in drop.items() for m in members.get(unit, (unit,))}
+    return qmodel, {"recipe": recipe.without(dropped), "passes": passes, "paths": paths}
 
 
 @register_handler(SmoothQuantConfig)

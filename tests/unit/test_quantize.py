@@ -104,8 +104,9 @@ def test_w8a8_recipe_round_trips_and_keeps_accuracy(minilm, tmp_path):
 
 
 def test_default_int8_is_smoothquant_plus_dynamic_and_passes_the_gate(minilm):
-    """`--precision int8` on ONNX: SmoothQuant folded, MatMuls as ORT's dynamic MatMulInteger
-    (never the Attention op), gated on cosine; what stayed float is in the recipe."""
+    """`--precision int8` on ONNX: SmoothQuant folded, Q/K/V packed into ORT's attention op and
+    quantised as QAttention, the other MatMuls as ORT's dynamic MatMulInteger, gated on cosine;
+    what stayed float is in the recipe."""
     model, calib, feeds = minilm
     assert isinstance(Q.PRECISION_CONFIGS["int8"](), Q.DynamicW8A8Config)
     assert Q.handler_for(Q.DynamicW8A8Config()) is Q._w8a8_dynamic
@@ -116,10 +117,14 @@ def test_default_int8_is_smoothquant_plus_dynamic_and_passes_the_gate(minilm):
                                             progress=lines.append)
     # One progress line per gate try, the last one the try that passed.
     assert len(lines) == len(info["passes"]["gate"]["tried"]) and lines[-1].endswith("-> passes")
-    ops = [n.op_type for n in qmodel.graph.node]
-    assert ops.count("MatMulInteger") == len(recipe.layers) == info["passes"]["MatMulInteger"] > 0
+    ops = [(n.domain, n.op_type) for n in qmodel.graph.node]
+    packed, int8_attention = ops.count(("com.microsoft", "Attention")), ops.count(("com.microsoft", "QAttention"))
+    assert info["passes"]["qkv_packed"] == 6 and packed + int8_attention == 6 and int8_attention > 0
+    assert ("", "Attention") not in ops, "the standard Attention was left beside the packed one"
+    matmul_integer = ops.count(("", "MatMulInteger"))
+    assert matmul_integer == info["passes"]["MatMulInteger"] > 0
+    assert matmul_integer + 3 * int8_attention == len(recipe.layers)
     assert len(recipe.layers) + len(recipe.float_layers) == 37
-    assert ops.count("Attention") == 6 and "QAttention" not in ops
     assert info["passes"]["smoothquant"]["smoothquant_mul"] == 18
     out = Q._session(qmodel).run(None, feeds)[0]
     assert _cos(gate.reference, out) >= 0.98
@@ -183,3 +188,55 @@ def test_conv_config_rejects_bad_values_by_name(kwargs, named):
     from edgevl.compress.conv_int8 import _conv_w8a8
 
     assert Q.handler_for(Q.ConvW8A8Config()) is _conv_w8a8
+
+
+def test_packed_attention_equals_the_standard_graph_on_padded_captions(minilm):
+    """Q/K/V + standard Attention -> ORT's packed attention op: the same numbers on real captions
+    of different lengths in one padded batch, the padding really masked, fewer nodes to run."""
+    from edgevl.compress.packed_attention import pack_attention
+    from edgevl.compress.qdq import prepare
+
+    model, calib, feeds = minilm
+    prepared, _ = prepare(model)
+    packed, packs, why_not = pack_attention(prepared, calib)
+    assert why_not is None and len(packs) == 6 and all(len(p.projections) == 3 for p in packs)
+    ops = [(n.domain, n.op_type) for n in packed.graph.node]
+    assert ops.count(("com.microsoft", "Attention")) == 6 and ("", "Attention") not in ops
+    # Per block: 3 projections, 3 bias Adds, 4 Reshapes, 4 Transposes (+ the dead 4-D mask).
+    assert len(packed.graph.node) <= len(prepared.graph.node) - 6 * 14
+    assert feeds["attention_mask"].min() == 0, "the captions must include padded rows"
+    standard = Q._session(prepared).run(None, feeds)[0]
+    out = Q._session(packed).run(None, feeds)[0]
+    assert float(abs(standard - out).max()) < 1e-5
+    # A different token under the padding must not change anything: the mask is honoured.
+    poked = {k: v.copy() for k, v in feeds.items()}
+    poked["input_ids"][poked["attention_mask"] == 0] = 2000
+    assert float(abs(Q._session(packed).run(None, poked)[0] - out).max()) < 1e-6
+
+
+def test_packed_attention_is_refused_where_it_would_change_the_numbers(tiny_clip_dir):
+    """CLIP's text attention is causal; the packed op is only given the padding mask, so the
+    rewrite must be refused (not silently applied) and the graph returned as it was."""
+    import numpy as np
+
+    from edgevl.compress.packed_attention import pack_attention
+    from edgevl.compress.qdq import prepare
+    from edgevl.exporters.onnx import export_tower_onnx
+    from edgevl.models.hf_clip import load_hf_clip
+    from edgevl.models.spec import LoadOptions
+    import onnx
+
+    spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
+    path = tiny_clip_dir.parent / "tiny_clip_text.onnx"
+    export_tower_onnx(spec.text, path)
+    prepared, _ = prepare(onnx.load(str(path)))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 90, (3, 7)).astype(np.int64)
+    mask = np.ones((3, 7), np.int64)
+    mask[1, 4:] = 0
+    feeds = [{"input_ids": ids, "attention_mask": mask}]
+    names = {i.name for i in prepared.graph.input}
+    assert names == {"input_ids", "attention_mask"}, names
+    same, packs, why_not = pack_attention(prepared, feeds)
+    assert packs == [] and same is prepared
+    assert why_not.startswith("packed graph differs"), why_not
