@@ -125,8 +125,9 @@ class DynamicW8A8Config:
     the weights; each block's Q/K/V projections packed with its attention into one op that ORT
     runs as `QAttention`. The default for `--precision int8` on ONNX.
 
-    Packing measured (benchmarks/results/onnx_int8.md, same run, `--max-drop 0.02`): 0.56x /
-    0.45x of fp32 at 16 / 77 tokens against 0.59x / 0.56x unpacked, at the same accuracy.
+    Packing measured (benchmarks/results/onnx_int8.md, same run, `--max-drop 0.02`, 2 threads):
+    0.57x / 0.53x of fp32 at 16 / 77 tokens against 0.68x / 0.58x unpacked, at the same accuracy
+    (the run before: 0.56x / 0.45x against 0.59x / 0.56x).
 
     Why the default (default model's text tower, 2 threads, batch 1, same run, idle machine):
     static W8A8 (`W8A8Config`) ran at 0.92x / 0.66x of fp32 at 16 / 77 tokens, dynamic per-channel
@@ -166,8 +167,8 @@ class ConvW8A8Config:
 
     Why this shape (default model's EfficientNet-Lite0, ORT CPU, 2 threads, batch 1, same run,
     benchmarks/onnx_int8.py): uint8 activations let ORT run every conv, depthwise included, as
-    one NHWC int8 chain (0.63x of fp32); int8 activations leave the depthwise convs float between
-    layout transposes (1.15x, slower than fp32). Quantizing one conv alone cost min cosine 0.57 (the
+    one NHWC int8 chain (0.60x of fp32); int8 activations leave the depthwise convs float between
+    layout transposes (1.10x, slower than fp32). Quantizing one conv alone cost min cosine 0.57 (the
     stem), 0.77 (the first depthwise), 0.95 (the 4th and 5th) and 0.998-0.99997 for each of the
     12th to 24th (the later ones were not measured one by one): sensitivity falls with depth,
     so the gate keeps a float prefix.
