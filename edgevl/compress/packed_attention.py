@@ -94,7 +94,7 @@ def _find(model: "object") -> list[_Match]:
         users = consumers.get(node.output[0], [])
         out_tr = users[0] if len(users) == 1 and users[0].op_type == "Transpose" else None
         after = consumers.get(out_tr.output[0], []) if out_tr is not None else []
-        if len(after) != 1 or after[0].op_type != "Reshape" or len(node.output) > 1 and any(node.output[1:]):
+        if len(after) != 1 or after[0].op_type != "Reshape" or any(node.output[1:]):
             continue
         found.append(_Match(node, tuple(chains), out_tr, after[0]))
     return found
