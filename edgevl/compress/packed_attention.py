@@ -50,11 +50,13 @@ def pack_attention(
         return model, [], "no standard Attention fed by constant-weight Q/K/V projections"
     if not feeds:
         return model, [], "no calibration feeds to check the packed graph on"
-    heads = _heads(model, matches, feeds[0])
+    # One session over the standard graph serves both the heads and the reference outputs.
+    reference = _session(model, [m.attention.input[0] for m in matches])
+    heads = _heads(reference, matches, feeds[0])
     packed = onnx.ModelProto.FromString(model.SerializeToString())
     done = _rewrite(packed, matches, heads, mask_input)
     _prune_dead_nodes(packed)
-    worst = _max_relative_error(model, packed, feeds)
+    worst = _max_relative_error(reference[0], packed, feeds)
     if worst > rtol:
         return model, [], f"packed graph differs from the standard one (max relative error {worst:.2e})"
     return packed, done, None
@@ -106,11 +108,11 @@ def _attr_value(attr: "object") -> object:
     return helper.get_attribute_value(attr)
 
 
-def _heads(model: "object", matches: list[_Match], feed: dict[str, np.ndarray]) -> dict[str, int]:
+def _heads(reference: tuple["object", list[str]], matches: list[_Match], feed: dict[str, np.ndarray]) -> dict[str, int]:
     """Heads per Attention node, read off the `[B, H, S, D]` query it is fed on a real input
     (the dynamo export's reshape targets are computed, not constants)."""
     queries = {m.attention.name: m.attention.input[0] for m in matches}
-    sess, names = _session(model, list(queries.values()))
+    sess, names = reference
     values = dict(zip(names, sess.run(None, feed)))
     return {name: int(values[q].shape[1]) for name, q in queries.items()}
 
@@ -199,10 +201,10 @@ def _check_feeds(feeds: list[dict[str, np.ndarray]], limit: int = 8) -> list[dic
     return chosen + batch
 
 
-def _max_relative_error(reference: "object", candidate: "object", feeds: list[dict[str, np.ndarray]]) -> float:
+def _max_relative_error(ref: "object", candidate: "object", feeds: list[dict[str, np.ndarray]]) -> float:
     """Largest |difference| of the first output over the check feeds, relative to the
-    reference's largest magnitude on that feed."""
-    ref, _ = _session(reference, [])
+    reference's largest magnitude on that feed. `ref` is the standard graph's session (extra
+    outputs come after the graph's own, so its first output is the embedding)."""
     cand, _ = _session(candidate, [])
     worst = 0.0
     for feed in _check_feeds(feeds):
