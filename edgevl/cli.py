@@ -94,7 +94,7 @@ def _cmd_targets() -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edgevl.pipeline import ExportRequest, run_export
+    from edgevl.pipeline import ExportRequest, format_agreement, run_export
     from edgevl.progress import Progress
 
     request = ExportRequest(
@@ -120,8 +120,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         elif p["cosine_min"] is None:
             figures = "output shape differs from the reference"
         else:
-            top1 = "n/a" if p["top1_agreement"] is None else f"{p['top1_agreement']:.3f}"
-            figures = f"cos {p['cosine_min']:.6f} top1 {top1}"
+            figures = f"cos {p['cosine_min']:.6f} top1 {format_agreement(p['top1_agreement'])}"
         print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
               f"{a.fused_attention + a.unfused_attention}  {figures}")
     print(f"wrote {outcome.out / 'manifest.json'}")

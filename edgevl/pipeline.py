@@ -177,7 +177,7 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
                         elif verified == "runtime":
                             details.append(
                                 f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "
-                                f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {_fmt(parity['top1_agreement'])}"
+                                f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {format_agreement(parity['top1_agreement'])}"
                             )
                         else:
                             details.append("not run: no runtime for this target on this machine")
@@ -195,7 +195,8 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
     return ExportOutcome(manifest, request.out)
 
 
-def _fmt(value: Optional[float]) -> str:
+def format_agreement(value: Optional[float]) -> str:
+    """Top-1 agreement for people: None (no zero-shot task on this tower) reads n/a."""
     return "n/a" if value is None else f"{value:.3f}"
 
 
