@@ -18,7 +18,9 @@ from typing import Optional
 
 import numpy as np
 
-MSFT_DOMAIN = "com.microsoft"
+from edgevl.compress.ort_rewrite import (
+    MSFT_DOMAIN, check_feeds, max_relative_error, prune_dead_nodes, session_with_outputs, use_msft_opset,
+)
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,13 @@ def pack_attention(
     if not feeds:
         return model, [], "no calibration feeds to check the packed graph on"
     # One session over the standard graph serves both the heads and the reference outputs.
-    reference = _session(model, [m.attention.input[0] for m in matches])
+    reference = session_with_outputs(model, [m.attention.input[0] for m in matches])
     heads = _heads(reference, matches, feeds[0])
     packed = onnx.ModelProto.FromString(model.SerializeToString())
     done = _rewrite(packed, matches, heads, mask_input)
-    _prune_dead_nodes(packed)
-    worst = _max_relative_error(reference[0], packed, feeds)
+    # The 4-D mask the standard op took and the projections' own weights are read no more.
+    prune_dead_nodes(packed)
+    worst = max_relative_error(reference[0], packed, check_feeds(feeds))
     if worst > rtol:
         return model, [], f"packed graph differs from the standard one (max relative error {worst:.2e})"
     return packed, done, None
@@ -155,59 +158,5 @@ def _rewrite(model: "object", matches: list[_Match], heads: dict[str, int], mask
             nodes.append(n)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    if not any(o.domain == MSFT_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MSFT_DOMAIN, 1))
+    use_msft_opset(model)
     return done
-
-
-def _prune_dead_nodes(model: "object") -> None:
-    """Drop nodes (and initializers) nothing reads any more: the 4-D mask the standard op took,
-    the projections' own weights."""
-    outputs = {o.name for o in model.graph.output}
-    while True:
-        read = {i for n in model.graph.node for i in n.input} | outputs
-        live = [n for n in model.graph.node if any(o in read for o in n.output)]
-        if len(live) == len(model.graph.node):
-            break
-        del model.graph.node[:]
-        model.graph.node.extend(live)
-    keep = [i for i in model.graph.initializer if i.name in read]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-
-
-def _session(model: "object", extra: list[str]) -> tuple["object", list[str]]:
-    """An ORT session over `model` that also returns the tensors named in `extra`."""
-    import onnx
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(
-        onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in extra if t not in known
-    )
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess, [o.name for o in sess.get_outputs()]
-
-
-def _check_feeds(feeds: list[dict[str, np.ndarray]], limit: int = 8) -> list[dict[str, np.ndarray]]:
-    """The first `limit` feeds one by one, and batched together where their shapes agree (the
-    packed op takes a per-row padding mask; a batch with rows of different lengths checks it)."""
-    chosen = feeds[:limit]
-    same = len({tuple((k, v.shape[1:]) for k, v in sorted(f.items())) for f in chosen}) == 1
-    batch = [{k: np.concatenate([f[k] for f in chosen]) for k in chosen[0]}] if same and len(chosen) > 1 else []
-    return chosen + batch
-
-
-def _max_relative_error(ref: "object", candidate: "object", feeds: list[dict[str, np.ndarray]]) -> float:
-    """Largest |difference| of the first output over the check feeds, relative to the
-    reference's largest magnitude on that feed. `ref` is the standard graph's session (extra
-    outputs come after the graph's own, so its first output is the embedding)."""
-    cand, _ = _session(candidate, [])
-    worst = 0.0
-    for feed in _check_feeds(feeds):
-        a, b = ref.run(None, feed)[0], cand.run(None, feed)[0]
-        worst = max(worst, float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12)))
-    return worst

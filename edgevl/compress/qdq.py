@@ -234,14 +234,64 @@ def _ensure_opset(model: "object") -> None:
     model.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION)
 
 
+_HEADS_PERM = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
+
+
+def value_projection(model: "object", tensor: str) -> Optional[tuple[str, str]]:
+    """(V weight, V bias) initializers whose output column j is channel j of `tensor`, where
+    `tensor` is an attention output merged back to `[B, S, H*D]` (Reshape(Transpose(Attention)))
+    and the standard Attention's V is Transpose(Reshape(Add(MatMul(x, W_v), b_v))); None if the
+    graph is not that, or if any link is shared. Attention output channels are linear in V's
+    (softmax(QK^T) mixes tokens, never channels), so a per-channel factor on `tensor` is a
+    per-column factor on W_v and b_v."""
+    from onnx import helper
+
+    inits = _initializers(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+
+    def made_by(t: str, op: str, perm: Optional[list[int]] = None) -> Optional[object]:
+        node = producer.get(t)
+        if node is None or node.op_type != op or node.domain not in ("", "ai.onnx") or readers.get(t, 0) != 1:
+            return None
+        if perm is not None:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if list(attrs.get("perm", [])) != perm:
+                return None
+        return node
+
+    merge = made_by(tensor, "Reshape")
+    out_t = made_by(merge.input[0], "Transpose", _HEADS_PERM) if merge is not None else None
+    attention = made_by(out_t.input[0], "Attention") if out_t is not None else None
+    if attention is None or len(attention.input) < 3 or any(attention.output[1:]):
+        return None
+    v_t = made_by(attention.input[2], "Transpose", _HEADS_PERM)
+    split = made_by(v_t.input[0], "Reshape") if v_t is not None else None
+    add = made_by(split.input[0], "Add") if split is not None else None
+    matmul = made_by(add.input[0], "MatMul") if add is not None else None
+    if matmul is None:
+        return None
+    weight, bias = matmul.input[1], add.input[1]
+    if weight not in inits or bias not in inits or readers.get(weight) != 1 or readers.get(bias) != 1:
+        return None
+    return weight, bias
+
+
 def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["object", dict]:
     """SmoothQuant: for each activation tensor t with per-input-channel factors s, the consuming
     MatMuls see t / s and their weight rows are multiplied by s (the product is unchanged, the
     outlier channels of t shrink, the weights take them on per output channel).
 
-    Where t is produced by a LayerNormalization whose every consumer is a constant-weight MatMul
-    (pre-LN transformers) the 1/s folds into its gamma and beta for free. Otherwise (post-LN BERT,
-    where t also feeds the residual Add) one `Mul(t, 1/s)` is inserted on the MatMul branch only.
+    Where the 1/s can be folded into what produces t, it costs nothing at run time:
+    - a LayerNormalization whose every consumer is a constant-weight MatMul (pre-LN
+      transformers): into its gamma and beta;
+    - an attention output (the out-projection's input): into the V projection's weight columns
+      and bias (see `value_projection`).
+    Otherwise (post-LN BERT, where a LayerNorm output also feeds the residual Add; GELU outputs)
+    one `Mul(t, 1/s)` is inserted on the MatMul branch only.
     """
     onnx = _onnx()
     from onnx import helper, numpy_helper
@@ -253,7 +303,7 @@ def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["obj
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    folded, inserted, skipped = [], [], {}
+    folded, folded_v, inserted, skipped = [], [], [], {}
     before: dict[str, list] = {}
     for tensor, s in smooth.items():
         s = np.asarray(s, np.float32)
@@ -280,6 +330,13 @@ def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["obj
                 inits[prod.input[idx]].CopyFrom(numpy_helper.from_array(arr, prod.input[idx]))
             folded.append(tensor)
             continue
+        into_v = value_projection(model, tensor) if len(linear) == len(users) else None
+        if into_v is not None:
+            w_v, b_v = (numpy_helper.to_array(inits[n]).astype(np.float32) for n in into_v)
+            inits[into_v[0]].CopyFrom(numpy_helper.from_array(w_v / s[None, :], into_v[0]))
+            inits[into_v[1]].CopyFrom(numpy_helper.from_array(b_v / s.reshape(b_v.shape), into_v[1]))
+            folded_v.append(tensor)
+            continue
         inv, out = f"{tensor}_smooth_inv", f"{tensor}_smoothed"
         model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
         before.setdefault(linear[0].name, []).append(helper.make_node("Mul", [tensor, inv], [out], name=f"{tensor}_smooth"))
@@ -287,7 +344,10 @@ def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["obj
             u.input[0] = out
         inserted.append(tensor)
     _insert_before(model, before)
-    return model, {"smoothquant_folded": len(folded), "smoothquant_mul": len(inserted), "smoothquant_skipped": skipped}
+    return model, {
+        "smoothquant_folded": len(folded), "smoothquant_into_v": len(folded_v), "smoothquant_mul": len(inserted),
+        "smoothquant_skipped": skipped,
+    }
 
 
 def weight_only_nbits(

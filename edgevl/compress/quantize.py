@@ -27,7 +27,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -48,15 +48,22 @@ class SmoothQuantConfig:
     Attributes:
         alpha: migration strength in [0, 1]; 0 = none, 1 = all of the range onto the weights.
             0.7 measured best on MiniLM (0.5: min cosine 0.9903, 0.7: 0.9978).
-        producers: ONNX op types whose outputs are smoothed (where outlier channels live).
+        producers: what produces the activations that are smoothed (where outlier channels
+            live): ONNX op types, and "Attention" for an attention output merged back to
+            `[B, S, H*D]`, whose factors fold into the V projection for free.
+        alpha_search: if given, each smoothed tensor takes the alpha of this grid whose
+            simulated int8 output is closest to float on the calibration samples (see
+            edgevl/compress/smoothquant.py); `alpha` is then unused. Empty: `alpha` everywhere.
     """
 
     alpha: float = 0.7
-    producers: tuple[str, ...] = ("LayerNormalization", "Gelu")
+    producers: tuple[str, ...] = ("LayerNormalization", "Gelu", "Attention")
+    alpha_search: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise InputError(f"SmoothQuant alpha {self.alpha} must be in [0, 1] (try 0.5 to 0.8)")
+        for a in (self.alpha, *self.alpha_search):
+            if not 0.0 <= a <= 1.0:
+                raise InputError(f"SmoothQuant alpha {a} must be in [0, 1] (try 0.5 to 0.8)")
 
 
 @dataclass(frozen=True)
@@ -143,13 +150,19 @@ class DynamicW8A8Config:
         pack_attention: pack each standard Attention with its Q/K/V projections into ORT's
             `com.microsoft.Attention`, quantised as `QAttention` (see
             edgevl/compress/packed_attention.py); checked against the unpacked graph first.
+        fuse_embedding: fuse a BERT-style embedding (three lookups, sum, LayerNorm) into ORT's
+            `EmbedLayerNormalization` (see edgevl/compress/embed_layernorm.py); checked too.
+        gptq: round the int8 weights with GPTQ on the calibration inputs instead of to nearest
+            (same scales, same ops; see edgevl/compress/gptq.py).
     """
 
-    smoothquant: Optional[SmoothQuantConfig] = SmoothQuantConfig()
+    smoothquant: Optional[SmoothQuantConfig] = SmoothQuantConfig(alpha_search=(0.5, 0.6, 0.7, 0.8, 0.9))
     max_drop: float = 0.01
     exclude: tuple[str, ...] = ()
     calib_limit: int = 64
     pack_attention: bool = True
+    fuse_embedding: bool = True
+    gptq: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop < 1.0:
@@ -290,14 +303,17 @@ class ActivationStats:
     channel_absmax: dict[str, np.ndarray]
     rows: dict[str, np.ndarray]  # a fixed-seed sample of rows (for local error figures)
     samples: int
+    # every calibration sample's rows [rows, channels], for the tensors asked for only (memory)
+    samples_of: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 def collect_stats(
     model: "object", tensors: list[str], feeds: list[dict[str, np.ndarray]], observer: str,
-    keep_rows: int = 256, seed: int = 0,
+    keep_rows: int = 256, seed: int = 0, keep_samples_of: Iterable[str] = (),
 ) -> ActivationStats:
     """Run the float graph over the calibration feeds and observe `tensors`.
 
+    `keep_samples_of`: tensors whose every sample is kept whole (ActivationStats.samples_of).
     Raises CalibrationError naming the tensor, the layer that reads it and the sample if an
     activation is NaN or Inf."""
     import onnx
@@ -318,6 +334,7 @@ def collect_stats(
     obs = {t: make_observer(observer) for t in tensors}
     chmax: dict[str, np.ndarray] = {}
     rows: dict[str, list] = {t: [] for t in tensors}
+    whole: dict[str, list[np.ndarray]] = {t: [] for t in keep_samples_of}
     rng = np.random.default_rng(seed)
     per_sample = max(1, keep_rows // len(feeds))
     for k, feed in enumerate(feeds):
@@ -335,7 +352,11 @@ def collect_stats(
             chmax[t] = cm if t not in chmax else np.maximum(chmax[t], cm)
             take = rng.choice(flat.shape[0], size=min(per_sample, flat.shape[0]), replace=False)
             rows[t].append(flat[take])
-    return ActivationStats(obs, chmax, {t: np.concatenate(r)[:keep_rows] for t, r in rows.items()}, len(feeds))
+            if t in whole:
+                whole[t].append(flat)
+    return ActivationStats(
+        obs, chmax, {t: np.concatenate(r)[:keep_rows] for t, r in rows.items()}, len(feeds), whole,
+    )
 
 
 def _local_sqnr(x: np.ndarray, w: np.ndarray, act: dict, scales: np.ndarray) -> float:
@@ -482,22 +503,42 @@ class QuantContext:
     progress: Optional[Callable[[str], None]] = None
 
 
-def _smoothing_factors(model: "object", stats: ActivationStats, cfg: SmoothQuantConfig) -> dict[str, np.ndarray]:
+def _smoothed_tensors(model: "object", tensors: list[str], cfg: SmoothQuantConfig) -> set[str]:
+    """The tensors of `tensors` whose producer is one of `cfg.producers`."""
+    from edgevl.compress.qdq import value_projection
+
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    return {
+        t for t in tensors
+        if producers.get(t) in cfg.producers or ("Attention" in cfg.producers and value_projection(model, t) is not None)
+    }
+
+
+def _smoothing_factors(
+    model: "object", stats: ActivationStats, cfg: SmoothQuantConfig, per_sample_range: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """SmoothQuant factors per smoothed tensor, and (with `cfg.alpha_search`) the alpha chosen for
+    each with the simulated SQNR of every alpha tried."""
     from onnx import numpy_helper
 
     from edgevl.compress.qdq import linear_nodes
+    from edgevl.compress.smoothquant import choose_alpha, smoothing_factors
 
     inits = {i.name: i for i in model.graph.initializer}
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    factors = {}
+    smoothed = _smoothed_tensors(model, list(stats.channel_absmax), cfg)
+    factors: dict[str, np.ndarray] = {}
+    searched: dict[str, dict] = {}
     for t, amax in stats.channel_absmax.items():
-        if producers.get(t) not in cfg.producers:
+        if t not in smoothed:
             continue
-        ws = [numpy_helper.to_array(inits[l.weight]) for l in linear_nodes(model) if l.activation == t]
-        wmax = np.max([np.abs(w).max(axis=1) for w in ws], axis=0)
-        s = np.clip(amax, 1e-5, None) ** cfg.alpha / np.clip(wmax, 1e-5, None) ** (1 - cfg.alpha)
-        factors[t] = np.clip(s, 1e-2, 1e3).astype(np.float32)
-    return factors
+        ws = [numpy_helper.to_array(inits[l.weight]).astype(np.float32) for l in linear_nodes(model) if l.activation == t]
+        alpha = cfg.alpha
+        if cfg.alpha_search:
+            choice = choose_alpha(stats.samples_of[t], ws, cfg.alpha_search, per_sample_range)
+            alpha = choice.alpha
+            searched[t] = {"alpha": alpha, "sqnr_db": choice.sqnr_db}
+        factors[t] = smoothing_factors(amax, np.max([np.abs(w).max(axis=1) for w in ws], axis=0), alpha)
+    return factors, searched
 
 
 def _w8a8(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
@@ -507,7 +548,7 @@ def _w8a8(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
 
     paths = layer_paths(ctx.model)
     feeds = ctx.feeds[: cfg.calib_limit]
-    model, passes = _smooth(ctx.model, cfg.smoothquant, feeds)
+    model, passes = _smooth(ctx.model, cfg.smoothquant, feeds, per_sample_range=False)
     layers = linear_nodes(model)
     acts = sorted({l.activation for l in layers})
     stats = collect_stats(model, acts, feeds, cfg.observer)
@@ -597,16 +638,26 @@ def _gate_loop(
         step = step * 2 if len(tried) > 2 else step
 
 
-def _smooth(model: "object", cfg: Optional[SmoothQuantConfig], feeds: list) -> tuple["object", dict[str, Any]]:
-    """Fold SmoothQuant factors (from per-channel activation maxima on `feeds`) into the graph."""
+def _smooth(
+    model: "object", cfg: Optional[SmoothQuantConfig], feeds: list, per_sample_range: bool,
+) -> tuple["object", dict[str, Any]]:
+    """Fold SmoothQuant factors (from per-channel activation maxima on `feeds`) into the graph.
+    `per_sample_range`: the runtime quantises activations per call (dynamic), which the alpha
+    search simulates."""
     from edgevl.compress.qdq import fold_smoothing, linear_nodes
 
     if cfg is None:
         return model, {}
     acts = sorted({l.activation for l in linear_nodes(model)})
-    first = collect_stats(model, acts, feeds, "minmax", keep_rows=1)
-    model, report = fold_smoothing(model, _smoothing_factors(model, first, cfg))
-    return model, {"smoothquant": {"alpha": cfg.alpha, **report}}
+    keep = _smoothed_tensors(model, acts, cfg) if cfg.alpha_search else set()
+    first = collect_stats(model, acts, feeds, "minmax", keep_rows=1, keep_samples_of=keep)
+    factors, searched = _smoothing_factors(model, first, cfg, per_sample_range)
+    model, report = fold_smoothing(model, factors)
+    info: dict[str, Any] = {"alpha": cfg.alpha, **report}
+    if searched:
+        info["alpha"] = "searched per tensor"
+        info["alpha_search"] = searched
+    return model, {"smoothquant": info}
 
 
 @register_handler(DynamicW8A8Config)
@@ -617,12 +668,13 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from edgevl.compress.embed_layernorm import fuse_embed_layernorm
     from edgevl.compress.packed_attention import pack_attention
     from edgevl.compress.qdq import linear_nodes, strip_value_info, weight_recipe
 
     paths = layer_paths(ctx.model)
     feeds = ctx.feeds[: cfg.calib_limit]
-    model, passes = _smooth(ctx.model, cfg.smoothquant, feeds)
+    model, passes = _smooth(ctx.model, cfg.smoothquant, feeds, per_sample_range=True)
     layers = linear_nodes(model)
     stats = collect_stats(model, sorted({l.activation for l in layers}), feeds, "minmax")
     inits = {i.name: i for i in model.graph.initializer}
@@ -648,6 +700,10 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
     passes["qkv_packed"] = len(packs)
     if why_not:
         passes["qkv_packed_skipped"] = why_not
+    model, why_not = fuse_embed_layernorm(model, feeds) if cfg.fuse_embedding else (model, "switched off by config")
+    passes["embedding_fused"] = why_not is None
+    if why_not:
+        passes["embedding_fused_skipped"] = why_not
     unit_of = {p: pack.name for pack in packs for p in pack.projections}
     members = {pack.name: pack.projections for pack in packs}
     unit_local: dict[str, float] = {}
@@ -666,6 +722,9 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
     source = work / "smoothed.onnx"
     onnx.save(strip_value_info(model), str(source))
 
+    gptq_cache: dict[str, Any] = {}
+    gptq_rounded: set[str] = set()
+
     def build(drop: dict[str, str]) -> tuple["object", dict]:
         target = work / "quantized.onnx"
         # ORT's quantizer takes any op named Attention for its own: the standard ones stay out.
@@ -678,6 +737,8 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
         quantized = onnx.load(str(target))
+        if cfg.gptq:
+            gptq_rounded.update(_round_weights_with_gptq(quantized, model, feeds, gptq_cache))
         return quantized, {op: sum(n.op_type == op for n in quantized.graph.node) for op in ("MatMulInteger", "QAttention")}
 
     try:
@@ -688,8 +749,40 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
 
         shutil.rmtree(work, ignore_errors=True)
     passes.update(counts)
+    if cfg.gptq:
+        passes["weight_rounding"] = f"GPTQ on {len(feeds)} calibration samples"
     dropped = {m: why for unit, why in drop.items() for m in members.get(unit, (unit,))}
     return qmodel, {"recipe": recipe.without(dropped), "passes": passes, "paths": paths}
+
+
+def _round_weights_with_gptq(quantized: "object", source: "object", feeds: list, cache: dict[str, Any]) -> set[str]:
+    """Replace the int8 weights ORT's quantizer rounded to nearest with GPTQ's rounding on the
+    same per-column scales, in place; returns the weights done. `cache` keeps the input Hessians
+    and the rounded weights across the accuracy gate's builds (each is computed once)."""
+    from onnx import numpy_helper
+
+    from edgevl.compress.gptq import gptq_int8, input_hessians
+
+    floats = {i.name: i for i in source.graph.initializer}
+    ints = {i.name: i for i in quantized.graph.initializer}
+    reader = {n.input[1]: n.input[0] for n in source.graph.node if len(n.input) > 1 and n.input[1] in floats}
+    todo = {}
+    for n in quantized.graph.node:
+        if n.op_type not in ("MatMulInteger", "QAttention") or not n.input[1].endswith("_quantized"):
+            continue
+        base = n.input[1][: -len("_quantized")]
+        zero = ints.get(f"{base}_zero_point")
+        if base in reader and f"{base}_scale" in ints and zero is not None and not numpy_helper.to_array(zero).any():
+            todo[n.input[1]] = base
+    if "hessians" not in cache:
+        cache["hessians"] = input_hessians(source, [reader[b] for b in todo.values()], feeds)
+    for name, base in todo.items():
+        if base not in cache:
+            weight = numpy_helper.to_array(floats[base]).astype(np.float32)
+            scale = numpy_helper.to_array(ints[f"{base}_scale"]).astype(np.float64)
+            cache[base] = gptq_int8(weight, cache["hessians"][reader[base]], np.broadcast_to(scale, weight.shape[1:]))
+        ints[name].CopyFrom(numpy_helper.from_array(cache[base], name))
+    return set(todo.values())
 
 
 @register_handler(SmoothQuantConfig)
