@@ -5,10 +5,12 @@ figures in benchmarks/results/onnx_int8.md):
 
 - W8A8 static Q/DQ on every MatMul/Gemm with a constant weight (never on `Attention`):
   symmetric int8 weights per output channel, uint8 activations per tensor (min-max observer).
-- SmoothQuant with alpha 0.7 on the activations that carry outlier channels (LayerNorm outputs,
-  GELU outputs): s_j = max|x_j|^a / max|w_j|^(1-a); x / s goes in front of the MatMul (a `Mul`
-  in post-LN BERT, folded into LayerNorm where the LN output feeds MatMuls only), s goes into
-  the weight rows.
+- SmoothQuant on the activations that carry outlier channels (LayerNorm outputs, GELU outputs,
+  attention outputs): s_j = max|x_j|^a / max|w_j|^(1-a); x / s goes in front of the MatMul (a
+  `Mul` in post-LN BERT, folded into LayerNorm where the LN output feeds MatMuls only, into the
+  V projection for an attention output), s goes into the weight rows. alpha is 0.7, or (the
+  ONNX default, `DynamicW8A8Config`) searched per tensor on the calibration set
+  (edgevl/compress/smoothquant.py).
 - An accuracy gate on the parity set against the fp32 artifact; layers are moved back to float
   in order of their measured local error until it passes (or the export fails, naming them).
 - A coarse speed guard: per weight shape, int8 vs float MatMul is timed on ORT; shapes where
