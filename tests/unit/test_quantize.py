@@ -132,6 +132,7 @@ def test_default_int8_is_smoothquant_plus_dynamic_and_passes_the_gate(minilm):
     assert all(s["alpha"] in (0.5, 0.6, 0.7, 0.8, 0.9) for s in smooth["alpha_search"].values())
     assert info["passes"]["embedding_fused"] is True and ops.count(("com.microsoft", "EmbedLayerNormalization")) == 1
     assert info["passes"]["weight_rounding"].startswith("GPTQ")
+    assert info["passes"]["gptq_rounded_weights"] == matmul_integer + int8_attention
     out = Q._session(qmodel).run(None, feeds)[0]
     assert _cos(gate.reference, out) >= 0.98
     assert all(layer.act["dynamic"] for layer in recipe.layers.values())
