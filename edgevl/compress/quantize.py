@@ -520,17 +520,16 @@ def _smoothed_tensors(model: "object", tensors: list[str], cfg: SmoothQuantConfi
 
 
 def _smoothing_factors(
-    model: "object", stats: ActivationStats, cfg: SmoothQuantConfig, per_sample_range: bool,
+    model: "object", stats: ActivationStats, smoothed: set[str], cfg: SmoothQuantConfig, per_sample_range: bool,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    """SmoothQuant factors per smoothed tensor, and (with `cfg.alpha_search`) the alpha chosen for
-    each with the simulated SQNR of every alpha tried."""
+    """SmoothQuant factors for each tensor of `smoothed`, and (with `cfg.alpha_search`) the alpha
+    chosen for each with the simulated SQNR of every alpha tried."""
     from onnx import numpy_helper
 
     from edgevl.compress.qdq import linear_nodes
     from edgevl.compress.smoothquant import choose_alpha, smoothing_factors
 
     inits = {i.name: i for i in model.graph.initializer}
-    smoothed = _smoothed_tensors(model, list(stats.channel_absmax), cfg)
     factors: dict[str, np.ndarray] = {}
     searched: dict[str, dict] = {}
     for t, amax in stats.channel_absmax.items():
@@ -654,9 +653,9 @@ def _smooth(
     if cfg is None:
         return model, {}
     acts = sorted({l.activation for l in linear_nodes(model)})
-    keep = _smoothed_tensors(model, acts, cfg) if cfg.alpha_search else set()
-    first = collect_stats(model, acts, feeds, "minmax", keep_rows=1, keep_samples_of=keep)
-    factors, searched = _smoothing_factors(model, first, cfg, per_sample_range)
+    smoothed = _smoothed_tensors(model, acts, cfg)
+    first = collect_stats(model, acts, feeds, "minmax", keep_rows=1, keep_samples_of=smoothed if cfg.alpha_search else ())
+    factors, searched = _smoothing_factors(model, first, smoothed, cfg, per_sample_range)
     model, report = fold_smoothing(model, factors)
     info: dict[str, Any] = {"alpha": cfg.alpha, **report}
     if searched:

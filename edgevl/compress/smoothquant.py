@@ -21,6 +21,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from edgevl.calibration.observers import qparams_for_range
+from edgevl.compress.qdq import quantize_weight_per_channel
+
 
 def smoothing_factors(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: float) -> np.ndarray:
     """Per-input-channel factors s (clipped to [1e-2, 1e3] so no channel is blown up or zeroed)."""
@@ -29,18 +32,15 @@ def smoothing_factors(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: 
 
 
 def _uint8_fake_quant(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """x on an asymmetric uint8 grid spanning [lo, hi] widened to hold 0 (ONNX QuantizeLinear /
+    """x on the asymmetric uint8 grid covering [lo, hi] and 0 (ONNX QuantizeLinear /
     DynamicQuantizeLinear semantics)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0 or 1.0
-    zero = float(np.clip(np.round(-lo / scale), 0, 255))
-    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+    q = qparams_for_range(lo, hi)
+    return (np.clip(np.round(x / q.scale) + q.zero_point, q.qmin, q.qmax) - q.zero_point) * q.scale
 
 
 def _int8_per_column(w: np.ndarray) -> np.ndarray:
-    scale = np.abs(w).max(axis=0) / 127.0
-    scale[scale == 0] = 1.0
-    return np.clip(np.round(w / scale), -127, 127) * scale
+    codes, scales = quantize_weight_per_channel(w)
+    return codes * scales[None, :]
 
 
 def simulated_sqnr_db(
