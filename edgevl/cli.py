@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibration data for int8: an image folder or a JSON-lines caption file; default: bundled real samples")
     export.add_argument("--max-drop", type=float, default=0.01,
                         help="int8 accuracy gate: largest allowed drop in top-1 agreement / cosine; default 0.01")
+    export.add_argument("--cpu-isa", choices=("any", "vnni"), default="any",
+                        help="int8 dot products the deployment CPU computes exactly: any (default; 7-bit "
+                        "weights, same numbers on every x86 CPU) or vnni (AVX512-VNNI / AVX-VNNI / AMX: full 8-bit weights)")
+    export.add_argument("--speed-guard", action="store_true",
+                        help="time int8 against float on this machine and keep float what is not faster "
+                        "(makes the artifact depend on the building machine; timings go to the manifest)")
     export.add_argument("--keep-failed", action="store_true", help="publish the artifacts even if parity fails (exit code stays 3)")
     export.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -111,6 +117,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         static_shapes=args.static_shapes,
         calibration=args.calib,
         max_drop=args.max_drop,
+        cpu_isa=args.cpu_isa,
+        speed_guard=args.speed_guard,
     )
     outcome = run_export(request, Progress(enabled=not args.quiet))
     for a in outcome.manifest.artifacts:

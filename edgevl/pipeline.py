@@ -42,6 +42,8 @@ class ExportRequest:
     static_shapes: Optional[dict[str, int]] = None
     calibration: Optional[str] = None
     max_drop: float = 0.01
+    cpu_isa: str = "any"
+    speed_guard: bool = False
 
 
 @dataclass
@@ -161,6 +163,8 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
                     static_shapes=request.static_shapes,
                     calibration=calibration,
                     max_drop=request.max_drop,
+                    cpu_isa=request.cpu_isa,
+                    speed_guard=request.speed_guard,
                     progress=lambda line: progress.info(f"  {line}"),
                 )
                 for component in request.components:

@@ -17,6 +17,12 @@ from edgevl.errors import InputError, MissingBackendError
 from edgevl.models.spec import Component, ModelSpec
 
 ONNX_FLAVORS = ("standard", "ort")
+# Which x86 int8 dot product the artifact may rely on. "any": CPUs without VNNI (AVX2, AVX-512
+# without VNNI) add u8 x s8 products in pairs into int16 with saturation, so int8 weights are
+# kept within 7 bits (|w| <= 63: a pair sums to at most 2 * 255 * 63 = 32130 < 32767) and the
+# artifact computes the same numbers on every x86 CPU. "vnni": the deployment CPU has
+# AVX512-VNNI, AVX-VNNI or AMX (exact int32 dot products), so full 8-bit weights are allowed.
+CPU_ISAS = ("any", "vnni")
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,11 @@ class ExportOptions:
         calibration: a calibration set for precisions that need one (int8); None = bundled samples.
         max_drop: accuracy gate for quantized precisions: the largest allowed drop of zero-shot
             top-1 agreement (and of min cosine) against the fp32 reference on the parity set.
+        cpu_isa: the int8 dot-product semantics the artifact may rely on (see CPU_ISAS);
+            recorded in the manifest.
+        speed_guard: let int8 exporters time int8 against float on the building machine and
+            keep float what is not faster. Off by default: a timing makes the artifact depend
+            on the machine that builds it. When on, the timings are recorded in the manifest.
         progress: called with one line per step of long work inside an export (the int8
             accuracy gate's tries); None = silent.
     """
@@ -42,11 +53,15 @@ class ExportOptions:
     static_shapes: Optional[dict[str, int]] = None
     calibration: Any = None
     max_drop: float = 0.01
+    cpu_isa: str = "any"
+    speed_guard: bool = False
     progress: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop < 1.0:
             raise InputError(f"--max-drop {self.max_drop} must be in [0, 1)")
+        if self.cpu_isa not in CPU_ISAS:
+            raise InputError(f"unknown --cpu-isa {self.cpu_isa!r}; use one of: {', '.join(CPU_ISAS)}")
         if self.onnx_flavor not in ONNX_FLAVORS:
             raise InputError(
                 f"unknown ONNX flavour {self.onnx_flavor!r}; use one of: {', '.join(ONNX_FLAVORS)}"
