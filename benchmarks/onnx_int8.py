@@ -37,6 +37,8 @@ def main() -> None:
 
     from edgevl.calibration.datasets import bundled
     from edgevl.compress import quantize as Q
+    from edgevl.compress.gate import measure
+    from edgevl.compress.ort_graph import session
     from edgevl.compress.qdq import strip_value_info
     from edgevl.exporters.onnx import export_tower_onnx
     from edgevl.models.spec import LoadOptions
@@ -88,10 +90,10 @@ def main() -> None:
     variants["edgevl int4w (all MatMuls + embeddings, 4-bit g32)"], _, info4 = Q.quantize_model(
         fp32, Q.WeightOnlyConfig(bits=4), feeds, "text", None, 0.0)
 
-    sessions = {k: Q._session(m) for k, m in variants.items()}
+    sessions = {k: session(m) for k, m in variants.items()}
     results = {k: {"size_mb": round(len(m.SerializeToString()) / 1e6, 2)} for k, m in variants.items()}
     for name, m in variants.items():
-        results[name].update(Q.measure(gate, m))
+        results[name].update(measure(gate, m))
         short = {k: v[:, :16] for k, v in gate.feeds.items()}
         ref16 = sessions["fp32"].run(None, short)[0]
         from edgevl.parity import cosine_per_row
@@ -105,7 +107,7 @@ def main() -> None:
             results[k][f"ratio_{length}"] = round(best[k] / best["fp32"], 3)
     # One thread too: edge apps often pin one core per model, and ORT's int8 GEMMs gain less
     # from a second thread than its fp32 ones at batch 1.
-    single = {k: Q._session(m, threads=1) for k, m in variants.items()}
+    single = {k: session(m, threads=1) for k, m in variants.items()}
     for length in (16, 77):
         feed = {k: v[:, :length] for k, v in spec.tokenize([text]).items()}
         best = _best_latencies(single, feed, args.rounds, args.runs)
@@ -189,6 +191,8 @@ def _image_tower(spec: "object", tmp: Path, rounds: int, runs: int) -> dict:
 
     from edgevl.calibration.datasets import bundled
     from edgevl.compress import quantize as Q
+    from edgevl.compress.gate import measure
+    from edgevl.compress.ort_graph import session
     from edgevl.exporters.onnx import export_tower_onnx
 
     path = tmp / "image.fp32.onnx"
@@ -206,12 +210,12 @@ def _image_tower(spec: "object", tmp: Path, rounds: int, runs: int) -> dict:
     for label, act_type in (("uint8", QuantType.QUInt8), ("int8", QuantType.QInt8)):
         name = f"ORT quantize_static, every conv, {label} activations"
         variants[name], counts[name] = _ort_static_all_convs(fp32, feeds, act_type, tmp), 49
-    sessions = {k: Q._session(m) for k, m in variants.items()}
+    sessions = {k: session(m) for k, m in variants.items()}
     feed = {"pixel_values": gate.feeds["pixel_values"][:1]}
     best = _best_latencies(sessions, feed, rounds, runs)
     out = {}
     for k, m in variants.items():
-        out[k] = {**Q.measure(gate, m), "ms": round(best[k] * 1e3, 3), "ratio": round(best[k] / best["fp32"], 3),
+        out[k] = {**measure(gate, m), "ms": round(best[k] * 1e3, 3), "ratio": round(best[k] / best["fp32"], 3),
                   "int8_convs": counts[k], "size_mb": round(len(m.SerializeToString()) / 1e6, 2)}
     return out
 

@@ -13,16 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from edgevl.compress.config import CPU_ISAS
 from edgevl.errors import InputError, MissingBackendError
 from edgevl.models.spec import Component, ModelSpec
 
 ONNX_FLAVORS = ("standard", "ort")
-# Which x86 int8 dot product the artifact may rely on. "any": CPUs without VNNI (AVX2, AVX-512
-# without VNNI) add u8 x s8 products in pairs into int16 with saturation, so int8 weights are
-# kept within 7 bits (|w| <= 63: a pair sums to at most 2 * 255 * 63 = 32130 < 32767) and the
-# artifact computes the same numbers on every x86 CPU. "vnni": the deployment CPU has
-# AVX512-VNNI, AVX-VNNI or AMX (exact int32 dot products), so full 8-bit weights are allowed.
-CPU_ISAS = ("any", "vnni")
 
 
 @dataclass(frozen=True)
@@ -38,7 +33,8 @@ class ExportOptions:
         calibration: a calibration set for precisions that need one (int8); None = bundled samples.
         max_drop: accuracy gate for quantized precisions: the largest allowed drop of zero-shot
             top-1 agreement (and of min cosine) against the fp32 reference on the parity set.
-        cpu_isa: the int8 dot-product semantics the artifact may rely on (see CPU_ISAS);
+        cpu_isa: the int8 dot-product semantics the artifact may rely on (see
+            edgevl.compress.config.CPU_ISAS);
             recorded in the manifest.
         speed_guard: let int8 exporters time int8 against float on the building machine and
             keep float what is not faster. Off by default: a timing makes the artifact depend

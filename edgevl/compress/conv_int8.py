@@ -1,9 +1,9 @@
-"""Static int8 for convolutional towers on ONNX Runtime (`ConvW8A8Config`), gated on accuracy
-and on measured speed. The float graph is the one `edgevl.compress.qdq.prepare` gives; ONNX
-Runtime's own static quantizer places the Q/DQ pairs (it knows which ops its int8 kernels fuse:
-Conv, the ReLU6 Clip folded into the output range, residual Add), calibrated on the user's
-images with min-max ranges. The scales it chose are read back into edgevl's recipe, so the same
-file describes this graph as it does the MatMul towers'.
+"""Static int8 for convolutional towers on ONNX Runtime (`ConvW8A8Config`), gated on accuracy.
+The float graph is the one `edgevl.compress.qdq.prepare` gives; ONNX Runtime's own static
+quantizer places the Q/DQ pairs (it knows which ops its int8 kernels fuse: Conv, the ReLU6 Clip
+folded into the output range, residual Add), calibrated on the user's images with min-max
+ranges. The scales it chose are read back into edgevl's recipe, so the same file describes this
+graph as it does the MatMul towers'. The whole-tower speed guard is opt-in.
 """
 
 from __future__ import annotations
@@ -14,17 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevl.compress.quantize import (
-    ConvW8A8Config, QuantContext, _gate_loop, _session, _time_session, config_to_json, layer_paths,
-    quiet_ort_quantizer, register_handler,
-)
+from edgevl.compress.config import ConvW8A8Config
+from edgevl.compress.gate import gate_loop
+from edgevl.compress.handlers import QuantContext, register_handler
+from edgevl.compress.ort_graph import layer_paths, quiet_ort_quantizer
 from edgevl.compress.recipe import LayerRecipe, QuantRecipe
+from edgevl.compress.speed_guard import whole_graph_speed
 
 
 def conv_nodes(model: "object") -> list[str]:
     """Names of the Conv nodes with constant weights, in graph order."""
     inits = {i.name for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]
+
+
+def is_conv_tower(model: "object") -> bool:
+    """A tower whose weighted layers are convolutions (no constant-weight MatMul/Gemm)."""
+    inits = {i.name for i in model.graph.initializer}
+    linear = any(n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits for n in model.graph.node)
+    return bool(conv_nodes(model)) and not linear
 
 
 def _prefix(model: "object", convs: list[str], k: int) -> list[str]:
@@ -102,13 +110,13 @@ def _conv_w8a8(ctx: QuantContext, cfg: ConvW8A8Config) -> tuple["object", dict]:
             return (f"kept float by the accuracy gate (conv {rank} of {len(convs)} in depth order; "
                     "early convs measured the most sensitive)")
 
-        qmodel, drop, (counts,), gate_report = _gate_loop(ctx, convs, {}, cfg.max_drop, build, reason)
+        qmodel, drop, (counts,), gate_report = gate_loop(ctx, convs, {}, cfg.max_drop, build, reason)
         passes: dict = {"gate": gate_report, **counts}
-        recipe = QuantRecipe(ctx.component, "int8", config_to_json(cfg), calibration=dict(ctx.calibration))
+        recipe = QuantRecipe(ctx.component, "int8", cfg.to_json(), calibration=dict(ctx.calibration))
         recipe.layers = _recipe_layers(qmodel, [c for c in convs if c not in drop])
         recipe.float_layers = dict(drop)
         if cfg.speed_guard and recipe.layers:
-            timing = _whole_graph_speed(pre, qmodel, feeds[0])
+            timing = whole_graph_speed(pre, qmodel, feeds[0])
             passes["speed_guard"] = timing
             if timing["speedup"] < cfg.min_speedup:
                 why = (f"int8 tower measured {timing['int8_ms']} ms vs {timing['float_ms']} ms float "
@@ -119,19 +127,3 @@ def _conv_w8a8(ctx: QuantContext, cfg: ConvW8A8Config) -> tuple["object", dict]:
         return qmodel, {"recipe": recipe, "passes": passes, "paths": paths}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _whole_graph_speed(float_model: "object", int8_model: "object", feed: dict, rounds: int = 3) -> dict:
-    """Batch-1 latency of the float and int8 graphs, best of interleaved rounds (shared machines:
-    interleaving keeps both under the same load)."""
-    one = {k: v[:1] for k, v in feed.items()}
-    sessions = {"float": _session(float_model), "int8": _session(int8_model)}
-    best = {k: np.inf for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            best[k] = min(best[k], _time_session(s, one, runs=10))
-    return {
-        "float_ms": round(best["float"] * 1e3, 3),
-        "int8_ms": round(best["int8"] * 1e3, 3),
-        "speedup": round(best["float"] / best["int8"], 3),
-    }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import numpy as np
 
@@ -37,6 +37,10 @@ class TowerSpec:
     inputs: tuple[TensorSig, ...]
     output: TensorSig
     example_inputs: dict[str, torch.Tensor]
+    # Set by `edgevl.compress.quantize.quantize_`: the config and calibration set the exporters
+    # apply to this tower's graph (None: the precision's default on the bundled data).
+    quant_config: Optional[Any] = None
+    calibration: Optional[Any] = None
 
     @property
     def input_names(self) -> list[str]:

@@ -149,7 +149,7 @@ def test_non_finite_activation_names_the_layer():
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgevl.compress.quantize import collect_stats
+    from edgevl.compress.stats import collect_stats
 
     graph = helper.make_graph(
         [helper.make_node("Log", ["x"], ["logx"], name="log"),

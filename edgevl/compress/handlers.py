@@ -1,0 +1,63 @@
+"""Quantisation handlers, found by the config's type (torchao's `quantize_` habit).
+
+Each scheme module registers its handler where it defines it; `handler_for` imports the scheme
+modules on first use, so importing a config never pulls in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Optional
+
+import numpy as np
+
+from edgevl.compress.config import QuantConfig
+from edgevl.errors import InputError
+
+if TYPE_CHECKING:
+    from edgevl.compress.gate import GateData
+
+# The modules that register handlers, imported on the first lookup.
+SCHEME_MODULES = (
+    "edgevl.compress.w8a8_static",
+    "edgevl.compress.w8a8_dynamic",
+    "edgevl.compress.weight_only",
+    "edgevl.compress.conv_int8",
+)
+
+Handler = Callable[["QuantContext", QuantConfig], tuple["object", dict]]
+_HANDLERS: dict[type, Handler] = {}
+
+
+@dataclass
+class QuantContext:
+    """What a handler gets: the float graph, calibration feeds, gate data and tolerance."""
+
+    model: "object"  # prepared float graph
+    feeds: list[dict[str, np.ndarray]]
+    gate: Optional["GateData"]
+    cosine_min: float
+    component: str
+    calibration: dict = field(default_factory=dict)
+    progress: Optional[Callable[[str], None]] = None
+
+
+def register_handler(config_type: type) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        if config_type in _HANDLERS:
+            raise ValueError(f"a quantisation handler for {config_type.__name__} is already registered")
+        _HANDLERS[config_type] = fn
+        return fn
+
+    return deco
+
+
+def handler_for(config: QuantConfig) -> Handler:
+    for module in SCHEME_MODULES:
+        importlib.import_module(module)
+    try:
+        return _HANDLERS[type(config)]
+    except KeyError:
+        names = ", ".join(t.__name__ for t in _HANDLERS)
+        raise InputError(f"no quantisation handler for {type(config).__name__}; use one of: {names}") from None

@@ -1,0 +1,141 @@
+"""Dynamic W8A8 (`DynamicW8A8Config`, the ONNX default for `--precision int8` on transformer
+towers): int8 weights per output channel, activations quantised at run time by ONNX Runtime
+(MatMulInteger / QAttention), after SmoothQuant, with GPTQ weight rounding, Q/K/V packed with
+their attention and the BERT embedding fused where each rewrite checks out numerically."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevl.calibration.observers import qparams_for_range
+from edgevl.compress.config import DynamicW8A8Config
+from edgevl.compress.embed_layernorm import fuse_embed_layernorm
+from edgevl.compress.gate import gate_loop
+from edgevl.compress.gptq import gptq_int8, input_hessians
+from edgevl.compress.handlers import QuantContext, register_handler
+from edgevl.compress.ort_graph import layer_paths, matches, quiet_ort_quantizer
+from edgevl.compress.packed_attention import pack_attention
+from edgevl.compress.qdq import linear_nodes, strip_value_info, weight_recipe
+from edgevl.compress.recipe import LayerRecipe, QuantRecipe
+from edgevl.compress.smooth_graph import smooth_graph
+from edgevl.compress.stats import collect_stats, local_sqnr
+
+
+@register_handler(DynamicW8A8Config)
+def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", dict]:
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    paths = layer_paths(ctx.model)
+    feeds = ctx.feeds[: cfg.calib_limit]
+    model, passes = smooth_graph(ctx.model, cfg.smoothquant, feeds, per_sample_range=True)
+    layers = linear_nodes(model)
+    stats = collect_stats(model, sorted({l.activation for l in layers}), feeds, "minmax")
+    inits = {i.name: i for i in model.graph.initializer}
+    recipe = QuantRecipe(ctx.component, "int8", cfg.to_json(), calibration=dict(ctx.calibration))
+    local: dict[str, float] = {}
+    for l in layers:
+        excluded = matches(l.name, paths.get(l.name, ""), cfg.exclude)
+        if excluded:
+            recipe.float_layers[l.name] = f"excluded by config ({excluded!r})"
+            continue
+        lo, hi = stats.observers[l.activation].compute_range()
+        w = numpy_helper.to_array(inits[l.weight]).astype(np.float32)
+        wr = weight_recipe(w)
+        # Activations are quantised at run time; the calibration range estimates that grid,
+        # good enough to rank layers by their local error for the gate.
+        estimate = qparams_for_range(lo, hi).to_json()
+        recipe.layers[l.name] = LayerRecipe(l.name, l.weight, l.activation, {"dynamic": True, "observed_range": [lo, hi]}, wr)
+        local[l.name] = local_sqnr(stats.rows[l.activation], w, estimate, np.asarray(wr["scales"], np.float32))
+    passes["local_sqnr_db"] = {n: round(v, 2) for n, v in sorted(local.items(), key=lambda kv: kv[1])}
+    # Q/K/V + attention -> one op ORT quantizes as QAttention; the gate then keeps a packed
+    # projection trio float together (one op), ranked by its worst member.
+    model, packs, why_not = pack_attention(model, feeds) if cfg.pack_attention else (model, [], "switched off by config")
+    passes["qkv_packed"] = len(packs)
+    if why_not:
+        passes["qkv_packed_skipped"] = why_not
+    model, why_not = fuse_embed_layernorm(model, feeds) if cfg.fuse_embedding else (model, "switched off by config")
+    passes["embedding_fused"] = why_not is None
+    if why_not:
+        passes["embedding_fused_skipped"] = why_not
+    unit_of = {p: pack.name for pack in packs for p in pack.projections}
+    members = {pack.name: pack.projections for pack in packs}
+    unit_local: dict[str, float] = {}
+    for name, value in local.items():
+        unit = unit_of.get(name, name)
+        unit_local[unit] = min(value, unit_local.get(unit, np.inf))
+    for name in list(recipe.float_layers):
+        for other in members.get(unit_of.get(name, ""), ()):
+            if other not in recipe.float_layers:
+                recipe.float_layers[other] = f"packed with {name} into one attention op, which stays float"
+                recipe.layers.pop(other, None)
+                unit_local.pop(unit_of[other], None)
+    float_units = {unit_of.get(n, n) for n in recipe.float_layers}
+    standard_attention = [n.name for n in model.graph.node if (n.domain, n.op_type) == ("", "Attention")]
+    work = Path(tempfile.mkdtemp(prefix="edgevl-dynq-"))
+    source = work / "smoothed.onnx"
+    onnx.save(strip_value_info(model), str(source))
+
+    gptq_cache: dict[str, Any] = {}
+
+    def build(drop: dict[str, str]) -> tuple["object", dict]:
+        target = work / "quantized.onnx"
+        # ORT's quantizer takes any op named Attention for its own: the standard ones stay out.
+        with quiet_ort_quantizer():
+            quantize_dynamic(
+                str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                op_types_to_quantize=["MatMul", "Attention"] if packs else ["MatMul"],
+                nodes_to_exclude=sorted(set(drop) | float_units | set(standard_attention)),
+                # onnx's shape inference stops at contrib ops; every tensor here is float.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        quantized = onnx.load(str(target))
+        counts = {op: sum(n.op_type == op for n in quantized.graph.node) for op in ("MatMulInteger", "QAttention")}
+        if cfg.gptq:
+            counts["gptq_rounded_weights"] = _round_weights_with_gptq(quantized, model, feeds, gptq_cache)
+        return quantized, counts
+
+    try:
+        order = [n for n, _ in sorted(unit_local.items(), key=lambda kv: kv[1])]
+        qmodel, drop, (counts,), passes["gate"] = gate_loop(ctx, order, unit_local, cfg.max_drop, build)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    passes.update(counts)
+    if cfg.gptq:
+        passes["weight_rounding"] = f"GPTQ on {len(feeds)} calibration samples"
+    dropped = {m: why for unit, why in drop.items() for m in members.get(unit, (unit,))}
+    return qmodel, {"recipe": recipe.without(dropped), "passes": passes, "paths": paths}
+
+
+def _round_weights_with_gptq(quantized: "object", source: "object", feeds: list, cache: dict[str, Any]) -> int:
+    """Replace the int8 weights ORT's quantizer rounded to nearest with GPTQ's rounding on the
+    same per-column scales, in place; returns how many weights. `cache` keeps the input Hessians
+    and the rounded weights across the accuracy gate's builds (each is computed once)."""
+    from onnx import numpy_helper
+
+    floats = {i.name: i for i in source.graph.initializer}
+    ints = {i.name: i for i in quantized.graph.initializer}
+    reader = {n.input[1]: n.input[0] for n in source.graph.node if len(n.input) > 1 and n.input[1] in floats}
+    todo = {}
+    for n in quantized.graph.node:
+        if n.op_type not in ("MatMulInteger", "QAttention") or not n.input[1].endswith("_quantized"):
+            continue
+        base = n.input[1][: -len("_quantized")]
+        zero = ints.get(f"{base}_zero_point")
+        if base in reader and f"{base}_scale" in ints and zero is not None and not numpy_helper.to_array(zero).any():
+            todo[n.input[1]] = base
+    if "hessians" not in cache:
+        cache["hessians"] = input_hessians(source, [reader[b] for b in todo.values()], feeds)
+    for name, base in todo.items():
+        if base not in cache:
+            weight = numpy_helper.to_array(floats[base]).astype(np.float32)
+            scale = numpy_helper.to_array(ints[f"{base}_scale"]).astype(np.float64)
+            cache[base] = gptq_int8(weight, cache["hessians"][reader[base]], np.broadcast_to(scale, weight.shape[1:]))
+        ints[name].CopyFrom(numpy_helper.from_array(cache[base], name))
+    return len(todo)
