@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevl.compress.config import ConvW8A8Config
+from edgevl.compress.config import ConvW8A8Config, weight_qmax
 from edgevl.compress.gate import gate_loop
 from edgevl.compress.handlers import QuantContext, register_handler
 from edgevl.compress.ort_graph import layer_paths, quiet_ort_quantizer
@@ -101,6 +101,8 @@ def _conv_w8a8(ctx: QuantContext, cfg: ConvW8A8Config) -> tuple["object", dict]:
                 quantize_static(
                     str(work / "pre.onnx"), str(target), reader, quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    # 7-bit weights (|w| <= 64) unless the target CPU has exact int8 dot products.
+                    reduce_range=weight_qmax(cfg.cpu_isa) < 127,
                     nodes_to_exclude=_prefix(pre, convs, len(drop)), calibration_cache_path=str(ranges),
                 )
             quantized = onnx.load(str(target))

@@ -38,8 +38,12 @@ def input_hessians(
     return hessians
 
 
-def gptq_int8(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.01, block: int = 128) -> np.ndarray:
-    """int8 values for `weight` [K, N] (used as x @ W) on the per-column grid `scale` [N].
+def gptq_int8(
+    weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.01, block: int = 128,
+    qmax: int = 127,
+) -> np.ndarray:
+    """int8 values in [-qmax, qmax] for `weight` [K, N] (used as x @ W) on the per-column grid
+    `scale` [N].
 
     `damp` (a share of the mean Hessian diagonal) keeps the inverse well conditioned; inputs
     that never fire (zero diagonal) get weight 0, as in the reference implementation."""
@@ -60,7 +64,7 @@ def gptq_int8(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: 
         err = np.zeros_like(wb)
         for i in range(b1 - b0):
             row = b0 + i
-            q[row] = np.clip(np.round(wb[i] / scale), -127, 127)
+            q[row] = np.clip(np.round(wb[i] / scale), -qmax, qmax)
             e = (wb[i] - q[row] * scale) / hinv[row, row]
             wb[i:] -= np.outer(hinv[row, row:b1], e)
             err[i] = e

@@ -123,18 +123,23 @@ def prepare(model: "object") -> tuple["object", dict]:
     return model, {"gemm_to_matmul": gemm}
 
 
-def quantize_weight_per_channel(weight: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel (axis 1 of `[K, N]`) quantisation -> (int8 codes, scales)."""
-    qmax = 2 ** (bits - 1) - 1
+def quantize_weight_per_channel(
+    weight: np.ndarray, bits: int = 8, qmax: Optional[int] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel (axis 1 of `[K, N]`) quantisation -> (int8 codes, scales).
+    `qmax`: the largest |code| (default 2**(bits-1) - 1; 64 keeps int8 saturation-safe, see
+    edgevl.compress.config.CPU_ISAS)."""
+    qmax = qmax or 2 ** (bits - 1) - 1
     amax = np.abs(weight).max(axis=0)
     scales = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     codes = np.clip(np.round(weight / scales[None, :]), -qmax, qmax).astype(np.int8)
     return codes, scales
 
 
-def weight_recipe(weight: np.ndarray, bits: int = 8) -> dict:
-    _, scales = quantize_weight_per_channel(weight, bits)
-    return {"axis": 1, "bits": bits, "symmetric": True, "scales": [float(s) for s in scales]}
+def weight_recipe(weight: np.ndarray, bits: int = 8, qmax: Optional[int] = None) -> dict:
+    qmax = qmax or 2 ** (bits - 1) - 1
+    _, scales = quantize_weight_per_channel(weight, bits, qmax)
+    return {"axis": 1, "bits": bits, "qmax": qmax, "symmetric": True, "scales": [float(s) for s in scales]}
 
 
 def apply_recipe(model: "object", recipe: QuantRecipe) -> tuple["object", dict]:
@@ -171,7 +176,7 @@ def apply_recipe(model: "object", recipe: QuantRecipe) -> tuple["object", dict]:
                 f"layer {name!r}: recipe has {scales.shape[0]} weight scales, weight has {weight.shape[1]} "
                 "output channels; re-run calibration"
             )
-        qmax = 2 ** (bits - 1) - 1
+        qmax = int(layer.weight_q.get("qmax", 2 ** (bits - 1) - 1))
         codes = np.clip(np.round(weight / scales[None, :]), -qmax, qmax).astype(np.int8)
         wq, ws, wz = f"{layer.weight}_q", f"{layer.weight}_scale", f"{layer.weight}_zp"
         new_inits += [

@@ -23,7 +23,8 @@ from edgevl.compress.gate import GateData, build_gate_data
 from edgevl.compress.handlers import QuantContext, handler_for
 from edgevl.compress.qdq import prepare
 from edgevl.compress.recipe import QuantRecipe
-from edgevl.errors import InputError
+from edgevl.compress.saturation import check_saturation
+from edgevl.errors import ExportError, InputError
 
 
 def quantize_model(
@@ -76,6 +77,7 @@ def quantize_onnx_artifact(
     qmodel, recipe, info = quantize_model(
         fp32, config, feeds, component, gate, tol.cosine_min, calib.describe(), progress
     )
+    saturation = saturation_verdict(qmodel, config, gate)
     out_path = Path(out_path)
     onnx.save_model(qmodel, str(out_path))
     recipe_path = out_path.with_name(out_path.name.replace(".onnx", "") + ".recipe.json")
@@ -95,6 +97,8 @@ def quantize_onnx_artifact(
         "quantized_layers": len(recipe.layers) if recipe.layers else info["passes"].get("MatMulNBits", 0),
         "float_layers": {n: {"module": paths.get(n, ""), "why": why} for n, why in recipe.float_layers.items()},
         "gate": info["passes"].get("gate"),
+        "cpu_isa": getattr(config, "cpu_isa", None),
+        "saturation": saturation,
         "passes": {k: v for k, v in info["passes"].items() if k != "gate"},
         "size_ratio": round(q_size / fp32_size, 4),
         "recipe": str(recipe_path),
@@ -102,6 +106,24 @@ def quantize_onnx_artifact(
         "seconds": round(time.perf_counter() - t0, 1),
         "notes": notes,
     }
+
+
+def saturation_verdict(qmodel: "object", config: QuantConfig, gate: Optional[GateData], samples: int = 4) -> dict:
+    """Check that the int8 graph computes the same with and without VNNI (see
+    edgevl.compress.saturation) on the first gate samples. For `cpu_isa="any"` a difference is
+    an edgevl bug and fails the export; for "vnni" it is reported (the artifact needs VNNI)."""
+    feeds = None
+    if gate is not None:
+        n = min(samples, gate.n_samples)
+        feeds = [{k: v[i : i + 1] for k, v in gate.feeds.items()} for i in range(n)]
+    report = check_saturation(qmodel, feeds).to_json()
+    cpu_isa = getattr(config, "cpu_isa", "any")
+    if cpu_isa == "any" and (not report["safe_by_weights"] or report["outputs_differing_without_vnni"]):
+        raise ExportError(
+            f"int8 graph is not saturation-safe although built for any x86 CPU ({report}); "
+            "this is an edgevl bug: report it, or pass --cpu-isa vnni if the target has VNNI/AMX"
+        )
+    return report
 
 
 def default_config(

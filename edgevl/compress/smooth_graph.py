@@ -24,6 +24,7 @@ def smoothed_tensors(model: "object", tensors: list[str], cfg: SmoothQuantConfig
 
 def _smoothing_factors(
     model: "object", stats: ActivationStats, smoothed: set[str], cfg: SmoothQuantConfig, per_sample_range: bool,
+    weight_qmax: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """SmoothQuant factors for each tensor of `smoothed`, and (with `cfg.alpha_search`) the alpha
     chosen for each with the simulated SQNR of every alpha tried."""
@@ -38,7 +39,7 @@ def _smoothing_factors(
         ws = [numpy_helper.to_array(inits[l.weight]).astype(np.float32) for l in linear_nodes(model) if l.activation == t]
         alpha = cfg.alpha
         if cfg.alpha_search:
-            choice = choose_alpha(stats.samples_of[t], ws, cfg.alpha_search, per_sample_range)
+            choice = choose_alpha(stats.samples_of[t], ws, cfg.alpha_search, per_sample_range, weight_qmax)
             alpha = choice.alpha
             searched[t] = {"alpha": alpha, "sqnr_db": choice.sqnr_db}
         factors[t] = smoothing_factors(amax, np.max([np.abs(w).max(axis=1) for w in ws], axis=0), alpha)
@@ -47,16 +48,17 @@ def _smoothing_factors(
 
 def smooth_graph(
     model: "object", cfg: Optional[SmoothQuantConfig], feeds: list, per_sample_range: bool,
+    weight_qmax: int = 127,
 ) -> tuple["object", dict[str, Any]]:
     """Fold SmoothQuant factors (from per-channel activation maxima on `feeds`) into the graph.
     `per_sample_range`: the runtime quantises activations per call (dynamic), which the alpha
-    search simulates."""
+    search simulates, as it does the weights' int8 grid (`weight_qmax`)."""
     if cfg is None:
         return model, {}
     acts = sorted({l.activation for l in linear_nodes(model)})
     smoothed = smoothed_tensors(model, acts, cfg)
     first = collect_stats(model, acts, feeds, "minmax", keep_rows=1, keep_samples_of=smoothed if cfg.alpha_search else ())
-    factors, searched = _smoothing_factors(model, first, smoothed, cfg, per_sample_range)
+    factors, searched = _smoothing_factors(model, first, smoothed, cfg, per_sample_range, weight_qmax)
     model, report = fold_smoothing(model, factors)
     info: dict[str, Any] = {"alpha": cfg.alpha, **report}
     if searched:

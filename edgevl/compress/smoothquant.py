@@ -38,14 +38,14 @@ def _uint8_fake_quant(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (np.clip(np.round(x / q.scale) + q.zero_point, q.qmin, q.qmax) - q.zero_point) * q.scale
 
 
-def _int8_per_column(w: np.ndarray) -> np.ndarray:
-    codes, scales = quantize_weight_per_channel(w)
+def _int8_per_column(w: np.ndarray, qmax: int = 127) -> np.ndarray:
+    codes, scales = quantize_weight_per_channel(w, qmax=qmax)
     return codes * scales[None, :]
 
 
 def simulated_sqnr_db(
     samples: Sequence[np.ndarray], weights: Sequence[np.ndarray], s: np.ndarray, per_sample_range: bool,
-    float_outputs: Optional[Sequence[np.ndarray]] = None,
+    float_outputs: Optional[Sequence[np.ndarray]] = None, weight_qmax: int = 127,
 ) -> float:
     """Output SQNR (dB) of the consumers of one activation tensor after smoothing with `s` and
     int8 quantisation: each sample's rows [rows, channels] on a uint8 grid (its own range when
@@ -65,7 +65,7 @@ def simulated_sqnr_db(
         float_outputs = [x_ref @ w for w in weights]
     signal = noise = 0.0
     for w, y in zip(weights, float_outputs):
-        y_q = x_q @ _int8_per_column(w * s[:, None])
+        y_q = x_q @ _int8_per_column(w * s[:, None], weight_qmax)
         signal += float(np.sum(np.square(y, dtype=np.float64)))
         noise += float(np.sum(np.square(y - y_q, dtype=np.float64)))
     return 10.0 * float(np.log10(max(signal, 1e-30) / max(noise, 1e-30)))
@@ -79,6 +79,7 @@ class AlphaChoice:
 
 def choose_alpha(
     samples: Sequence[np.ndarray], weights: Sequence[np.ndarray], grid: Sequence[float], per_sample_range: bool,
+    weight_qmax: int = 127,
 ) -> AlphaChoice:
     """The alpha of `grid` with the best simulated output SQNR (the smaller alpha on a tie).
 
@@ -91,6 +92,7 @@ def choose_alpha(
     scores = {
         float(a): simulated_sqnr_db(
             samples, weights, smoothing_factors(act_absmax, weight_absmax, a), per_sample_range, float_outputs,
+            weight_qmax,
         )
         for a in sorted(grid)
     }

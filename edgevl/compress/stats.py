@@ -74,11 +74,11 @@ def collect_stats(
     )
 
 
-def local_sqnr(x: np.ndarray, w: np.ndarray, act: dict, scales: np.ndarray) -> float:
+def local_sqnr(x: np.ndarray, w: np.ndarray, act: dict, scales: np.ndarray, weight_qmax: int = 127) -> float:
     """SQNR (dB) of one layer's output when its input and weight go through the recipe's grid."""
     s, z = float(act["scale"]), int(act["zero_point"])
     xq = (np.clip(np.round(x / s) + z, act["qmin"], act["qmax"]) - z) * s
-    wq = np.clip(np.round(w / scales[None, :]), -127, 127) * scales[None, :]
+    wq = np.clip(np.round(w / scales[None, :]), -weight_qmax, weight_qmax) * scales[None, :]
     y, yq = x @ w, xq @ wq
     noise = float(np.sum((y - yq) ** 2))
     return 10 * np.log10(max(float(np.sum(y**2)), 1e-30) / max(noise, 1e-30))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgevl.calibration.observers import qparams_for_range
-from edgevl.compress.config import DynamicW8A8Config
+from edgevl.compress.config import DynamicW8A8Config, weight_qmax
 from edgevl.compress.embed_layernorm import fuse_embed_layernorm
 from edgevl.compress.gate import gate_loop
 from edgevl.compress.gptq import gptq_int8, input_hessians
@@ -34,7 +34,8 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
 
     paths = layer_paths(ctx.model)
     feeds = ctx.feeds[: cfg.calib_limit]
-    model, passes = smooth_graph(ctx.model, cfg.smoothquant, feeds, per_sample_range=True)
+    qmax = weight_qmax(cfg.cpu_isa)
+    model, passes = smooth_graph(ctx.model, cfg.smoothquant, feeds, per_sample_range=True, weight_qmax=qmax)
     layers = linear_nodes(model)
     stats = collect_stats(model, sorted({l.activation for l in layers}), feeds, "minmax")
     inits = {i.name: i for i in model.graph.initializer}
@@ -47,12 +48,12 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
             continue
         lo, hi = stats.observers[l.activation].compute_range()
         w = numpy_helper.to_array(inits[l.weight]).astype(np.float32)
-        wr = weight_recipe(w)
+        wr = weight_recipe(w, qmax=qmax)
         # Activations are quantised at run time; the calibration range estimates that grid,
         # good enough to rank layers by their local error for the gate.
         estimate = qparams_for_range(lo, hi).to_json()
         recipe.layers[l.name] = LayerRecipe(l.name, l.weight, l.activation, {"dynamic": True, "observed_range": [lo, hi]}, wr)
-        local[l.name] = local_sqnr(stats.rows[l.activation], w, estimate, np.asarray(wr["scales"], np.float32))
+        local[l.name] = local_sqnr(stats.rows[l.activation], w, estimate, np.asarray(wr["scales"], np.float32), qmax)
     passes["local_sqnr_db"] = {n: round(v, 2) for n, v in sorted(local.items(), key=lambda kv: kv[1])}
     # Q/K/V + attention -> one op ORT quantizes as QAttention; the gate then keeps a packed
     # projection trio float together (one op), ranked by its worst member.
@@ -90,6 +91,8 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
         with quiet_ort_quantizer():
             quantize_dynamic(
                 str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                # 7-bit weights (|w| <= 64) unless the target CPU has exact int8 dot products.
+                reduce_range=qmax < 127,
                 op_types_to_quantize=["MatMul", "Attention"] if packs else ["MatMul"],
                 nodes_to_exclude=sorted(set(drop) | float_units | set(standard_attention)),
                 # onnx's shape inference stops at contrib ops; every tensor here is float.
@@ -98,7 +101,7 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
         quantized = onnx.load(str(target))
         counts = {op: sum(n.op_type == op for n in quantized.graph.node) for op in ("MatMulInteger", "QAttention")}
         if cfg.gptq:
-            counts["gptq_rounded_weights"] = _round_weights_with_gptq(quantized, model, feeds, gptq_cache)
+            counts["gptq_rounded_weights"] = _round_weights_with_gptq(quantized, model, feeds, gptq_cache, qmax)
         return quantized, counts
 
     try:
@@ -113,7 +116,9 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
     return qmodel, {"recipe": recipe.without(dropped), "passes": passes, "paths": paths}
 
 
-def _round_weights_with_gptq(quantized: "object", source: "object", feeds: list, cache: dict[str, Any]) -> int:
+def _round_weights_with_gptq(
+    quantized: "object", source: "object", feeds: list, cache: dict[str, Any], qmax: int,
+) -> int:
     """Replace the int8 weights ORT's quantizer rounded to nearest with GPTQ's rounding on the
     same per-column scales, in place; returns how many weights. `cache` keeps the input Hessians
     and the rounded weights across the accuracy gate's builds (each is computed once)."""
@@ -136,6 +141,6 @@ def _round_weights_with_gptq(quantized: "object", source: "object", feeds: list,
         if base not in cache:
             weight = numpy_helper.to_array(floats[base]).astype(np.float32)
             scale = numpy_helper.to_array(ints[f"{base}_scale"]).astype(np.float64)
-            cache[base] = gptq_int8(weight, cache["hessians"][reader[base]], np.broadcast_to(scale, weight.shape[1:]))
+            cache[base] = gptq_int8(weight, cache["hessians"][reader[base]], np.broadcast_to(scale, weight.shape[1:]), qmax=qmax)
         ints[name].CopyFrom(numpy_helper.from_array(cache[base], name))
     return len(todo)

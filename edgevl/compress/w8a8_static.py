@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgevl.calibration.observers import qparams_for_range
-from edgevl.compress.config import SmoothQuantConfig, W8A8Config
+from edgevl.compress.config import SmoothQuantConfig, W8A8Config, weight_qmax
 from edgevl.compress.gate import gate_loop
 from edgevl.compress.handlers import QuantContext, register_handler
 from edgevl.compress.ort_graph import layer_paths, matches
@@ -23,7 +23,8 @@ def _w8a8_static(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
 
     paths = layer_paths(ctx.model)
     feeds = ctx.feeds[: cfg.calib_limit]
-    model, passes = smooth_graph(ctx.model, cfg.smoothquant, feeds, per_sample_range=False)
+    qmax = weight_qmax(cfg.cpu_isa)
+    model, passes = smooth_graph(ctx.model, cfg.smoothquant, feeds, per_sample_range=False, weight_qmax=qmax)
     layers = linear_nodes(model)
     acts = sorted({l.activation for l in layers})
     stats = collect_stats(model, acts, feeds, cfg.observer)
@@ -45,10 +46,10 @@ def _w8a8_static(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
             how = cfg.observer
         q = qparams_for_range(lo, hi)
         w = numpy_helper.to_array(inits[l.weight]).astype(np.float32)
-        wr = weight_recipe(w)
+        wr = weight_recipe(w, qmax=qmax)
         act = {**q.to_json(), "observer": how}
         recipe.layers[l.name] = LayerRecipe(l.name, l.weight, l.activation, act, wr)
-        local[l.name] = local_sqnr(stats.rows[l.activation], w, act, np.asarray(wr["scales"], np.float32))
+        local[l.name] = local_sqnr(stats.rows[l.activation], w, act, np.asarray(wr["scales"], np.float32), qmax)
         shapes[l.name] = (l.in_features, l.out_features)
     if cfg.speed_guard and shapes:
         timing = matmul_speed(set(shapes.values()))
