@@ -96,9 +96,9 @@ def _load_model(folder: Path, model_type: str, weights: Path, is_pickle: bool):
     import torch
     import transformers
 
-    from edgevl.ops.attention import ATTN_IMPLEMENTATION, _register_with_transformers
+    from edgevl.ops.attention import ATTN_IMPLEMENTATION, register_with_transformers
 
-    _register_with_transformers()
+    register_with_transformers()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     cls = getattr(transformers, SUPPORTED[model_type])

@@ -89,7 +89,7 @@ def hf_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _register_with_transformers() -> None:
+def register_with_transformers() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
@@ -147,7 +147,7 @@ def attention_blocks(model: nn.Module) -> list[str]:
 
 def use_edgevl_attention(model: nn.Module) -> nn.Module:
     """Route every attention block of a transformers model through edgevl's op (in place)."""
-    _register_with_transformers()
+    register_with_transformers()
     for module in model.modules():
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "_attn_implementation"):
