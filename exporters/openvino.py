@@ -208,25 +208,46 @@ def compiled_run(model: Any, input_names: list[str]) -> Callable[[dict[str, np.n
     return run
 
 
+DOT_PRODUCT_OPS = ("MatMul", "Convolution", "GroupConvolution")
+
+
+def _weight_consumer(node: Any) -> Any:
+    """The op a compressed weight constant feeds, past its dequantization (Convert, Subtract,
+    Multiply) and layout ops."""
+    for _ in range(8):
+        users = [t.get_node() for t in node.output(0).get_target_inputs()]
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.get_type_name() not in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+            return node
+    return None
+
+
 def weight_levels(model: Any) -> dict[str, int]:
-    """The int8 levels each quantized weight uses: layer -> max |level| (signed, symmetric).
-    Reads compressed int8 weight constants (Constant i8 -> Convert -> ... -> the layer) and, where
-    weights are still behind a FakeQuantize, the levels that FakeQuantize maps them to."""
+    """The int8 levels the weights of each quantized dot-product layer (MatMul, convolution) use:
+    layer -> max |level|. Reads the compressed int8 weight constants (Constant i8 -> Convert ->
+    Multiply -> the layer) and, where weights are still behind a FakeQuantize, the levels that
+    FakeQuantize maps them to. Int8 embedding tables (read by Gather, no dot product) are not
+    counted."""
     levels: dict[str, int] = {}
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
         if kind == "Constant" and op.get_element_type().get_type_name() == "i8":
-            users = [t.get_node() for t in op.output(0).get_target_inputs()]
-            if users and all(u.get_type_name() == "Convert" for u in users):
+            consumer = _weight_consumer(op)
+            if consumer is not None and consumer.get_type_name() in DOT_PRODUCT_OPS:
                 values = op.get_data().astype(np.int32)
-                levels[op.get_friendly_name()] = int(np.abs(values).max()) if values.size else 0
+                levels[consumer.get_friendly_name()] = int(np.abs(values).max()) if values.size else 0
         elif kind == "FakeQuantize" and op.input_value(0).get_node().get_type_name() == "Constant":
+            consumer = _weight_consumer(op)
+            if consumer is None or consumer.get_type_name() not in DOT_PRODUCT_OPS:
+                continue
             w = op.input_value(0).get_node().get_data().astype(np.float64)
             lo, hi = (op.input_value(i).get_node().get_data().astype(np.float64) for i in (1, 2))
             n = int(op.get_attributes()["levels"])
             span = np.where(hi - lo == 0, 1.0, hi - lo)
             q = np.round((np.clip(w, lo, hi) - lo) / span * (n - 1)) - (n - 1) / 2
-            levels[op.get_friendly_name()] = int(np.ceil(np.abs(q).max()))
+            levels[consumer.get_friendly_name()] = int(np.ceil(np.abs(q).max()))
     return levels
 
 
