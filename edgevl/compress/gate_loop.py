@@ -74,7 +74,8 @@ def measure(gate: GateData, run: RunFn) -> dict:
         "top1_agreement_strict": None,
     }
     if not np.all(np.isfinite(out)):
-        figures["cosine_min"] = float("-inf")
+        # NaN/Inf outputs fail the gate; -1 is the lowest cosine and stays valid JSON.
+        figures.update(cosine_min=-1.0, non_finite=int(np.sum(~np.isfinite(out))))
         return figures
     if gate.agreement_fn is not None:
         tie, strict = gate.agreement_fn(gate.reference, out)
