@@ -18,7 +18,8 @@ Precisions (what each one means for the IR and for the runtime that verifies it)
     bf16   IR weights compressed to fp16 (bf16 keeps fewer mantissa bits than fp16 storage, so
            the compression costs nothing measurable); inference hint bf16.
     int8   post-training quantization of activations and weights (`nncf.quantize`), calibrated
-           on real images / captions; see `_quantize_int8` for the method and its figures.
+           on real images / captions, the float layers chosen by the accuracy gate, weights in
+           7 bits unless `--cpu-isa vnni`; see `_quantize_int8`.
     int8w  weight-only int8 (`nncf.compress_weights`, INT8_ASYM, per output channel).
     int4w  weight-only int4 (INT4_SYM, groups of 128, smaller where a layer's width needs it),
            with NNCF's int8 backup for the embeddings, the last layer and layers no group fits.
@@ -32,7 +33,7 @@ import logging
 import shlex
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -151,96 +152,161 @@ def _producer(port: Any) -> Any:
     return node
 
 
-def float_scope(model: Any, transformer: bool, keep_float: Optional[tuple[str, ...]] = None) -> tuple[list[str], list[str]]:
-    """(node names, op types) int8 keeps in float.
+def weight_matmuls(model: Any) -> list[Any]:
+    """MatMuls whose second input is a constant weight (what NNCF quantizes), in graph order."""
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose"):
+            node = node.input_value(0).get_node()
+        if node.get_type_name() == "Constant":
+            out.append(op)
+    return out
 
-    Groups: "ffn_down" = MatMuls fed by Gelu (the FFN down-projections, whose inputs carry the
-    outlier activations per-tensor int8 cannot hold); "last" = the last MatMul/Convolution (the
-    embedding projection or head); "first" = the first Convolution (the stem, fed raw normalised
-    pixels); "depthwise" = every GroupConvolution; "early" = the first `EARLY_FLOAT_CONVS`
-    convolutions, depthwise or not, in graph order.
+
+def rank_layers(model: Any, transformer: bool) -> list[tuple[str, str]]:
+    """The order in which the accuracy gate keeps layers float, with the reason for each rank;
+    computed once from the float graph.
+
+    Convolutional towers: every convolution, depthwise included, in depth order (a float prefix:
+    per-layer sensitivity of a CNN falls with depth, the stem being the most sensitive).
+    Transformer towers: the weighted MatMuls, FFN down-projections first (fed by Gelu, their
+    inputs carry the outlier channels per-tensor int8 cannot hold), then the last projection
+    (the embedding the parity check compares), then the rest in graph order.
     """
-    if keep_float is None:
-        keep_float = INT8_KEEP_FLOAT["transformer" if transformer else "cnn"]
-    ops = list(model.get_ordered_ops())
-    names: list[str] = []
-    types: list[str] = []
-    matmuls = [op for op in ops if op.get_type_name() == "MatMul"]
-    convs = [op for op in ops if op.get_type_name() == "Convolution"]
-    if "ffn_down" in keep_float:
-        names += [op.get_friendly_name() for op in matmuls if _producer(op.inputs()[0]).get_type_name() == "Gelu"]
-    if "last" in keep_float:
-        weighted = matmuls if transformer else convs
-        if weighted:
-            names.append(weighted[-1].get_friendly_name())
-    if "first" in keep_float and convs:
-        names.append(convs[0].get_friendly_name())
-    if "depthwise" in keep_float and any(op.get_type_name() == "GroupConvolution" for op in ops):
-        types.append("GroupConvolution")
-    if "early" in keep_float:
-        names += [op.get_friendly_name() for op in ops
-                  if op.get_type_name() in ("Convolution", "GroupConvolution")][:EARLY_FLOAT_CONVS]
-    return list(dict.fromkeys(names)), types
+    if not transformer:
+        convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+        return [(op.get_friendly_name(), f"convolution {i + 1} of {len(convs)} in depth order "
+                 "(the earliest convolutions are the most sensitive)") for i, op in enumerate(convs)]
+    matmuls = weight_matmuls(model)
+    down = [op for op in matmuls if _producer(op.inputs()[0]).get_type_name() == "Gelu"]
+    ranked = [(op.get_friendly_name(), "FFN down-projection (input after Gelu carries outlier channels)")
+              for op in down]
+    if matmuls and matmuls[-1] not in down:
+        ranked.append((matmuls[-1].get_friendly_name(), "last projection (writes the embedding)"))
+    seen = {name for name, _ in ranked}
+    ranked += [(op.get_friendly_name(), "weighted MatMul, graph order") for op in matmuls
+               if op.get_friendly_name() not in seen]
+    return ranked
 
 
-# What int8 keeps float, by tower kind. Measured on the default model (EfficientNet-Lite0 and
-# all-MiniLM-L6-v2 + projection, real weights), calibrated on the bundled calibration set (the 57
-# photo views; the 19 captions plus 32 everyday captions, label prompts left out) and judged on
-# the parity set; min cosine to the reference (f32 hint), tie-aware top-1 agreement:
-#   text  TRANSFORMER, all MatMuls int8          0.970  0.947
-#         ... FFN down-projections float         0.977  0.965
-#         ... FFN down + last float (chosen)     0.9953 0.983
-#         model_type=None (CNN defaults)         0.57 on MiniLM alone (quantizes attention/LN inputs)
-#   image NNCF defaults, all convs int8          0.936  0.947
-#         (mixed preset 0.905; full bias correction 0.964, 2.3x the calibration time)
-#         ... depthwise float                    0.966  0.930
-#         ... depthwise + first + last float     0.9933 0.895
-#         ... first 3 / 5 / 9 / 17 convs float   0.982 / 0.9895 / 0.9926 / 0.9931,
-#                                                0.930 / 0.930 / 0.947 / 0.965
-#   chosen: first 9 float. The early convs are where this tower is sensitive (quantizing the stem
-#   alone costs min cosine 0.57 on ORT, each of the 12th to 24th conv 0.998 or better), so a float
-#   prefix buys the cosine bar at less latency than keeping every depthwise conv float (int8/fp32
-#   0.69 vs 0.76 in the same run: benchmarks/results/openvino_int8.md).
-# Image agreement stays below 0.98 for every variant: the reference's top-1/top-2 margins go
-# down to 5e-5 on out-of-domain photos (see benchmarks/results/openvino_int8.md).
-EARLY_FLOAT_CONVS = 9
-INT8_KEEP_FLOAT: dict[str, tuple[str, ...]] = {
-    "transformer": ("ffn_down", "last"),
-    "cnn": ("early",),
-}
+def compiled_run(model: Any, input_names: list[str]) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """feeds -> the model's one output, on OpenVINO's CPU plugin in f32 (as the verifying runtime
+    runs the int8 IRs' float remainder)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    dtypes = [port.get_element_type().to_dtype() for port in model.inputs]
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = [np.ascontiguousarray(np.asarray(feeds[n]).astype(t, copy=False)) for n, t in zip(input_names, dtypes)]
+        return np.array(request.infer(inputs)[compiled.outputs[0]], copy=True)
+
+    return run
+
+
+DOT_PRODUCT_OPS = ("MatMul", "Convolution", "GroupConvolution")
+
+
+def _weight_consumer(node: Any) -> Any:
+    """The op a compressed weight constant feeds, past its dequantization (Convert, Subtract,
+    Multiply) and layout ops."""
+    for _ in range(8):
+        users = [t.get_node() for t in node.output(0).get_target_inputs()]
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.get_type_name() not in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+            return node
+    return None
+
+
+def weight_levels(model: Any) -> dict[str, int]:
+    """The int8 levels the weights of each quantized dot-product layer (MatMul, convolution) use:
+    layer -> max |level|. Reads the compressed int8 weight constants (Constant i8 -> Convert ->
+    Multiply -> the layer) and, where weights are still behind a FakeQuantize, the levels that
+    FakeQuantize maps them to. Int8 embedding tables (read by Gather, no dot product) are not
+    counted."""
+    levels: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "Constant" and op.get_element_type().get_type_name() == "i8":
+            consumer = _weight_consumer(op)
+            if consumer is not None and consumer.get_type_name() in DOT_PRODUCT_OPS:
+                values = op.get_data().astype(np.int32)
+                levels[consumer.get_friendly_name()] = int(np.abs(values).max()) if values.size else 0
+        elif kind == "FakeQuantize" and op.input_value(0).get_node().get_type_name() == "Constant":
+            consumer = _weight_consumer(op)
+            if consumer is None or consumer.get_type_name() not in DOT_PRODUCT_OPS:
+                continue
+            w = op.input_value(0).get_node().get_data().astype(np.float64)
+            lo, hi = (op.input_value(i).get_node().get_data().astype(np.float64) for i in (1, 2))
+            n = int(op.get_attributes()["levels"])
+            span = np.where(hi - lo == 0, 1.0, hi - lo)
+            q = np.round((np.clip(w, lo, hi) - lo) / span * (n - 1)) - (n - 1) / 2
+            levels[consumer.get_friendly_name()] = int(np.ceil(np.abs(q).max()))
+    return levels
 
 
 def _quantize_int8(
-    model: Any, tower: TowerSpec, samples: list[dict], keep_float: Optional[tuple[str, ...]] = None
+    model: Any, spec: ModelSpec, tower: TowerSpec, samples: list[dict], options: ExportOptions
 ) -> tuple[Any, dict]:
-    """Static int8 (activations and weights) with NNCF, calibrated on `samples`.
+    """Static int8 (activations and weights) with NNCF, calibrated on `samples`, through the
+    accuracy gate (`edgevl/compress/gate_loop.py`): the layers of `rank_layers` are kept float
+    in that order, fewest first, until the IR's outputs on the gate data match the fp32 IR's
+    within the tolerance table's cosine floor and `--max-drop` of zero-shot agreement.
 
     Towers with attention blocks use `ModelType.TRANSFORMER` (SmoothQuant on the MatMuls,
-    attention and normalisation inputs kept float): on all-MiniLM-L6-v2 alone, NNCF's CNN defaults
-    gave min cosine 0.570, TRANSFORMER 0.9965. Convolutional towers use NNCF's defaults. The
-    layers in `float_scope` stay float (see INT8_KEEP_FLOAT for the figures).
+    attention and normalisation inputs kept float); convolutional towers NNCF's defaults.
+    `--cpu-isa any` quantizes every weight to 7 bits (NNCF's overflow fix): CPUs without VNNI
+    add u8 x s8 products in pairs into int16 with saturation, and 7-bit weights keep every pair
+    sum in range, so the IR computes the same on every x86 CPU; `vnni` uses the full 8 bits.
     """
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+    from edgevl.compress.gate_loop import gate_data, gate_loop
     from edgevl.ops.attention import attention_blocks
+    from edgevl.tolerances import tolerance_for
 
     transformer = bool(attention_blocks(tower.module))
-    names, types = float_scope(model, transformer, keep_float)
-    kwargs: dict[str, Any] = {}
+    ranked = rank_layers(model, transformer)
+    why = dict(ranked)
+    names = [sig.name for sig in tower.inputs]
+    overflow_fix = OverflowFix.ENABLE if options.cpu_isa == "any" else OverflowFix.DISABLE
+    kwargs: dict[str, Any] = {"advanced_parameters": AdvancedQuantizationParameters(overflow_fix=overflow_fix)}
     if transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    if names or types:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, types=types, validate=False)
-    with _quiet():
-        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **kwargs)
+
+    def build(float_layers: list[str]) -> Any:
+        scope = {"ignored_scope": nncf.IgnoredScope(names=list(float_layers), validate=False)} if float_layers else {}
+        with _quiet():
+            return nncf.quantize(model.clone(), nncf.Dataset(samples), subset_size=len(samples), **kwargs, **scope)
+
+    gate = gate_data(spec, tower.component, compiled_run(model, names))
+    result = gate_loop(
+        [name for name, _ in ranked], build, lambda m: compiled_run(m, names), gate,
+        tolerance_for("openvino", "int8").cosine_min, options.max_drop, tower.component,
+        lambda name, rank: f"kept float by the accuracy gate (rank {rank}: {why[name]})",
+        options.progress,
+    )
+    quantized = result.model
+    levels = weight_levels(quantized)
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     return quantized, {
         "method": "nncf.quantize",
         "model_type": "transformer" if transformer else "default",
         "calibration_samples": len(samples),
+        "cpu_isa": options.cpu_isa,
+        "overflow_fix": str(overflow_fix.value),
+        "weight_levels_max": max(levels.values(), default=0),
         "fake_quantize": fq,
-        "float_layers": len(names),
-        "float_op_types": types,
+        "float_layers": {name: {"why": reason} for name, reason in result.float_layers.items()},
+        "float_layer_count": len(result.float_layers),
+        "gate": result.report,
     }
 
 
@@ -322,7 +388,7 @@ class OpenVinoExporter(Exporter):
         }
         if precision == "int8":
             samples = calibration_feeds(spec, component, options.calibration)
-            model, passes["quantization"] = _quantize_int8(model, tower, samples)
+            model, passes["quantization"] = _quantize_int8(model, spec, tower, samples, options)
         elif precision in ("int8w", "int4w"):
             model, passes["quantization"] = _compress_weights(model, precision)
         if count_sdpa(model) != fused:
