@@ -255,7 +255,7 @@ def _quantize_int8(
     model: Any, spec: ModelSpec, tower: TowerSpec, samples: list[dict], options: ExportOptions
 ) -> tuple[Any, dict]:
     """Static int8 (activations and weights) with NNCF, calibrated on `samples`, through the
-    accuracy gate (`edgevl/compress/gate_loop.py`): the layers of `rank_layers` are kept float
+    accuracy gate (`edgevl/compress/gate.py`): the layers of `rank_layers` are kept float
     in that order, fewest first, until the IR's outputs on the gate data match the fp32 IR's
     within the tolerance table's cosine floor and `--max-drop` of zero-shot agreement.
 
@@ -268,7 +268,7 @@ def _quantize_int8(
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    from edgevl.compress.gate_loop import gate_data, gate_loop
+    from edgevl.compress.gate import gate_data, run_gate
     from edgevl.ops.attention import attention_blocks
     from edgevl.tolerances import tolerance_for
 
@@ -287,11 +287,13 @@ def _quantize_int8(
             return nncf.quantize(model.clone(), nncf.Dataset(samples), subset_size=len(samples), **kwargs, **scope)
 
     gate = gate_data(spec, tower.component, compiled_run(model, names))
-    result = gate_loop(
+    # NNCF also quantizes activations outside the ranked layers (residual adds, pooling), so
+    # the unquantized IR is the last candidate.
+    result = run_gate(
         [name for name, _ in ranked], build, lambda m: compiled_run(m, names), gate,
         tolerance_for("openvino", "int8").cosine_min, options.max_drop, tower.component,
         lambda name, rank: f"kept float by the accuracy gate (rank {rank}: {why[name]})",
-        options.progress,
+        options.progress, whole_float=model.clone,
     )
     quantized = result.model
     levels = weight_levels(quantized)
@@ -306,6 +308,7 @@ def _quantize_int8(
         "fake_quantize": fq,
         "float_layers": {name: {"why": reason} for name, reason in result.float_layers.items()},
         "float_layer_count": len(result.float_layers),
+        "whole_tower_float": result.whole_tower_float,
         "gate": result.report,
     }
 

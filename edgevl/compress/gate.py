@@ -1,10 +1,19 @@
-"""The int8 accuracy gate: gate data (inputs, the fp32 graph's outputs on them, zero-shot
-agreement), the figures of a candidate, and the loop that keeps the most harmful layers float
-until the candidate passes."""
+"""The int8 accuracy gate, whichever runtime executes the candidate.
+
+A quantizer hands over `build(float_layers) -> model` (quantize with those layers kept float),
+`run_fn(model) -> run` (a callable mapping a feed dict to the tower's output) and the gate data
+(the gate split's inputs, the fp32 artifact's own outputs on them, the zero-shot agreement
+function). `run_gate` finds the fewest layers of a ranked order to keep float for the
+candidate's min cosine to reach the tolerance table's floor and its tie-aware zero-shot
+agreement to drop by at most `max_drop`; every try is reported. The search is capped in
+tries and wall time, and a quantizer whose all-float build still fails (quantization outside the
+ranked layers) may offer the unquantized tower as the last candidate.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
@@ -15,36 +24,48 @@ from edgevl.errors import ParityError
 if TYPE_CHECKING:
     from edgevl.compress.handlers import QuantContext
 
+Feeds = dict[str, np.ndarray]
+RunFn = Callable[[Feeds], np.ndarray]
+
+GATE_MAX_TRIES = 12
+GATE_MAX_SECONDS = 1200.0
+
 
 @dataclass
 class GateData:
-    """The parity inputs for one tower, the fp32 artifact's outputs on them, and the other
-    tower's reference embeddings (for zero-shot agreement)."""
+    """The gate's inputs for one tower, the fp32 artifact's outputs on them, and the zero-shot
+    agreement function `(reference, candidate) -> (tie-aware, strict)` (None: not defined)."""
 
-    feeds: dict[str, np.ndarray]
+    feeds: Feeds
     reference: np.ndarray
     agreement_fn: Optional[Callable[[np.ndarray, np.ndarray], tuple[float, float]]]
     n_samples: int
 
 
+def ort_run(model: "object") -> RunFn:
+    """An ONNX model as a feeds -> first output callable (ONNX Runtime, CPU)."""
+    sess = session(model)
+    return lambda feeds: sess.run(None, feeds)[0]
 
 
-def build_gate_data(spec: "object", component: str, fp32_model: "object") -> GateData:
+def gate_data(spec: "object", component: str, run_fp32: RunFn) -> GateData:
+    """Gate data for `component`; `run_fp32` (the fp32 artifact on its own runtime) gives the
+    reference, so the gate measures what quantization changed and nothing else. Which inputs
+    the gate sees is decided here only: the gate split, disjoint from calibration and parity."""
     from edgevl.parity import agreement
     from edgevl.paritydata import build_parity_data, run_batched
 
     data = build_parity_data(spec)
     feeds = data.feeds(component)
-    sess = session(fp32_model)
-    reference = run_batched(lambda f: sess.run(None, f)[0], feeds)
+    reference = run_batched(run_fp32, feeds)
     n_prompts = data.n_prompts
     fn = None
-    if component == "text" and spec.tokenize is not None:
+    if component == "text":
         images = data.reference["image"].astype(np.float64)
 
         def fn(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
             return agreement(images @ ref[-n_prompts:].T, images @ cand[-n_prompts:].T)
-    elif component == "image" and spec.tokenize is not None:
+    elif component == "image":
         prompts = data.reference["text"][-n_prompts:].astype(np.float64)
 
         def fn(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
@@ -52,12 +73,18 @@ def build_gate_data(spec: "object", component: str, fp32_model: "object") -> Gat
     return GateData(feeds, reference, fn, int(reference.shape[0]))
 
 
+def build_gate_data(spec: "object", component: str, fp32_model: "object") -> GateData:
+    """Gate data with an fp32 ONNX graph (run on ONNX Runtime) as the reference."""
+    return gate_data(spec, component, ort_run(fp32_model))
+
+
 def measure(gate: GateData, model: "object") -> dict:
-    """Gate figures of an ONNX model (run on ONNX Runtime) on the gate inputs."""
+    """Gate figures of a candidate: an ONNX model (run on ONNX Runtime) or a feeds -> output
+    callable."""
     from edgevl.paritydata import run_batched
 
-    sess = session(model)
-    return figures_of(gate, run_batched(lambda f: sess.run(None, f)[0], gate.feeds))
+    run = model if callable(model) else ort_run(model)
+    return figures_of(gate, run_batched(run, gate.feeds))
 
 
 def figures_of(gate: GateData, out: np.ndarray) -> dict:
@@ -65,63 +92,157 @@ def figures_of(gate: GateData, out: np.ndarray) -> dict:
     gate's reference: the same figures whichever runtime produced `out`."""
     from edgevl.parity import cosine_per_row, sqnr_db
 
+    figures: dict[str, Any] = {"top1_agreement": None, "top1_agreement_strict": None}
+    if not np.all(np.isfinite(out)):
+        # NaN/Inf outputs fail the gate; -1 is the lowest cosine and stays valid JSON.
+        return {**figures, "cosine_min": -1.0, "cosine_mean": -1.0, "sqnr_db": None,
+                "non_finite": int(np.sum(~np.isfinite(out)))}
     cos = cosine_per_row(gate.reference, out)
-    return {
-        "cosine_min": round(float(cos.min()), 6),
-        "cosine_mean": round(float(cos.mean()), 6),
-        "sqnr_db": round(float(sqnr_db(gate.reference, out)), 2),
-        "top1_agreement": None,
-        "top1_agreement_strict": None,
-    } | ({} if gate.agreement_fn is None else dict(zip(
-        ("top1_agreement", "top1_agreement_strict"),
-        (round(v, 4) for v in gate.agreement_fn(gate.reference, out)))))
+    figures.update(cosine_min=round(float(cos.min()), 6), cosine_mean=round(float(cos.mean()), 6),
+                   sqnr_db=round(float(sqnr_db(gate.reference, out)), 2))
+    if gate.agreement_fn is not None:
+        tie, strict = gate.agreement_fn(gate.reference, out)
+        figures["top1_agreement"], figures["top1_agreement_strict"] = round(tie, 4), round(strict, 4)
+    return figures
 
 
 def gate_passes(figures: dict, cosine_min: float, max_drop: float) -> bool:
+    """The tie-aware agreement is the one gated (as in the parity check); strict is reported."""
     ok = figures["cosine_min"] >= cosine_min
     if figures["top1_agreement"] is not None:
         ok = ok and figures["top1_agreement"] >= 1.0 - max_drop - 1e-9
     return ok
 
 
+@dataclass
+class GateResult:
+    model: Any
+    float_layers: dict[str, str]  # layer -> why it stayed float
+    report: dict  # passed, the thresholds, the chosen figures, every try
+    whole_tower_float: bool = False
+
+
+@dataclass
+class GateLimits:
+    """Caps on the search: a try is a full quantisation and measurement."""
+
+    max_tries: int = GATE_MAX_TRIES
+    max_seconds: float = GATE_MAX_SECONDS
+    started: float = field(default_factory=time.monotonic)
+
+    def check(self, component: str, tried: list[dict], next_float: int, n_layers: int) -> None:
+        spent = time.monotonic() - self.started
+        over = (f"{len(tried)} tries (cap {self.max_tries})" if len(tried) >= self.max_tries
+                else f"{spent:.0f} s (cap {self.max_seconds:.0f} s)" if spent >= self.max_seconds else None)
+        if over is None:
+            return
+        best = max(tried, key=lambda t: t.get("cosine_min", float("-inf")), default={})
+        raise ParityError(
+            f"int8 {component} tower: the accuracy gate's search stopped after {over} without passing; "
+            f"best was {best.get('float_layers', '?')} of {n_layers} layers float at min cosine "
+            f"{best.get('cosine_min', float('nan')):.4f}, next would have been {next_float} float; "
+            "use --precision int8w (weights only) for this tower, or raise --max-drop"
+        )
+
+
+def _progress_line(component: str, label: str, figures: dict, ok: bool, seconds: float) -> str:
+    agree, strict = figures["top1_agreement"], figures["top1_agreement_strict"]
+    return (f"accuracy gate ({component}): {label}: min cosine {figures['cosine_min']:.4f}"
+            + (f", top-1 agreement {agree:.4f} (strict {strict:.4f})" if agree is not None else "")
+            + (" -> passes" if ok else " -> fails") + f" [{seconds:.1f} s]")
+
+
+def run_gate(
+    order: list[str],
+    build: Callable[[list[str]], Any],
+    run_fn: Callable[[Any], RunFn],
+    gate: GateData,
+    cosine_min: float,
+    max_drop: float,
+    component: str,
+    reason: Callable[[str, int], str],
+    progress: Optional[Callable[[str], None]] = None,
+    whole_float: Optional[Callable[[], Any]] = None,
+    limits: Optional[GateLimits] = None,
+) -> GateResult:
+    """Keep the first k layers of `order` float, with the smallest k that passes: k = 0 first,
+    then every ranked layer float, then bisection between the largest failing and the smallest
+    passing k (the ranking puts the most harmful layers first, so more float layers do not
+    hurt). `reason(layer, rank)` says why a layer stayed float (rank counts from 1).
+    `whole_float()`, if given, builds the unquantized tower: the last candidate, for quantizers
+    that quantize more than the ranked layers. Raises ParityError when nothing passes."""
+    limits = limits or GateLimits()
+    tried: list[dict] = []
+    report: dict[str, Any] = {"cosine_min": cosine_min, "max_drop": max_drop, "ranked_layers": len(order),
+                              "search": "0, all, then bisection", "tried": tried}
+    n = len(order)
+
+    def attempt(k: Optional[int]) -> tuple[Any, dict, bool]:
+        limits.check(component, tried, n if k is None else k, n)
+        t0 = time.perf_counter()
+        model = whole_float() if k is None else build(order[:k])
+        figures = measure(gate, run_fn(model))
+        ok = gate_passes(figures, cosine_min, max_drop)
+        seconds = round(time.perf_counter() - t0, 1)
+        tried.append({"float_layers": "whole tower" if k is None else k, **figures, "passed": ok, "seconds": seconds})
+        if progress is not None:
+            label = "whole tower float" if k is None else f"{k} of {n} layers float"
+            progress(_progress_line(component, label, figures, ok, seconds))
+        return model, figures, ok
+
+    def result(model: Any, k: int, figures: dict) -> GateResult:
+        report.update(passed=True, figures=figures)
+        return GateResult(model, {name: reason(name, i + 1) for i, name in enumerate(order[:k])}, report)
+
+    model, figures, ok = attempt(0)
+    if ok:
+        return result(model, 0, figures)
+    failing, passing = 0, None
+    if n > 0:
+        model, figures, ok = attempt(n)
+        if ok:
+            passing, best = n, (model, figures)
+    if passing is None:
+        if whole_float is not None:
+            model, figures, ok = attempt(None)
+            if ok:
+                why = "no int8 candidate passed the accuracy gate: the whole tower stays float"
+                report.update(passed=True, figures=figures)
+                return GateResult(model, {name: why for name in order}, report, whole_tower_float=True)
+        raise ParityError(
+            f"int8 {component} tower fails the accuracy gate even with every layer float "
+            f"({figures}); the float graph around the quantized layers is at fault, report a bug"
+        )
+    while passing - failing > 1:
+        mid = (failing + passing) // 2
+        model, figures, ok = attempt(mid)
+        if ok:
+            passing, best = mid, (model, figures)
+        else:
+            failing = mid
+    return result(best[0], passing, best[1])
+
 
 def gate_loop(
-    ctx: QuantContext, order: list[str], local: dict[str, float], max_drop: float,
+    ctx: "QuantContext", order: list[str], local: dict[str, float], max_drop: float,
     build: Callable[[dict[str, str]], tuple["object", Any]],
     reason: Optional[Callable[[str, int], str]] = None,
 ) -> tuple["object", dict[str, str], tuple, dict]:
-    """Build with the first k layers of `order` float, k = 0, 1, 2, 3, 5, 9, ..., until the gate
-    passes; returns (model, the layers kept float with why, build's extras, the gate report).
-    `reason(name, rank)` says why a layer stayed float (default: its local SQNR)."""
+    """The ONNX schemes' gate: `run_gate` on ONNX Runtime. `build(drop)` gets the layers kept
+    float with why and returns (model, extras); returns (model, the layers kept float with why,
+    (extras,), the gate report). `reason(name, rank)` defaults to the layer's local SQNR."""
     if reason is None:
         def reason(n: str, rank: int) -> str:
             return f"kept float by the accuracy gate (local SQNR {local[n]:.1f} dB, rank {rank})"
-    tried: list[dict] = []
-    k, step = 0, 1
-    while True:
-        drop = {n: reason(n, i + 1) for i, n in enumerate(order[:k])}
-        qmodel, extra = build(drop)
-        if ctx.gate is None:
-            figures, ok = None, True
-        else:
-            figures = measure(ctx.gate, qmodel)
-            ok = gate_passes(figures, ctx.cosine_min, max_drop)
-        tried.append({"float_layers": k, **(figures or {})})
-        if ctx.progress is not None and figures is not None:
-            agree = figures["top1_agreement"]
-            ctx.progress(
-                f"accuracy gate: {k} of {len(order)} layers float: min cosine {figures['cosine_min']:.4f}"
-                + (f", top-1 agreement {agree:.4f}" if agree is not None else "")
-                + (" -> passes" if ok else " -> fails")
-            )
-        if ok:
-            report = {"passed": True, "figures": figures, "tried": tried, "cosine_min": ctx.cosine_min,
-                      "max_drop": max_drop}
-            return qmodel, drop, (extra,), report
-        if k >= len(order):
-            raise ParityError(
-                f"int8 {ctx.component} tower fails the accuracy gate even with every layer float "
-                f"({figures}); the float graph around the quantized layers is at fault, report a bug"
-            )
-        k = min(len(order), k + step)
-        step = step * 2 if len(tried) > 2 else step
+    extras: dict[int, Any] = {}
+
+    def build_list(float_layers: list[str]) -> "object":
+        model, extras[len(float_layers)] = build({n: reason(n, i + 1) for i, n in enumerate(float_layers)})
+        return model
+
+    if ctx.gate is None:  # nothing to judge with: every layer int8
+        model = build_list([])
+        return model, {}, (extras[0],), {"passed": True, "figures": None, "tried": []}
+    result = run_gate(order, build_list, lambda m: ort_run(m), ctx.gate, ctx.cosine_min, max_drop,
+                      ctx.component, reason, ctx.progress)
+    return result.model, result.float_layers, (extras[len(result.float_layers)],), result.report
