@@ -100,6 +100,22 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
+# Node metadata the dynamo exporter writes with absolute source paths and line numbers: it would
+# make the same export differ by where edgevl is installed (and publish the builder's paths).
+_SOURCE_LOCATION_KEYS = ("pkg.torch.onnx.stack_trace",)
+
+
+def strip_source_locations(model: "onnx.ModelProto") -> int:
+    """Drop the exporter's source locations from every node, in place; returns how many."""
+    removed = 0
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key not in _SOURCE_LOCATION_KEYS]
+        removed += len(node.metadata_props) - len(keep)
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    return removed
+
+
 def export_tower_onnx(
     tower: TowerSpec,
     path: Path,
@@ -138,6 +154,7 @@ def export_tower_onnx(
         raise ExportError(f"ONNX export of the {tower.component} tower failed: {first}") from exc
     model = program.model_proto
     model.ir_version = min(model.ir_version, IR_VERSION)
+    strip_source_locations(model)
     if flavor == "ort":
         lower_attention_to_ort_mha(model)
     fused = count_fused_attention(model)

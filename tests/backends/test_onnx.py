@@ -70,6 +70,20 @@ def test_dynamic_batch_and_sequence(tiny_clip_dir, tmp_path):
         np.testing.assert_allclose(got, spec.text.forward_numpy(feeds), atol=1e-5)
 
 
+def test_exported_graph_holds_no_source_paths(tiny_clip_dir, tmp_path):
+    """The same export must not differ by where edgevl is installed: the exporter's stack traces
+    (absolute source paths) are dropped; the module scopes edgevl reads stay."""
+    import edgevl
+
+    spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
+    path = tmp_path / "image.onnx"
+    export_tower_onnx(spec.image, path)
+    model = onnx.load(str(path))
+    keys = {p.key for n in model.graph.node for p in n.metadata_props}
+    assert "pkg.torch.onnx.stack_trace" not in keys and "pkg.torch.onnx.name_scopes" in keys
+    assert str(Path(edgevl.__file__).resolve().parents[1]).encode() not in path.read_bytes()
+
+
 def test_unrouted_attention_block_fails_with_its_name(tiny_clip_dir, tmp_path):
     spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
     # One block left on transformers' eager path (matmul + softmax): the realistic miss.
