@@ -167,8 +167,11 @@ def test_force_replaces_an_earlier_edgevl_export(tiny_clip_dir, tmp_path, capsys
     (out / "onnx").mkdir(parents=True)
     (out / "manifest.json").write_text(json.dumps({"edgevl_version": __version__, "artifacts": []}))
     (out / "onnx" / "stale.txt").write_text("left from an earlier export")
+    capsys.readouterr()
     code = main(["export", str(tiny_clip_dir), "--components", "image", "--out", str(out), "-q", "--force"])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == "", f"-q let progress through: {captured.err!r}"
     assert not (out / "onnx" / "stale.txt").exists()
     assert json.loads((out / "manifest.json").read_text())["artifacts"][0]["component"] == "image"
     _no_staging(tmp_path)
