@@ -197,6 +197,7 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
                 (stage / "tokenizer").mkdir()
                 for f in spec.tokenizer_files:
                     shutil.copy2(f, stage / "tokenizer" / f.name)
+            doing = "computing the PyTorch reference"
             with progress.step("computing PyTorch reference on the parity set") as details:
                 from edgevl.paritydata import build_parity_data
 
@@ -227,6 +228,7 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
                             details.append(
                                 f"attention fused {artifact.fused_attention}, unfused {artifact.unfused_attention}"
                             )
+                        doing = f"verifying the {component} tower's {exporter.name} {precision} artifact"
                         with progress.step(f"verifying with {artifact.runtime or 'no runtime'}") as details:
                             verified, parity, misses = _verify(artifact, data, spec, request.static_shapes)
                             if verified == "runtime":

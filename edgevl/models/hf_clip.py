@@ -111,8 +111,13 @@ def _weights_file(folder: Path, allow_pickle: bool) -> tuple[Path, bool]:
         _check_safetensors(safetensors)
         return safetensors, False
     if (folder / "model.safetensors.index.json").is_file():
-        index = json.loads((folder / "model.safetensors.index.json").read_text())
-        for shard in sorted(set(index.get("weight_map", {}).values())):
+        index = _read_json(folder / "model.safetensors.index.json")
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelLoadError(
+                f"{folder / 'model.safetensors.index.json'} has no weight_map; re-save the checkpoint with save_pretrained()"
+            )
+        for shard in sorted(set(map(str, weight_map.values()))):
             _check_safetensors(folder / shard)
         return folder / "model.safetensors.index.json", False
     pickle = folder / "pytorch_model.bin"
@@ -181,7 +186,7 @@ def _load_model(folder: Path, model_type: str, weights: Path, is_pickle: bool):
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"cannot load {folder} as {cls.__name__}: {_first_reason(exc)}; it does not match config.json") from exc
+        raise ModelLoadError(f"cannot load {folder} as {cls.__name__}: {_first_reason(exc)}; re-save it with save_pretrained()") from exc
     _check_finite(weights, model)
     return model.eval()
 

@@ -431,3 +431,9 @@ def test_artifact_with_nan_outputs_fails_parity(guard, tiny_clip_dir, monkeypatc
     parity = json.loads((kept / "manifest.json").read_text())["artifacts"][0]["parity"]
     assert parity["passed"] is False and parity["cosine_min"] is None and parity["sqnr_db"] is None
     assert any("NaN/Inf" in f for f in parity["failures"])
+
+
+def test_sharded_index_without_a_weight_map(guard, broken):
+    (broken / "model.safetensors").rename(broken / "model-00001-of-00001.safetensors")
+    (broken / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    guard.refused(str(broken), needles=("model.safetensors.index.json", "no weight_map"))
