@@ -4,9 +4,11 @@ import torch (optimum CLI habit); each command imports what it needs when it run
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, NoReturn, Optional, Sequence
 
 MODEL_HELP = {
     "effnet-minilm": "embedded default: EfficientNet-Lite0 image tower + all-MiniLM-L6-v2 text tower, "
@@ -15,25 +17,48 @@ MODEL_HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as ONE line, `edgevl: error: ...`, exit code 2
+    (argparse's own form prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"; see `{self.prog} --help`"
+        self.exit(2, f"edgevl: error: {' '.join(message.split())}{hint}\n")
+
+
 def _csv(value: str) -> tuple[str, ...]:
     items = tuple(v.strip() for v in value.split(",") if v.strip())
     if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. onnx,openvino")
+        raise argparse.ArgumentTypeError(f"empty list {value!r}; give comma-separated names, e.g. onnx,openvino")
     return items
 
 
 def _static_shapes(value: str) -> dict[str, int]:
     shapes: dict[str, int] = {}
     for item in value.split(","):
-        name, _, size = item.partition("=")
-        if not name.strip() or not size.strip().isdigit() or int(size) < 1:
-            raise argparse.ArgumentTypeError(f"bad --static-shapes item {item!r}; use e.g. batch=1,seq=77")
-        shapes[name.strip()] = int(size)
+        name, _, size = (part.strip() for part in item.partition("="))
+        if not name or not size.isdigit() or int(size) < 1:
+            raise argparse.ArgumentTypeError(
+                f"bad item {item!r}; use AXIS=N with N a positive integer, e.g. batch=1,seq=77"
+            )
+        if name in shapes:
+            raise argparse.ArgumentTypeError(f"axis {name!r} is given twice; give each axis once")
+        shapes[name] = int(size)
     return shapes
 
 
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number; give a fraction in [0, 1), e.g. 0.01") from None
+    if not 0.0 <= number < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1); give a fraction such as 0.01")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgevl",
         description="Deploy vision-language models on device: export with fused attention, verify on real data.",
     )
@@ -44,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a model's towers to one or more targets and verify them",
         description="Export each tower (image, text) to every target and precision, verify each artifact "
         "against the PyTorch reference on real photos and captions, and write OUT/manifest.json. "
-        "Exit codes: 0 ok, 2 bad input, 3 parity failed.",
+        "Exit codes: 0 ok, 2 bad input or output not writable, 3 parity failed.",
     )
     export.add_argument("model", nargs="?", default=None,
                         help="registered model name (see `edgevl models`) or a checkpoint folder; default: effnet-minilm")
     export.add_argument("--target", type=_csv, default=("onnx",), help="comma-separated targets (see `edgevl targets`); default: onnx")
     export.add_argument("--precision", type=_csv, default=("fp32",), help="comma-separated precisions, e.g. fp32,int8; default: fp32")
     export.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty unless --force)")
-    export.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    export.add_argument("--force", action="store_true", help="replace an output folder that holds an earlier edgevl export (never a folder of other files)")
     export.add_argument("--components", type=_csv, default=("image", "text"), help="towers to export; default: image,text")
     export.add_argument("--onnx-flavor", choices=("standard", "ort"), default="standard",
                         help="ONNX attention op: standard `Attention` (opset 23) or ORT's com.microsoft.MultiHeadAttention")
@@ -62,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fix dynamic axes, e.g. batch=1,seq=77 (for NPUs)")
     export.add_argument("--calib", default=None, metavar="DATA",
                         help="calibration data for int8: an image folder or a JSON-lines caption file; default: bundled real samples")
-    export.add_argument("--max-drop", type=float, default=0.01,
+    export.add_argument("--max-drop", type=_fraction, default=0.01,
                         help="int8 accuracy gate: largest allowed drop in top-1 agreement / cosine; default 0.01")
     export.add_argument("--cpu-isa", choices=("any", "vnni"), default="any",
                         help="int8 dot products the deployment CPU computes exactly: any (default; 7-bit "
@@ -99,8 +124,33 @@ def _cmd_targets() -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _quiet_libraries(quiet: bool) -> Iterator[None]:
+    """With -q, the libraries edgevl drives print nothing either: transformers' and the Hub's
+    progress bars and log lines, tqdm bars. Their switches are restored afterwards."""
+    if not quiet:
+        yield
+        return
+    switches = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+    saved = {k: os.environ.get(k) for k in switches}
+    os.environ.update(switches)
+    if "transformers" in sys.modules:  # already imported: its settings were read at import
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edgevl.pipeline import ExportRequest, format_agreement, run_export
+    from edgevl.pipeline import ExportRequest, format_parity, run_export
     from edgevl.progress import Progress
 
     request = ExportRequest(
@@ -120,15 +170,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         cpu_isa=args.cpu_isa,
         speed_guard=args.speed_guard,
     )
-    outcome = run_export(request, Progress(enabled=not args.quiet))
+    with _quiet_libraries(args.quiet):
+        outcome = run_export(request, Progress(enabled=not args.quiet))
     for a in outcome.manifest.artifacts:
-        p = a.parity
-        if a.verified != "runtime":
-            figures = "not verified"
-        elif p["cosine_min"] is None:
-            figures = "output shape differs from the reference"
-        else:
-            figures = f"cos {p['cosine_min']:.6f} top1 {format_agreement(p['top1_agreement'])}"
+        figures = format_parity(a.parity) if a.verified == "runtime" else "not verified"
         print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
               f"{a.fused_attention + a.unfused_attention}  {figures}")
     print(f"wrote {outcome.out / 'manifest.json'}")
@@ -137,7 +182,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad command line already reported in one line
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2

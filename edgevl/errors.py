@@ -45,3 +45,8 @@ class ParityError(EdgevlError, RuntimeError):
 
 class CalibrationError(InputError):
     """A calibration set is empty, unreadable, or produced non-finite activations."""
+
+
+class OutputWriteError(EdgevlError):
+    """The export could not be written (disk full, file-size limit, folder not writable); the
+    staging folder is removed and nothing is published."""

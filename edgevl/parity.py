@@ -28,8 +28,13 @@ class ParityResult:
     top1_agreement_strict: Optional[float] = None
 
     def to_json(self) -> dict:
+        """JSON has no NaN or Inf: a non-finite figure is written as null (the failure says why)."""
         data = asdict(self)
-        return {k: (round(v, 7) if isinstance(v, float) else v) for k, v in data.items()}
+        return {k: (_json_float(v) if isinstance(v, float) else v) for k, v in data.items()}
+
+
+def _json_float(value: float) -> Optional[float]:
+    return round(value, 7) if np.isfinite(value) else None
 
 
 def cosine_per_row(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -91,7 +96,13 @@ def check_parity(
         )
     failures = []
     if not np.all(np.isfinite(candidate)):
-        failures.append(f"{output_name}: {int(np.sum(~np.isfinite(candidate)))} non-finite values")
+        # Fatal like a shape error: no figure means anything once NaN or Inf reach the output.
+        bad_rows = int(np.sum(~np.all(np.isfinite(candidate), axis=tuple(range(1, candidate.ndim)))))
+        return ParityResult(
+            False, None, None, None, None, int(reference.shape[0]) if reference.ndim else 0,
+            [f"{output_name}: output holds {int(np.sum(~np.isfinite(candidate)))} NaN/Inf values "
+             f"({bad_rows} of {candidate.shape[0]} samples) (fatal)"],
+        )
     cos = float(np.min(cosine_per_row(reference, candidate)))
     max_abs = float(np.max(np.abs(reference.astype(np.float64) - candidate)))
     sqnr = sqnr_db(reference, candidate)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 from edgevl import __version__
-from edgevl.errors import InputError, ModelLoadError, ParityError
-from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, check_static_shapes
+from edgevl.errors import InputError, ModelLoadError, OutputWriteError, ParityError
+from edgevl.exporters.base import (
+    STATIC_AXES, ExportedArtifact, Exporter, ExportOptions, check_static_shapes, check_static_sizes,
+)
 from edgevl.fsutil import check_output_dir, publish, staging_dir
 from edgevl.manifest import ArtifactEntry, Manifest, sha256_of
 from edgevl.models.spec import LoadOptions, ModelSpec
@@ -75,9 +77,22 @@ def resolve_model(name_or_path: Optional[str], options: LoadOptions) -> ModelSpe
 
 
 def validate(request: ExportRequest) -> list[Exporter]:
-    """Check names, combinations, SDKs and the output folder before any work is done."""
+    """Check names, combinations, SDKs and the output folder before any work is done (the model
+    load is the slow part: everything that can be refused without it is refused here)."""
     if not request.targets:
         raise InputError("--target is empty; choose from: " + ", ".join(EXPORTERS.names()))
+    if not request.precisions:
+        raise InputError("--precision is empty; give one or more, e.g. fp32,int8")
+    if not request.components:
+        raise InputError(f"--components is empty; choose from: {', '.join(COMPONENTS)}")
+    for flag, values in (("--target", request.targets), ("--precision", request.precisions),
+                         ("--components", request.components)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise InputError(f"{flag} names {', '.join(twice)} more than once; give each once")
+    if not 0.0 <= request.max_drop < 1.0:  # also refuses nan
+        raise InputError(f"--max-drop {request.max_drop} is outside [0, 1); give a fraction such as 0.01")
+    _check_static_axes(request.static_shapes)
     exporters: list[Exporter] = [EXPORTERS.get(t)() for t in request.targets]
     for precision in request.precisions:
         unsupported = [e.name for e in exporters if precision not in e.precisions]
@@ -90,12 +105,47 @@ def validate(request: ExportRequest) -> list[Exporter]:
     for component in request.components:
         if component not in COMPONENTS:
             raise InputError(f"unknown component {component!r}; choose from: {', '.join(COMPONENTS)}")
+    if request.onnx_flavor == "ort" and "onnx" in request.targets and "int8" in request.precisions:
+        # ORT's quantizer mistakes com.microsoft.MultiHeadAttention for an op it quantizes itself.
+        raise InputError(
+            "--onnx-flavor ort cannot be combined with --precision int8 on the onnx target; "
+            "use --onnx-flavor standard (the default) for int8, or ort for fp32/int8w/int4w"
+        )
     check_model_name(request.model)
     check_output_dir(request.out, request.force)
     for exporter in exporters:
         for precision in request.precisions:
             exporter.check_available(precision)
     return exporters
+
+
+def _check_static_axes(static_shapes: Optional[dict[str, int]]) -> None:
+    """The axis names edgevl's towers can have; which of them a tower has is checked after load."""
+    if static_shapes is None:
+        return
+    if not static_shapes:
+        raise InputError("--static-shapes is empty; give AXIS=N pairs, e.g. batch=1,seq=77")
+    unknown = sorted(set(static_shapes) - set(STATIC_AXES))
+    if unknown:
+        raise InputError(
+            f"--static-shapes names unknown axis {', '.join(unknown)}; the axes edgevl can fix are: "
+            f"{', '.join(STATIC_AXES)} (e.g. batch=1,seq=77)"
+        )
+    bad = {k: v for k, v in static_shapes.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
+    if bad:
+        raise InputError(f"--static-shapes sizes must be positive integers, got {bad}; e.g. batch=1,seq=77")
+
+
+def _check_reference_finite(reference: dict, components: tuple[str, ...]) -> None:
+    import numpy as np
+
+    for component in components:
+        values = reference[component]
+        if not np.all(np.isfinite(values)):
+            raise ModelLoadError(
+                f"the PyTorch reference of the {component} tower gives NaN/Inf on the parity set "
+                f"({int(np.sum(~np.isfinite(values)))} values); the checkpoint's weights or config are broken: re-save it"
+            )
 
 
 def _verify(
@@ -131,6 +181,7 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
         spec = resolve_model(request.model, LoadOptions(allow_pickle=request.allow_pickle))
         details.append(f"{spec.params / 1e6:.1f} M params" if spec.params >= 1e5 else f"{spec.params} params")
     check_static_shapes([spec.tower(c) for c in request.components], request.static_shapes)
+    check_static_sizes(spec, request.static_shapes)
     for note in spec.notes:
         progress.info(f"  note: {note}")
     manifest = Manifest(
@@ -138,61 +189,73 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
         model={"name": spec.name, "source": spec.source, "params": spec.params},
     )
     failures: list[str] = []
-    with staging_dir(request.out) as stage:
-        spec.preprocess.save(stage / "preprocess.json")
-        if spec.tokenizer_files:
-            (stage / "tokenizer").mkdir()
-            for f in spec.tokenizer_files:
-                shutil.copy2(f, stage / "tokenizer" / f.name)
-        with progress.step("computing PyTorch reference on the parity set") as details:
-            from edgevl.paritydata import build_parity_data
+    doing = "creating the staging folder"  # named in the message if writing fails
+    try:
+        with staging_dir(request.out) as stage:
+            doing = "writing preprocess.json"
+            spec.preprocess.save(stage / "preprocess.json")
+            if spec.tokenizer_files:
+                doing = "copying the tokenizer files"
+                (stage / "tokenizer").mkdir()
+                for f in spec.tokenizer_files:
+                    shutil.copy2(f, stage / "tokenizer" / f.name)
+            doing = "computing the PyTorch reference"
+            with progress.step("computing PyTorch reference on the parity set") as details:
+                from edgevl.paritydata import build_parity_data
 
-            data = build_parity_data(spec, static_seq=(request.static_shapes or {}).get("seq"))
-            d = data.describe()
-            details.append(f"{d['images']} real images, {d['texts']} texts: {d['text_source']}")
-        manifest.extra["parity_set"] = data.describe()
-        manifest.extra["preprocess"] = "preprocess.json"
-        if spec.tokenizer_files:
-            manifest.extra["tokenizer"] = "tokenizer"
-        for exporter in exporters:
-            for precision in request.precisions:
-                options = ExportOptions(
-                    precision=precision,
-                    onnx_flavor=request.onnx_flavor,
-                    allow_unfused=request.allow_unfused,
-                    static_shapes=request.static_shapes,
-                    calibration=calibration,
-                    max_drop=request.max_drop,
-                    cpu_isa=request.cpu_isa,
-                    speed_guard=request.speed_guard,
-                    progress=lambda line: progress.info(f"  {line}"),
-                )
-                for component in request.components:
-                    folder = stage / exporter.name / precision
-                    with progress.step(f"exporting {component} tower to {exporter.name} {precision}") as details:
-                        artifact = exporter.export(spec, component, folder, options)
-                        details.append(
-                            f"attention fused {artifact.fused_attention}, unfused {artifact.unfused_attention}"
-                        )
-                    with progress.step(f"verifying with {artifact.runtime or 'no runtime'}") as details:
-                        verified, parity, misses = _verify(artifact, data, spec, request.static_shapes)
-                        if verified == "runtime" and parity["cosine_min"] is None:
-                            details.append("output shape differs from the reference")
-                        elif verified == "runtime":
+                data = build_parity_data(spec, static_seq=(request.static_shapes or {}).get("seq"))
+                _check_reference_finite(data.reference, request.components)
+                d = data.describe()
+                details.append(f"{d['images']} real images, {d['texts']} texts: {d['text_source']}")
+            manifest.extra["parity_set"] = data.describe()
+            manifest.extra["preprocess"] = "preprocess.json"
+            if spec.tokenizer_files:
+                manifest.extra["tokenizer"] = "tokenizer"
+            for exporter in exporters:
+                for precision in request.precisions:
+                    options = ExportOptions(
+                        precision=precision,
+                        onnx_flavor=request.onnx_flavor,
+                        allow_unfused=request.allow_unfused,
+                        static_shapes=request.static_shapes,
+                        calibration=calibration,
+                        max_drop=request.max_drop,
+                        cpu_isa=request.cpu_isa,
+                        speed_guard=request.speed_guard,
+                        progress=lambda line: progress.info(f"  {line}"),
+                    )
+                    for component in request.components:
+                        folder = stage / exporter.name / precision
+                        doing = f"exporting the {component} tower to {exporter.name} {precision}"
+                        with progress.step(f"exporting {component} tower to {exporter.name} {precision}") as details:
+                            artifact = exporter.export(spec, component, folder, options)
                             details.append(
-                                f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "
-                                f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {format_agreement(parity['top1_agreement'])}"
+                                f"attention fused {artifact.fused_attention}, unfused {artifact.unfused_attention}"
                             )
-                        else:
-                            details.append("not run: no runtime for this target on this machine")
-                    failures += misses
-                    manifest.artifacts.append(_entry(artifact, stage, verified, parity))
-        manifest.write(stage)
-        passed = not failures
-        if passed or request.keep_failed:
-            publish(stage, request.out)
-        else:
-            shutil.rmtree(stage, ignore_errors=True)
+                        doing = f"verifying the {component} tower's {exporter.name} {precision} artifact"
+                        with progress.step(f"verifying with {artifact.runtime or 'no runtime'}") as details:
+                            verified, parity, misses = _verify(artifact, data, spec, request.static_shapes)
+                            if verified == "runtime":
+                                details.append(format_parity(parity, long=True))
+                            else:
+                                details.append("not run: no runtime for this target on this machine")
+                        failures += misses
+                        manifest.artifacts.append(_entry(artifact, stage, verified, parity))
+            doing = "writing manifest.json"
+            manifest.write(stage)
+            doing = f"moving the export to {request.out}"
+            passed = not failures
+            if passed or request.keep_failed:
+                publish(stage, request.out)
+            else:
+                shutil.rmtree(stage, ignore_errors=True)
+    except OSError as exc:
+        # A full disk, a file-size limit, a folder that became read-only: the staging folder is
+        # already gone (staging_dir removes it on any error); say what failed in one line.
+        raise OutputWriteError(
+            f"cannot write the export for --out {request.out} ({doing}): {_os_reason(exc)}; "
+            "free disk space or choose another --out (nothing was written)"
+        ) from exc
     if failures:
         where = f"artifacts kept in {request.out}" if request.keep_failed else "nothing was written"
         raise ParityError(f"parity failed ({where}): " + "; ".join(failures))
@@ -202,6 +265,26 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
 def format_agreement(value: Optional[float]) -> str:
     """Top-1 agreement for people: None (no zero-shot task on this tower) reads n/a."""
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def format_parity(parity: dict, long: bool = False) -> str:
+    """An artifact's parity figures for people; a figure is None when the output's shape differs
+    from the reference or the output holds NaN/Inf (parity["failures"] says which)."""
+    if parity.get("cosine_min") is None:
+        return "no figures: " + "; ".join(parity.get("failures") or ["output differs from the reference"])
+    if not long:
+        return f"cos {parity['cosine_min']:.6f} top1 {format_agreement(parity['top1_agreement'])}"
+    return (f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "
+            f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {format_agreement(parity['top1_agreement'])}")
+
+
+def _os_reason(exc: OSError) -> str:
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f" on {exc.filename}" if exc.filename else ""
+    return f"{reason}{f' ({name})' if name else ''}{where}"
 
 
 def _entry(artifact: ExportedArtifact, stage: Path, verified: str, parity: dict) -> ArtifactEntry:

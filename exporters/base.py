@@ -18,6 +18,8 @@ from edgevl.errors import InputError, MissingBackendError
 from edgevl.models.spec import Component, ModelSpec
 
 ONNX_FLAVORS = ("standard", "ort")
+# The dynamic axes edgevl's towers declare (TensorSig shapes); --static-shapes may fix these only.
+STATIC_AXES = ("batch", "seq")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,17 @@ def check_static_shapes(towers: list, static_shapes: Optional[dict[str, int]]) -
         raise InputError(
             f"--static-shapes names unknown axis {', '.join(unknown)}; "
             f"the model's dynamic axes are: {', '.join(sorted(axes))}"
+        )
+
+
+def check_static_sizes(spec: ModelSpec, static_shapes: Optional[dict[str, int]]) -> None:
+    """A fixed `seq` must fit the text tower's position table (its context length)."""
+    seq = (static_shapes or {}).get("seq")
+    context = spec.preprocess.context_length
+    if seq is not None and seq > context:
+        raise InputError(
+            f"--static-shapes seq={seq} is longer than the text tower's context length {context}; "
+            f"use seq={context} or less"
         )
 
 

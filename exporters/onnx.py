@@ -174,6 +174,32 @@ def export_tower_onnx(
     return report
 
 
+def pin_static_dims(path: Path, tower: TowerSpec, static: dict[str, int]) -> dict[str, int]:
+    """Fix the named dynamic axes of a saved graph's inputs and output to `static` sizes (what
+    onnxruntime's `make_dynamic_shape_fixed` tool does for NNAPI / Core ML); the graph computes
+    its inner shapes at run time, so it runs unchanged. Returns the sizes pinned."""
+    import onnx
+
+    model = onnx.load(str(path))
+    sigs = {sig.name: sig for sig in (*tower.inputs, tower.output)}
+    pinned: dict[str, int] = {}
+    for value in (*model.graph.input, *model.graph.output):
+        sig = sigs.get(value.name)
+        if sig is None:
+            continue
+        for axis, name in enumerate(sig.shape):
+            if isinstance(name, str) and name in static:
+                dim = value.type.tensor_type.shape.dim[axis]
+                dim.Clear()
+                dim.dim_value = static[name]
+                pinned[name] = static[name]
+    tmp = path.with_name(path.name + ".partial")
+    onnx.save_model(model, str(tmp))
+    onnx.checker.check_model(str(tmp))
+    os.replace(tmp, path)
+    return pinned
+
+
 @register_exporter("onnx")
 class OnnxExporter(Exporter):
     name = "onnx"
@@ -190,8 +216,12 @@ class OnnxExporter(Exporter):
         path = out_dir / f"{component}_encoder{suffix}.onnx"
         fp32_path = path if options.precision == "fp32" else out_dir / f".{component}_encoder.fp32.onnx"
         # int8 via MultiHeadAttention is not offered: ORT's quantizer mistakes ops it does not own.
+        # A quantized artifact is calibrated and gated on the dynamic graph (its passes check
+        # rewrites on batches of several lengths) and gets its static sizes pinned afterwards.
+        pin_later = options.precision != "fp32" and bool(options.static_shapes)
         report = export_tower_onnx(
-            tower, fp32_path, options.onnx_flavor, options.allow_unfused, options.static_shapes
+            tower, fp32_path, options.onnx_flavor, options.allow_unfused,
+            None if pin_later else options.static_shapes,
         )
         passes: dict = {"attention_fused": report.fused, "attention_blocks": report.blocks}
         files = [path]
@@ -204,6 +234,8 @@ class OnnxExporter(Exporter):
             )
             fp32_path.unlink(missing_ok=True)
             passes["quantization"] = quant
+            if pin_later:
+                passes["static_shapes"] = pin_static_dims(path, tower, options.static_shapes or {})
             files += [Path(p) for p in quant.get("files", [])]
         return ExportedArtifact(
             target=self.name,
