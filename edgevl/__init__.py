@@ -1,6 +1,56 @@
 """edgevl: on-device deployment compiler for vision-language models.
 
-Heavy modules (torch, SDKs) are imported lazily so `edgevl --help` stays fast.
+The Python API: `load` a model, optionally `quantize_` it (a plan the exporters apply), then
+`export` it to targets with every artifact verified against the PyTorch reference. Heavy modules
+(torch, SDKs) are imported when these are called, so `edgevl --help` stays fast.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    from edgevl.compress.config import QuantConfig
+    from edgevl.manifest import Manifest
+    from edgevl.models.spec import ModelSpec
+
 __version__ = "0.1.0"
+__all__ = ["export", "load", "quantize_"]
+
+
+def load(model: Optional[str] = None, allow_pickle: bool = False) -> "ModelSpec":
+    """A registered model name or a local Hugging Face CLIP/SigLIP checkpoint folder (None: the
+    embedded default) as a ModelSpec."""
+    from edgevl.models.spec import LoadOptions
+    from edgevl.pipeline import resolve_model
+
+    return resolve_model(model, LoadOptions(allow_pickle=allow_pickle))
+
+
+def quantize_(spec: "ModelSpec", config: "QuantConfig", calib: Any = None,
+              components: Sequence[str] = ("image", "text")) -> "ModelSpec":
+    """Plan `config` (e.g. `DynamicW8A8Config(max_drop=0.02)`) for the named towers of `spec`,
+    in place; `export` at the config's precision applies it. `calib`: calibration data (None:
+    the bundled calibration split)."""
+    from edgevl.compress.quantize import quantize_ as plan
+
+    return plan(spec, config, calib, tuple(components))
+
+
+def export(model: Union[None, str, "ModelSpec"], out: Union[str, Path], targets: Sequence[str] = ("onnx",),
+           precisions: Sequence[str] = ("fp32",), quiet: bool = True, **options: Any) -> "Manifest":
+    """Export every tower of `model` (a name, a checkpoint folder or a loaded ModelSpec) to each
+    target and precision in `out`, verify each artifact, and return the manifest. `options` are
+    `ExportRequest`'s other fields (force, components, max_drop, cpu_isa, calibration, ...).
+    Raises `edgevl.errors.ParityError` when an artifact fails parity, `InputError` on bad input."""
+    from edgevl.models.spec import ModelSpec
+    from edgevl.pipeline import ExportRequest, run_export
+    from edgevl.progress import Progress
+
+    spec = model if isinstance(model, ModelSpec) else None
+    if "components" in options:
+        options["components"] = tuple(options["components"])
+    request = ExportRequest(model=None if spec is not None else model, targets=tuple(targets),
+                            precisions=tuple(precisions), out=Path(out), **options)
+    return run_export(request, Progress(enabled=not quiet), spec=spec).manifest

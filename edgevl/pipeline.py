@@ -168,7 +168,11 @@ def _verify(
     return "runtime", result.to_json(), result.failures
 
 
-def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> ExportOutcome:
+def run_export(
+    request: ExportRequest, progress: Optional[Progress] = None, spec: Optional[ModelSpec] = None,
+) -> ExportOutcome:
+    """Export and verify as `request` says. `spec`: an already loaded (e.g. `quantize_`d) model,
+    used instead of loading `request.model`."""
     progress = progress or Progress()
     exporters = validate(request)
     calibration = None
@@ -177,8 +181,9 @@ def run_export(request: ExportRequest, progress: Optional[Progress] = None) -> E
 
         # Read before the (slow) model load, so a bad --calib fails at once.
         calibration = load_calibration(request.calibration)
-    with progress.step(f"loading model {request.model or DEFAULT_MODEL}") as details:
-        spec = resolve_model(request.model, LoadOptions(allow_pickle=request.allow_pickle))
+    with progress.step(f"loading model {spec.name if spec else request.model or DEFAULT_MODEL}") as details:
+        if spec is None:
+            spec = resolve_model(request.model, LoadOptions(allow_pickle=request.allow_pickle))
         details.append(f"{spec.params / 1e6:.1f} M params" if spec.params >= 1e5 else f"{spec.params} params")
     check_static_shapes([spec.tower(c) for c in request.components], request.static_shapes)
     check_static_sizes(spec, request.static_shapes)
