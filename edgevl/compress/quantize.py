@@ -603,14 +603,18 @@ def _w8a8(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
 def _gate_loop(
     ctx: QuantContext, order: list[str], local: dict[str, float], max_drop: float,
     build: Callable[[dict[str, str]], tuple["object", Any]],
-    reason: Optional[Callable[[str, int], str]] = None,
+    reason: Optional[Callable[[str, int], str]] = None, budget: Optional["object"] = None,
 ) -> tuple["object", dict[str, str], tuple, dict]:
     """Build with the first k layers of `order` float, k = 0, 1, 2, 3, 5, 9, ..., until the gate
     passes; returns (model, the layers kept float with why, build's extras, the gate report).
-    `reason(name, rank)` says why a layer stayed float (default: its local SQNR)."""
+    `reason(name, rank)` says why a layer stayed float (default: its local SQNR). `order` is
+    ranked once by the caller; `budget` (a `GateBudget`, default caps) bounds the tries and time."""
     if reason is None:
         def reason(n: str, rank: int) -> str:
             return f"kept float by the accuracy gate (local SQNR {local[n]:.1f} dB, rank {rank})"
+    from edgevl.compress.gate_budget import GateBudget
+
+    budget = budget if budget is not None else GateBudget(ctx.component)
     tried: list[dict] = []
     k, step = 0, 1
     while True:
@@ -640,6 +644,7 @@ def _gate_loop(
             )
         k = min(len(order), k + step)
         step = step * 2 if len(tried) > 2 else step
+        budget.check(tried, k, len(order))
 
 
 def _smooth(
@@ -648,7 +653,8 @@ def _smooth(
     """Fold SmoothQuant factors (from per-channel activation maxima on `feeds`) into the graph.
     `per_sample_range`: the runtime quantises activations per call (dynamic), which the alpha
     search simulates."""
-    from edgevl.compress.qdq import fold_smoothing, linear_nodes
+    from edgevl.compress.qdq import linear_nodes
+    from edgevl.compress.smooth_check import checked_fold_smoothing
 
     if cfg is None:
         return model, {}
@@ -656,7 +662,7 @@ def _smooth(
     smoothed = _smoothed_tensors(model, acts, cfg)
     first = collect_stats(model, acts, feeds, "minmax", keep_rows=1, keep_samples_of=smoothed if cfg.alpha_search else ())
     factors, searched = _smoothing_factors(model, first, smoothed, cfg, per_sample_range)
-    model, report = fold_smoothing(model, factors)
+    model, report = checked_fold_smoothing(model, factors, feeds)
     info: dict[str, Any] = {"alpha": cfg.alpha, **report}
     if searched:
         info["alpha"] = "searched per tensor"
