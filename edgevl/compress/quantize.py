@@ -456,12 +456,13 @@ def build_gate_data(spec: "object", component: str, fp32_model: "object") -> Gat
     fn = None
     # Agreement is judged as the parity check judges it (paritydata.verify_outputs): on the
     # label prompts, or on the random-id texts of a checkpoint without a tokenizer.
-    if component == "text" and n_prompts:
+    comparable = data.reference["image"].shape[-1] == data.reference["text"].shape[-1]
+    if component == "text" and n_prompts and comparable:
         images = data.reference["image"].astype(np.float64)
 
         def fn(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
             return agreement(images @ ref[-n_prompts:].T, images @ cand[-n_prompts:].T)
-    elif component == "image" and n_prompts:
+    elif component == "image" and n_prompts and comparable:
         prompts = data.reference["text"][-n_prompts:].astype(np.float64)
 
         def fn(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
