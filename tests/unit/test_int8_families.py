@@ -59,27 +59,40 @@ def _linear_names(model) -> tuple[str, ...]:
     return tuple(l.name for l in linear_nodes(prepare(model)[0]))
 
 
+@pytest.fixture(scope="module")
+def all_float(towers):
+    """(family, component) -> the default int8 chain's result (quantised model, recipe, info)
+    with every linear layer excluded from int8: SmoothQuant is still folded and packing and
+    fusion still tried, so this is the float graph around the quantised layers."""
+    done: dict = {}
+
+    def get(family: str, component: str):
+        if (family, component) not in done:
+            _, fp32, feeds, gate = towers(family, component)
+            names = _linear_names(fp32)
+            done[(family, component)] = (names, *Q.quantize_model(
+                fp32, Q.DynamicW8A8Config(exclude=names), feeds, component, gate, 0.9999))
+        return done[(family, component)]
+
+    return get
+
+
 @pytest.mark.parametrize("family, component", FAMILIES)
-def test_every_layer_float_reproduces_the_fp32_tower(towers, family, component):
-    """The default int8 chain (SmoothQuant folded, packing and fusion tried) with every linear
-    layer excluded from int8 computes what the fp32 tower does."""
-    _, fp32, feeds, gate = towers(family, component)
-    names = _linear_names(fp32)
+def test_every_layer_float_reproduces_the_fp32_tower(towers, all_float, family, component):
+    _, _, _, gate = towers(family, component)
+    names, qmodel, recipe, info = all_float(family, component)
     assert len(names) >= 10
-    qmodel, recipe, info = Q.quantize_model(fp32, Q.DynamicW8A8Config(exclude=names), feeds, component, gate, 0.9999)
     assert not recipe.layers and len(recipe.float_layers) == len(names)
     assert not any(n.op_type in ("MatMulInteger", "QAttention", "DynamicQuantizeLinear") for n in qmodel.graph.node)
     figures = Q.measure(gate, qmodel)
     assert figures["cosine_min"] >= 0.9999, figures
-    smooth = info["passes"]["smoothquant"]
-    # The smoothing really is in this float graph, not skipped: the check above covers the fold.
-    assert smooth["smoothquant_check"]["kept"] >= 1
+    # The smoothing really is in this float graph, not skipped: the figure above covers the fold.
+    assert info["passes"]["smoothquant"]["smoothquant_check"]["kept"] >= 1
 
 
 @pytest.mark.parametrize("family, component", FAMILIES)
-def test_each_rewrite_is_checked_and_kept_or_skipped_with_a_reason(towers, family, component):
-    _, fp32, feeds, _ = towers(family, component)
-    _, _, info = Q.quantize_model(fp32, Q.DynamicW8A8Config(), feeds, component, None, 0.0)
+def test_each_rewrite_is_checked_and_kept_or_skipped_with_a_reason(all_float, family, component):
+    _, _, _, info = all_float(family, component)
     passes = info["passes"]
     smooth = passes["smoothquant"]
     check = smooth["smoothquant_check"]
