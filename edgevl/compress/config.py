@@ -56,15 +56,16 @@ class SmoothQuantConfig(QuantConfig):
     Attributes:
         alpha: migration strength in [0, 1]; 0 = none, 1 = all of the range onto the weights.
         producers: what produces the activations that are smoothed (where outlier channels
-            live): ONNX op types, and "Attention" for an attention output merged back to
-            `[B, S, H*D]`, whose factors fold into the V projection for free.
+            live): ONNX op types, "QuickGelu" for CLIP's `x * sigmoid(1.702 x)`, and
+            "Attention" for an attention output merged back to `[B, S, H*D]`, whose factors
+            fold into the V projection for free.
         alpha_search: if given, each smoothed tensor takes the alpha of this grid whose
             simulated int8 output is closest to float on the calibration samples (see
             edgevl/compress/smoothquant.py); `alpha` is then unused. Empty: `alpha` everywhere.
     """
 
     alpha: float = 0.7
-    producers: tuple[str, ...] = ("LayerNormalization", "Gelu", "Attention")
+    producers: tuple[str, ...] = ("LayerNormalization", "Gelu", "QuickGelu", "Attention")
     alpha_search: tuple[float, ...] = ()
 
     precision: ClassVar[str] = "int8"

@@ -242,21 +242,28 @@ def _ensure_opset(model: "object") -> None:
 _HEADS_PERM = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
 
 
-def value_projection(model: "object", tensor: str) -> Optional[tuple[str, str]]:
-    """(V weight, V bias) initializers whose output column j is channel j of `tensor`, where
-    `tensor` is an attention output merged back to `[B, S, H*D]` (Reshape(Transpose(Attention)))
-    and the standard Attention's V is Transpose(Reshape(Add(MatMul(x, W_v), b_v))); None if the
-    graph is not that, or if any link is shared. Attention output channels are linear in V's
-    (softmax(QK^T) mixes tokens, never channels), so a per-channel factor on `tensor` is a
-    per-column factor on W_v and b_v."""
-    from onnx import helper
-
-    inits = _initializers(model)
-    producer = {o: n for n in model.graph.node for o in n.output}
+def _reader_counts(model: "object") -> dict[str, int]:
     readers: dict[str, int] = {}
     for n in model.graph.node:
         for i in n.input:
             readers[i] = readers.get(i, 0) + 1
+    return readers
+
+
+def value_projection_nodes(model: "object", tensor: str) -> Optional[tuple["object", "object"]]:
+    """(V MatMul node, V bias Add node) whose output column j is channel j of `tensor`, where
+    `tensor` is an attention output merged back to `[B, S, H*D]` (Reshape(Transpose(Attention)))
+    and the standard Attention's V is Transpose(Reshape(Add(MatMul(x, W_v), b_v))) with constant
+    W_v and b_v; None if the graph is not that, or if an intermediate tensor has another reader.
+    Attention output channels are linear in V's (softmax(QK^T) mixes tokens, never channels), so
+    a per-channel factor on `tensor` is a per-column factor on W_v and b_v. W_v and b_v may be
+    read elsewhere too (the exporter shares initializers of equal value): whoever scales them
+    must give this MatMul and Add their own copies (`fold_smoothing` does)."""
+    from onnx import helper
+
+    inits = _initializers(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers = _reader_counts(model)
 
     def made_by(t: str, op: str, perm: Optional[list[int]] = None) -> Optional[object]:
         node = producer.get(t)
@@ -277,12 +284,48 @@ def value_projection(model: "object", tensor: str) -> Optional[tuple[str, str]]:
     split = made_by(v_t.input[0], "Reshape") if v_t is not None else None
     add = made_by(split.input[0], "Add") if split is not None else None
     matmul = made_by(add.input[0], "MatMul") if add is not None else None
-    if matmul is None:
+    if matmul is None or matmul.input[1] not in inits or add.input[1] not in inits:
         return None
-    weight, bias = matmul.input[1], add.input[1]
-    if weight not in inits or bias not in inits or readers.get(weight) != 1 or readers.get(bias) != 1:
-        return None
-    return weight, bias
+    return matmul, add
+
+
+def value_projection(model: "object", tensor: str) -> Optional[tuple[str, str]]:
+    """(V weight, V bias) initializer names of `value_projection_nodes`, or None."""
+    nodes = value_projection_nodes(model, tensor)
+    return None if nodes is None else (nodes[0].input[1], nodes[1].input[1])
+
+
+class _Owned:
+    """Initializers a rewrite may change in place: an initializer read by more than one input
+    slot (the dynamo exporter stores equal constants once, e.g. every LayerNorm gamma of a
+    freshly initialised model, or every zero bias) is copied for the slot being changed, so the
+    change cannot leak into the other readers."""
+
+    def __init__(self, model: "object") -> None:
+        self.model = model
+        self.inits = _initializers(model)
+        self.readers = _reader_counts(model)
+        self.copies = 0
+
+    def array(self, node: "object", idx: int) -> np.ndarray:
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(self.inits[node.input[idx]]).astype(np.float32)
+
+    def set(self, node: "object", idx: int, value: np.ndarray) -> None:
+        from onnx import numpy_helper
+
+        name = node.input[idx]
+        if self.readers.get(name, 0) > 1:
+            self.readers[name] -= 1
+            new = f"{name}__{node.name}_{idx}"
+            node.input[idx] = new
+            self.readers[new] = 1
+            self.model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), new))
+            self.inits[new] = self.model.graph.initializer[-1]
+            self.copies += 1
+            return
+        self.inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
 
 
 def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["object", dict]:
@@ -297,12 +340,16 @@ def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["obj
       and bias (see `value_projection`).
     Otherwise (post-LN BERT, where a LayerNorm output also feeds the residual Add; GELU outputs)
     one `Mul(t, 1/s)` is inserted on the MatMul branch only.
+
+    An initializer this changes that other nodes also read (the exporter stores equal constants
+    once) is copied for the node being changed first (`_Owned`).
     """
     onnx = _onnx()
     from onnx import helper, numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    inits = _initializers(model)
+    owned = _Owned(model)
+    inits = owned.inits
     producers = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in model.graph.node:
@@ -319,8 +366,7 @@ def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["obj
             skipped[tensor] = "no constant-weight MatMul consumes it"
             continue
         for u in linear:
-            w = numpy_helper.to_array(inits[u.input[1]]).astype(np.float32) * s[:, None]
-            inits[u.input[1]].CopyFrom(numpy_helper.from_array(w, u.input[1]))
+            owned.set(u, 1, owned.array(u, 1) * s[:, None])
         foldable = (
             prod is not None
             and prod.op_type == "LayerNormalization"
@@ -331,15 +377,15 @@ def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["obj
         )
         if foldable:
             for idx in (1, 2):
-                arr = numpy_helper.to_array(inits[prod.input[idx]]).astype(np.float32) / s
-                inits[prod.input[idx]].CopyFrom(numpy_helper.from_array(arr, prod.input[idx]))
+                owned.set(prod, idx, owned.array(prod, idx) / s)
             folded.append(tensor)
             continue
-        into_v = value_projection(model, tensor) if len(linear) == len(users) else None
+        into_v = value_projection_nodes(model, tensor) if len(linear) == len(users) else None
         if into_v is not None:
-            w_v, b_v = (numpy_helper.to_array(inits[n]).astype(np.float32) for n in into_v)
-            inits[into_v[0]].CopyFrom(numpy_helper.from_array(w_v / s[None, :], into_v[0]))
-            inits[into_v[1]].CopyFrom(numpy_helper.from_array(b_v / s.reshape(b_v.shape), into_v[1]))
+            v_matmul, v_add = into_v
+            owned.set(v_matmul, 1, owned.array(v_matmul, 1) / s[None, :])
+            b_v = owned.array(v_add, 1)
+            owned.set(v_add, 1, b_v / s.reshape(b_v.shape))
             folded_v.append(tensor)
             continue
         inv, out = f"{tensor}_smooth_inv", f"{tensor}_smoothed"
@@ -349,9 +395,14 @@ def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["obj
             u.input[0] = out
         inserted.append(tensor)
     _insert_before(model, before)
+    # Originals whose every reader now has its own copy are dropped.
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
     return model, {
         "smoothquant_folded": len(folded), "smoothquant_into_v": len(folded_v), "smoothquant_mul": len(inserted),
-        "smoothquant_skipped": skipped,
+        "smoothquant_unshared_initializers": owned.copies, "smoothquant_skipped": skipped,
     }
 
 

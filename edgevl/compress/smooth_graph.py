@@ -8,14 +8,15 @@ from typing import Any, Optional
 import numpy as np
 
 from edgevl.compress.config import SmoothQuantConfig
-from edgevl.compress.qdq import fold_smoothing, linear_nodes, value_projection
-from edgevl.compress.smoothquant import choose_alpha, smoothing_factors
+from edgevl.compress.qdq import linear_nodes, value_projection
+from edgevl.compress.smooth_check import checked_fold_smoothing
+from edgevl.compress.smoothquant import choose_alpha, producer_kinds, smoothing_factors
 from edgevl.compress.stats import ActivationStats, collect_stats
 
 
 def smoothed_tensors(model: "object", tensors: list[str], cfg: SmoothQuantConfig) -> set[str]:
     """The tensors of `tensors` whose producer is one of `cfg.producers`."""
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    producers = producer_kinds(model)
     return {
         t for t in tensors
         if producers.get(t) in cfg.producers or ("Attention" in cfg.producers and value_projection(model, t) is not None)
@@ -59,7 +60,7 @@ def smooth_graph(
     smoothed = smoothed_tensors(model, acts, cfg)
     first = collect_stats(model, acts, feeds, "minmax", keep_rows=1, keep_samples_of=smoothed if cfg.alpha_search else ())
     factors, searched = _smoothing_factors(model, first, smoothed, cfg, per_sample_range, weight_qmax)
-    model, report = fold_smoothing(model, factors)
+    model, report = checked_fold_smoothing(model, factors, feeds)
     info: dict[str, Any] = {"alpha": cfg.alpha, **report}
     if searched:
         info["alpha"] = "searched per tensor"

@@ -98,3 +98,25 @@ def choose_alpha(
     }
     best = max(scores, key=lambda a: (round(scores[a], 6), -a))
     return AlphaChoice(best, {a: round(v, 2) for a, v in scores.items()})
+
+
+def producer_kinds(model: "object") -> dict[str, str]:
+    """Tensor -> what produced it, as `SmoothQuantConfig.producers` names it: the ONNX op type,
+    or "QuickGelu" for `x * Sigmoid(c * x)` (CLIP's quick-GELU, exported as two Muls and a
+    Sigmoid; c = 1 is SiLU), whose outputs feed the MLP's second projection as a Gelu's do."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    kinds: dict[str, str] = {}
+    for node in model.graph.node:
+        for out in node.output:
+            kinds[out] = node.op_type
+        if node.op_type != "Mul" or len(node.input) != 2:
+            continue
+        for x, gate in (node.input, node.input[::-1]):
+            sig = producer.get(gate)
+            if sig is None or sig.op_type != "Sigmoid":
+                continue
+            inner = producer.get(sig.input[0])
+            if sig.input[0] == x or (inner is not None and inner.op_type == "Mul" and x in inner.input):
+                kinds[node.output[0]] = "QuickGelu"
+                break
+    return kinds
