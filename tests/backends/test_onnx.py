@@ -151,5 +151,5 @@ def test_static_shapes_fix_the_named_axes_and_are_verified(tiny_clip_dir, tmp_pa
     capsys.readouterr()
     assert main(["export", str(tiny_clip_dir), "--static-shapes", "sequence=77", "--out", str(tmp_path / "o2"), "-q"]) == 2
     err = capsys.readouterr().err
-    assert "unknown axis sequence; the model's dynamic axes are: batch, seq" in err
+    assert "unknown axis sequence; the axes edgevl can fix are: batch, seq" in err
     assert not (tmp_path / "o2").exists()

@@ -118,7 +118,7 @@ def test_default_int8_is_smoothquant_plus_dynamic_and_passes_the_gate(minilm):
     qmodel, recipe, info = Q.quantize_model(model, Q.DynamicW8A8Config(calib_limit=8), calib, "text", gate, 0.98,
                                             progress=lines.append)
     # One progress line per gate try, the last one the try that passed.
-    assert len(lines) == len(info["passes"]["gate"]["tried"]) and lines[-1].endswith("-> passes")
+    assert len(lines) == len(info["passes"]["gate"]["tried"]) and "-> passes" in lines[-1]
     ops = [(n.domain, n.op_type) for n in qmodel.graph.node]
     packed, int8_attention = ops.count(("com.microsoft", "Attention")), ops.count(("com.microsoft", "QAttention"))
     assert info["passes"]["qkv_packed"] == 6 and packed + int8_attention == 6 and int8_attention > 0
