@@ -120,7 +120,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         elif p["cosine_min"] is None:
             figures = "output shape differs from the reference"
         else:
-            figures = f"cos {p['cosine_min']:.6f} top1 {format_agreement(p['top1_agreement'])}"
+            top1 = format_agreement(p["top1_agreement"], p["top1_agreement_strict"])
+            figures = f"cos {p['cosine_min']:.6f} top1 {top1}"
         print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
               f"{a.fused_attention + a.unfused_attention}  {figures}")
     print(f"wrote {outcome.out / 'manifest.json'}")

@@ -447,7 +447,7 @@ def build_gate_data(spec: "object", component: str, fp32_model: "object") -> Gat
     from edgevl.parity import agreement
     from edgevl.paritydata import build_parity_data, run_batched
 
-    data = build_parity_data(spec)
+    data = build_parity_data(spec, split="gate")
     feeds = data.feeds(component)
     sess = _session(fp32_model)
     reference = run_batched(lambda f: sess.run(None, f)[0], feeds)
