@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("openvino")
 
+from edgevl.calibration.samples import VIEWS_PER_PHOTO, bundled_samples  # noqa: E402
 from edgevl.cli import main  # noqa: E402
 from edgevl.errors import MissingBackendError, UnfusedAttentionError  # noqa: E402
 from edgevl.exporters.base import ExportOptions  # noqa: E402
@@ -113,7 +114,8 @@ def test_precisions_keep_attention_fused(precision, tiny_clip_dir, tmp_path):
     assert ops.get(SDPA_OP, 0) == art.fused_attention == 2
     if precision == "int8":
         assert ops.get("FakeQuantize", 0) > 0 and art.passes["quantization"]["model_type"] == "transformer"
-        assert art.passes["quantization"]["calibration_samples"] == 57  # bundled real photo views
+        # Every view of the bundled calibration split's photos, and nothing from gate or parity.
+        assert art.passes["quantization"]["calibration_samples"] == len(bundled_samples("calibration")) * VIEWS_PER_PHOTO
     if precision in ("int8w", "int4w"):
         assert ops.get("FakeQuantize", 0) == 0  # weight-only: activations stay float
     from edgevl.paritydata import build_parity_data
