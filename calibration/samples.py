@@ -157,8 +157,10 @@ def _resolve(row: Row) -> Path:
     folder = _package_dir(row.package)
     path = folder / row.path if folder is not None else None
     if path is None or not path.is_file():
+        from edgevl.errors import MissingBackendError
+
         pip_name = _PIP_NAMES.get(row.package, row.package)
-        raise RuntimeError(
+        raise MissingBackendError(
             f"bundled sample {row.package}/{row.path} is missing; reinstall edgevl's dependencies "
             f"(pip install -e . or `pip install --force-reinstall {pip_name}`)"
         )
@@ -168,7 +170,9 @@ def _resolve(row: Row) -> Path:
 def bundled_samples(split: str | None = None) -> list[Sample]:
     """The bundled photos of one split (all splits if None), in a fixed order."""
     if split is not None and split not in SPLITS:
-        raise ValueError(f"unknown data split {split!r}; choose from: {', '.join(SPLITS)}")
+        from edgevl.errors import InputError
+
+        raise InputError(f"unknown data split {split!r}; choose from: {', '.join(SPLITS)}")
     return [
         Sample(Path(row.path).stem, _resolve(row), row.caption, row.label, row.split, f"{row.package}/{row.path}")
         for row in _ROWS
