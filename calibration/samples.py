@@ -84,7 +84,8 @@ _ROWS: tuple[Row, ...] = (
         "a microscope slide of tissue stained brown and blue", "stained tissue",
         "no known copyright restrictions (scikit-image)"),
     Row("parity", "pydicom", "data/test_files/CT_small.dcm",
-        "a grey CT scan slice through a vertebra of the spine", "CT scan", "NEMA WG04 sample CT1_UNC (pydicom test file)"),
+        "a grey CT scan slice through a vertebra of the spine", "CT scan",
+        "NEMA WG04 sample CT1_UNC, downsized (pydicom test file)"),
     # --- gate (what the int8 accuracy gate measures on) ----------------------------------------
     Row("gate", "skimage", "data/clock_motion.png", "a wall clock with a blurred second hand", "clock",
         "public domain (Stefan van der Walt)"),

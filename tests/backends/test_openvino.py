@@ -115,7 +115,8 @@ def test_precisions_keep_attention_fused(precision, tiny_clip_dir, tmp_path):
     if precision == "int8":
         assert ops.get("FakeQuantize", 0) > 0 and art.passes["quantization"]["model_type"] == "transformer"
         # Every view of the bundled calibration split's photos, and nothing from gate or parity.
-        assert art.passes["quantization"]["calibration_samples"] == len(bundled_samples("calibration")) * VIEWS_PER_PHOTO
+        calibration_views = len(bundled_samples("calibration")) * VIEWS_PER_PHOTO
+        assert art.passes["quantization"]["calibration_samples"] == calibration_views
     if precision in ("int8w", "int4w"):
         assert ops.get("FakeQuantize", 0) == 0  # weight-only: activations stay float
     from edgevl.paritydata import build_parity_data
