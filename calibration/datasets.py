@@ -1,8 +1,9 @@
 """Calibration sets: real inputs, in a fixed order, that quantisation observes.
 
 Three sources: an image folder, a JSON-lines file of captions / labels (optionally with image
-paths), and the bundled real samples (photos from installed packages with captions we wrote,
-plus a list of everyday captions). Anything that cannot be used raises `CalibrationError`
+paths), and the bundled calibration split (photos from installed packages with captions and
+labels we wrote, plus a list of everyday captions; `samples.py` keeps it disjoint from the gate
+and parity splits). Anything that cannot be used raises `CalibrationError`
 naming the file (and line) and saying what to do.
 """
 
@@ -26,7 +27,8 @@ MIN_SIDE = 32
 DEFAULT_SEED = 0
 
 # Everyday captions (written for edgevl) that widen the bundled text calibration beyond the
-# parity set's own captions, so calibration and the gate do not see exactly the same texts.
+# calibration split's own captions and label prompts. None of them is a gate or parity text
+# (tests/unit/test_splits.py checks).
 EXTRA_CAPTIONS: tuple[str, ...] = (
     "a dog running on the beach at sunset",
     "two children playing football in a park",
@@ -76,6 +78,8 @@ class CalibrationSet:
     texts: list[str] = field(default_factory=list)
     source: str = ""
     seed: int = DEFAULT_SEED
+    # The files the images were read from (several views may share one file).
+    source_files: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.image_names):
@@ -83,6 +87,20 @@ class CalibrationSet:
 
     def describe(self) -> dict:
         return {"source": self.source, "images": len(self.images), "texts": len(self.texts), "seed": self.seed}
+
+    def record(self) -> dict:
+        """What the manifest records about this set: counts and a content hash (sha256 over the
+        sorted source-file hashes and the texts; `samples.content_hash`)."""
+        from edgevl.calibration.samples import content_hash, file_sha256
+
+        files = sorted(set(self.source_files))
+        return {
+            "source": self.source,
+            "photos": len(files),
+            "images": len(self.images),
+            "texts": len(self.texts),
+            "sha256": content_hash([file_sha256(Path(f)) for f in files], self.texts),
+        }
 
     def _order(self, n: int, limit: Optional[int]) -> list[int]:
         order = list(range(n))
@@ -169,7 +187,8 @@ def from_image_folder(
         rng = random.Random(seed)
         paths = sorted(rng.sample(paths, min(limit, len(paths))))
     images = [_open_image(p, min_side) for p in paths]
-    return CalibrationSet(images, [str(p) for p in paths], [], str(folder), seed)
+    names = [str(p) for p in paths]
+    return CalibrationSet(images, names, [], str(folder), seed, list(names))
 
 
 def from_jsonl(path: Path, seed: int = DEFAULT_SEED, min_side: int = MIN_SIDE) -> CalibrationSet:
@@ -208,17 +227,20 @@ def from_jsonl(path: Path, seed: int = DEFAULT_SEED, min_side: int = MIN_SIDE) -
             f"calibration file {path} holds no usable rows; each line needs \"text\", \"caption\", "
             "\"label\" or \"image\""
         )
-    return CalibrationSet(images, names, texts, str(path), seed)
+    return CalibrationSet(images, names, texts, str(path), seed, list(names))
 
 
 def bundled(seed: int = DEFAULT_SEED, max_photos: Optional[int] = None) -> CalibrationSet:
-    """The bundled real photos (all three views of each) and their captions plus everyday
-    captions. The label prompts are left out: the accuracy gate measures on them."""
-    from edgevl.calibration.samples import bundled_parity_set
+    """The bundled calibration split: its photos (every view of each), the everyday captions,
+    its captions and its own label prompts. The gate and parity splits hold other photos and
+    other texts (`samples.py`)."""
+    from edgevl.calibration.samples import bundled_samples, bundled_split
 
-    ps = bundled_parity_set(max_photos)
+    ps = bundled_split("calibration", max_photos)
+    files = [str(s.path) for s in bundled_samples("calibration")[:max_photos]]
     return CalibrationSet(
-        list(ps.images), list(ps.image_names), list(EXTRA_CAPTIONS) + list(ps.captions), "bundled real samples", seed
+        list(ps.images), list(ps.image_names), list(EXTRA_CAPTIONS) + ps.texts,
+        "bundled real samples (calibration split)", seed, files,
     )
 
 

@@ -1,42 +1,140 @@
-"""Real photos bundled inside installed packages (scikit-image, scikit-learn, matplotlib), with
-captions and labels we wrote for them. They are the default parity and calibration data: real
-pixels and real text, available offline on every machine that installs edgevl.
+"""Real photos and scans bundled inside installed packages, with captions and labels we wrote for
+them, split into three disjoint sets.
 
-Only files that ship inside the wheels are used (some `skimage.data` images download on first
-use; those are not listed here).
+Splits (a photo belongs to exactly one):
+
+* ``calibration``: what int8 observes when no ``--calib`` is given (its photos' views, its
+  captions, its label prompts and the everyday captions in `datasets.EXTRA_CAPTIONS`).
+* ``gate``: what the int8 accuracy gate measures on when it decides which layers stay float.
+* ``parity``: held out; it only judges the finished artifact. It keeps the photos the README
+  quotes (chelsea = cat, coffee, rocket, astronaut).
+
+The gate's photos are subjects the default model ranks decisively among the gate's own labels
+(README, "Parity on real data", gives the margins); photos whose best two labels lie within
+rounding noise of each other calibrate instead. A gate measured on near-ties keeps layers float
+for noise, not for damage. Parity keeps its near-ties (the moon, the astronaut): its agreement
+is tie-aware.
+
+The splits are disjoint by source file (content hash), by caption, and by label: every photo has
+its own label, and each of the gate and parity splits measures zero-shot agreement over the label
+prompts ("a photo of a {label}.") of its own photos only. So no text the gate or calibration
+sees (caption or prompt) is ever judged by parity, and the class lists differ between splits.
+`tests/unit/test_splits.py` fails if any two splits share a source file, a text, or a pixel-
+identical view.
+
+Only files that ship inside the installed wheels are used (some `skimage.data` images download
+on first use; those are not listed). A listed file that is missing is an error that names the
+package to reinstall: the splits (and the hashes the manifest records) never shrink silently.
+Each row carries its licence; `SOURCES` gives each package's own licence.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-# (package, path inside the package, caption, label). Labels form the zero-shot label list.
-_BUNDLED: tuple[tuple[str, str, str, str], ...] = (
-    ("skimage", "data/astronaut.png", "a portrait of an astronaut in a space suit with a flag", "astronaut"),
-    ("skimage", "data/chelsea.png", "a ginger tabby cat looking to the side", "cat"),
-    ("skimage", "data/coffee.png", "a cup of coffee on a saucer with a spoon", "coffee"),
-    ("skimage", "data/rocket.jpg", "a rocket standing on the launch pad", "rocket"),
-    ("skimage", "data/camera.png", "a black and white photo of a man with a camera on a tripod", "camera"),
-    ("skimage", "data/page.png", "a scanned page of printed text", "book"),
-    ("skimage", "data/clock_motion.png", "a wall clock with a blurred second hand", "clock"),
-    ("skimage", "data/coins.png", "a collection of old coins on a dark background", "coin"),
-    ("skimage", "data/hubble_deep_field.jpg", "many distant galaxies seen by a space telescope", "galaxy"),
-    ("skimage", "data/motorcycle_left.png", "a motorcycle parked in a room", "motorcycle"),
-    ("skimage", "data/moon.png", "the cratered surface of the moon", "moon"),
-    ("skimage", "data/retina.jpg", "a photograph of the retina of a human eye", "eye"),
-    ("skimage", "data/brick.png", "a close-up of a brick wall", "brick wall"),
-    ("skimage", "data/grass.png", "a close-up of green grass", "grass"),
-    ("skimage", "data/gravel.png", "a close-up of gravel stones", "gravel"),
-    ("skimage", "data/color.png", "a chart of colour patches", "color chart"),
-    ("sklearn", "datasets/images/china.jpg", "a chinese temple with a curved roof among trees", "temple"),
-    ("sklearn", "datasets/images/flower.jpg", "a pink flower in close-up", "flower"),
-    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "a portrait of a woman in a navy uniform", "uniform"),
+SPLITS = ("calibration", "gate", "parity")
+PROMPT_TEMPLATE = "a photo of a {}."
+
+# Package -> its licence and where its images come from.
+SOURCES: dict[str, str] = {
+    "skimage": "scikit-image (BSD-3-Clause); per-image licences from skimage.data's docstrings",
+    "sklearn": "scikit-learn (BSD-3-Clause); load_sample_images() photos, CC BY 2.0 (its images/README.txt)",
+    "matplotlib": "matplotlib (PSF-based matplotlib licence); sample_data",
+    "mahotas": "mahotas (MIT); demos/data photos shipped with the package",
+    "pywt": "PyWavelets (MIT); pywt/data images",
+    "pydicom": "pydicom (MIT); data/test_files, from the NEMA WG04 / public DICOM sample sets",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    split: str
+    package: str
+    path: str  # inside the package folder
+    caption: str
+    label: str
+    licence: str
+
+
+_ROWS: tuple[Row, ...] = (
+    # --- parity (held out: judges the final artifact only) -------------------------------------
+    Row("parity", "skimage", "data/astronaut.png", "a portrait of an astronaut in a space suit with a flag",
+        "astronaut", "public domain (NASA)"),
+    Row("parity", "skimage", "data/chelsea.png", "a ginger tabby cat looking to the side", "cat",
+        "CC0 (Stefan van der Walt)"),
+    Row("parity", "skimage", "data/coffee.png", "a cup of coffee on a saucer with a spoon", "coffee",
+        "CC0 (Rachel Michetti)"),
+    Row("parity", "skimage", "data/rocket.jpg", "a rocket standing on the launch pad", "rocket",
+        "public domain (SpaceX)"),
+    Row("parity", "skimage", "data/camera.png", "a black and white photo of a man with a camera on a tripod",
+        "camera", "CC0 (Lav Varshney)"),
+    Row("parity", "skimage", "data/coins.png", "a collection of old coins on a dark background", "coin",
+        "no known copyright restrictions (Brooklyn Museum Collection)"),
+    Row("parity", "skimage", "data/moon.png", "the cratered surface of the moon", "moon",
+        "scikit-image test image; no licence stated beyond scikit-image's"),
+    Row("parity", "skimage", "data/gravel.png", "a close-up of gravel stones", "gravel", "CC0 (CC0Textures)"),
+    Row("parity", "sklearn", "datasets/images/flower.jpg", "a pink flower in close-up", "flower",
+        "CC BY 2.0 (vultilion, Flickr)"),
+    Row("parity", "skimage", "data/ihc.png",
+        "a microscope slide of tissue stained brown and blue", "stained tissue",
+        "no known copyright restrictions (scikit-image)"),
+    Row("parity", "pydicom", "data/test_files/CT_small.dcm",
+        "a grey CT scan slice through a vertebra of the spine", "CT scan",
+        "NEMA WG04 sample CT1_UNC, downsized (pydicom test file)"),
+    # --- gate (what the int8 accuracy gate measures on) ----------------------------------------
+    Row("gate", "skimage", "data/clock_motion.png", "a wall clock with a blurred second hand", "clock",
+        "public domain (Stefan van der Walt)"),
+    Row("gate", "skimage", "data/grass.png", "a close-up of green grass", "grass", "CC0 (CC0Textures)"),
+    Row("gate", "sklearn", "datasets/images/china.jpg", "a chinese temple with a curved roof among trees",
+        "temple", "CC BY 2.0 (danielbuechele, Flickr)"),
+    Row("gate", "skimage", "data/cell.png", "a microscope image of a single round cell on a grey background",
+        "cell", "CC0 (scikit-image)"),
+    Row("gate", "skimage", "data/page.png", "a scanned page of printed text", "book",
+        "scikit-image test image; no licence stated beyond scikit-image's"),
+    Row("gate", "skimage", "data/motorcycle_left.png", "a motorcycle parked in a room", "motorcycle",
+        "Middlebury 2014 stereo data set (Scharstein et al.)"),
+    Row("gate", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg",
+        "a portrait of a woman in a navy uniform", "uniform", "public domain (US Navy)"),
+    # --- calibration (what int8 observes by default) -------------------------------------------
+    Row("calibration", "pywt", "data/ascent.npz",
+        "a black and white photo of people climbing an outdoor metal staircase", "staircase",
+        "public domain (public-domain-image.com, via PyWavelets)"),
+    Row("calibration", "mahotas", "demos/data/luispedro.jpg",
+        "a close-up portrait of a man with dark curly hair in front of a glass building", "man",
+        "mahotas demo photo of its author (MIT package)"),
+    Row("calibration", "pydicom", "data/test_files/examples_rgb_color.dcm",
+        "a colour doppler ultrasound image of a lymph node with red and yellow blood flow", "ultrasound",
+        "NEMA WG04 sample US1_UNCR, cropped (pydicom test file)"),
+    Row("calibration", "skimage", "data/hubble_deep_field.jpg", "many distant galaxies seen by a space telescope",
+        "galaxy", "public domain (NASA)"),
+    Row("calibration", "skimage", "data/retina.jpg", "a photograph of the retina of a human eye", "eye",
+        "CC0 (Mikael Haggstrom, Wikimedia Commons)"),
+    Row("calibration", "skimage", "data/brick.png", "a close-up of a brick wall", "brick wall", "CC0 (CC0Textures)"),
+    Row("calibration", "skimage", "data/color.png", "a chart of colour patches", "color chart",
+        "scikit-image test image; no licence stated beyond scikit-image's"),
+    Row("calibration", "skimage", "data/text.png",
+        "handwritten mathematics on a sheet of paper photographed at an angle", "handwriting",
+        "public domain (Wikipedia, via scikit-image)"),
+    Row("calibration", "skimage", "data/microaneurysms.png",
+        "a grey close-up of the back of an eye with dark blood vessels", "blood vessel",
+        "CC0 (Andreas Maier)"),
+    Row("calibration", "mahotas", "demos/data/nuclear.png",
+        "glowing cell nuclei under a fluorescence microscope on a black background", "cell nucleus",
+        "mahotas demo image (MIT package)"),
+    Row("calibration", "pywt", "data/aero.npz",
+        "a black and white aerial photograph of fields, woods and a railway line", "aerial photograph",
+        "PyWavelets demo image (MIT package)"),
+    Row("calibration", "pydicom", "data/test_files/examples_overlay.dcm",
+        "an MRI scan across a human abdomen showing the liver and both kidneys", "MRI scan",
+        "MR-SIEMENS-DICOM-WithOverlays sample, cropped (pydicom test file)"),
 )
 
-PROMPT_TEMPLATE = "a photo of a {}."
+_PIP_NAMES = {"skimage": "scikit-image", "sklearn": "scikit-learn", "pywt": "PyWavelets"}
 
 
 @dataclass(frozen=True)
@@ -45,31 +143,83 @@ class Sample:
     path: Path
     caption: str
     label: str
+    split: str = "parity"
+    source: str = ""  # package/path inside it, e.g. "skimage/data/chelsea.png"
 
 
-def bundled_samples() -> list[Sample]:
-    """The bundled photos that are present on this machine, in a fixed order."""
-    samples = []
-    for package, rel, caption, label in _BUNDLED:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        path = Path(list(spec.submodule_search_locations)[0]) / rel
-        if path.is_file():
-            samples.append(Sample(path.stem, path, caption, label))
-    return samples
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _resolve(row: Row) -> Path:
+    folder = _package_dir(row.package)
+    path = folder / row.path if folder is not None else None
+    if path is None or not path.is_file():
+        from edgevl.errors import MissingBackendError
+
+        pip_name = _PIP_NAMES.get(row.package, row.package)
+        raise MissingBackendError(
+            f"bundled sample {row.package}/{row.path} is missing; reinstall edgevl's dependencies "
+            f"(pip install -e . or `pip install --force-reinstall {pip_name}`)"
+        )
+    return path
+
+
+def bundled_samples(split: str | None = None) -> list[Sample]:
+    """The bundled photos of one split (all splits if None), in a fixed order."""
+    if split is not None and split not in SPLITS:
+        from edgevl.errors import InputError
+
+        raise InputError(f"unknown data split {split!r}; choose from: {', '.join(SPLITS)}")
+    return [
+        Sample(Path(row.path).stem, _resolve(row), row.caption, row.label, row.split, f"{row.package}/{row.path}")
+        for row in _ROWS
+        if split is None or row.split == split
+    ]
 
 
 def load_rgb(path: Path) -> "object":
+    """One bundled file as an RGB Pillow image. Image files open with Pillow; `.npz` holds a uint8
+    array under "data" (PyWavelets); `.dcm` is a DICOM scan, windowed to 8 bits between its 0.5th
+    and 99.5th percentiles (a scanner's raw 12-16-bit values are not display levels)."""
     from PIL import Image
 
+    path = Path(path)
+    if path.suffix == ".npz":
+        import numpy as np
+
+        with np.load(path) as archive:
+            return Image.fromarray(np.asarray(archive["data"], dtype=np.uint8)).convert("RGB")
+    if path.suffix == ".dcm":
+        return _load_dicom(path)
     with Image.open(path) as im:
         return im.convert("RGB")
 
 
+def _load_dicom(path: Path) -> "object":
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    pixels = pydicom.dcmread(path).pixel_array
+    if pixels.ndim == 3 and pixels.shape[-1] == 3 and pixels.dtype == np.uint8:
+        return Image.fromarray(pixels, "RGB")
+    values = pixels.astype(np.float64)
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    scaled = np.clip((values - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255)
+    return Image.fromarray(np.round(scaled).astype(np.uint8)).convert("RGB")
+
+
+VIEWS_PER_PHOTO = 5
+
+
 def views(image: "object") -> Iterator["object"]:
-    """Deterministic views of one photo: as is, mirrored, and a central 80 % zoom. More real
-    samples per photo make agreement figures finer than 1/len(photos)."""
+    """Deterministic views of one photo: as is, mirrored, a central 80 % zoom, and the upper-left
+    and lower-right 80 % crops. More real samples per photo make agreement figures finer than
+    1/len(photos): with 11 parity photos one flipped view moves agreement by 1/55."""
     from PIL import ImageOps
 
     yield image
@@ -77,16 +227,20 @@ def views(image: "object") -> Iterator["object"]:
     w, h = image.size
     dx, dy = int(w * 0.1), int(h * 0.1)
     yield image.crop((dx, dy, w - dx, h - dy))
+    yield image.crop((0, 0, w - 2 * dx, h - 2 * dy))
+    yield image.crop((2 * dx, 2 * dy, w, h))
 
 
 @dataclass
 class ParitySet:
-    """Real inputs for parity: images (Pillow), captions, and the zero-shot label prompts."""
+    """Real inputs for parity (or the gate): images (Pillow), captions, and the zero-shot label
+    prompts of the same photos."""
 
     images: list
     image_names: list[str]
     captions: list[str]
     labels: list[str]
+    split: str = "parity"
 
     @property
     def prompts(self) -> list[str]:
@@ -98,14 +252,64 @@ class ParitySet:
         return self.captions + self.prompts
 
 
-def bundled_parity_set(max_photos: int | None = None) -> ParitySet:
-    samples = bundled_samples()[:max_photos]
+def bundled_split(split: str, max_photos: int | None = None) -> ParitySet:
+    """One split's photos (every view of each), captions and labels."""
+    samples = bundled_samples(split)[:max_photos]
     if not samples:
-        raise RuntimeError("no bundled sample photos found; reinstall scikit-image")
+        raise RuntimeError(f"the bundled {split} split holds no photos")
     images, names = [], []
     for sample in samples:
         for i, view in enumerate(views(load_rgb(sample.path))):
             images.append(view)
             names.append(f"{sample.name}#{i}")
     labels = list(dict.fromkeys(s.label for s in samples))
-    return ParitySet(images, names, [s.caption for s in samples], labels)
+    return ParitySet(images, names, [s.caption for s in samples], labels, split)
+
+
+def bundled_parity_set(max_photos: int | None = None) -> ParitySet:
+    """The held-out parity split."""
+    return bundled_split("parity", max_photos)
+
+
+@lru_cache(maxsize=None)
+def file_sha256(path: Path) -> str:
+    from edgevl.manifest import sha256_of
+
+    return sha256_of(Path(path))
+
+
+def content_hash(file_hashes: list[str], texts: list[str]) -> str:
+    """sha256 over the sorted source-file hashes, then the sorted texts (one per line), so the
+    hash names the content and not the order it is read in."""
+    digest = hashlib.sha256()
+    for h in sorted(file_hashes):
+        digest.update(f"file {h}\n".encode())
+    for text in sorted(texts):
+        digest.update(f"text {text}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def split_texts(split: str) -> list[str]:
+    """Every text a split feeds the text tower. Gate and parity: captions then label prompts.
+    Calibration adds the everyday captions of `datasets.EXTRA_CAPTIONS` in front."""
+    samples = bundled_samples(split)
+    texts = [s.caption for s in samples] + [PROMPT_TEMPLATE.format(s.label) for s in samples]
+    if split == "calibration":
+        from edgevl.calibration.datasets import EXTRA_CAPTIONS
+
+        texts = list(EXTRA_CAPTIONS) + texts
+    return texts
+
+
+def split_record(split: str) -> dict:
+    """What the manifest records about one bundled split: counts and a content hash."""
+    samples = bundled_samples(split)
+    texts = split_texts(split)
+    return {
+        "source": f"bundled {split} split",
+        "photos": len(samples),
+        "images": len(samples) * VIEWS_PER_PHOTO,
+        "texts": len(texts),
+        "sha256": content_hash([file_sha256(s.path) for s in samples], texts),
+        "files": [s.source for s in samples],
+    }

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--static-shapes", type=_static_shapes, default=None, metavar="AXIS=N,...",
                         help="fix dynamic axes, e.g. batch=1,seq=77 (for NPUs)")
     export.add_argument("--calib", default=None, metavar="DATA",
-                        help="calibration data for int8: an image folder or a JSON-lines caption file; default: bundled real samples")
+                        help="calibration data for int8: an image folder or a JSON-lines caption file; default: the bundled calibration split")
     export.add_argument("--max-drop", type=_fraction, default=0.01,
                         help="int8 accuracy gate: largest allowed drop in top-1 agreement / cosine; default 0.01")
     export.add_argument("--cpu-isa", choices=("any", "vnni"), default="any",

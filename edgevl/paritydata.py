@@ -1,4 +1,7 @@
-"""The parity set turned into tower inputs, and the PyTorch reference outputs on it."""
+"""A bundled data split (parity or gate) turned into tower inputs, and the PyTorch reference
+outputs on it. Parity judges artifacts on the held-out parity split; the int8 accuracy gate
+measures on the gate split (`build_split_data(spec, "gate")`), so what verifies an artifact was
+never seen while making it (`edgevl/calibration/samples.py` keeps the splits disjoint)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ from edgevl.preprocess import preprocess_images
 from edgevl.tolerances import Tolerance
 
 RANDOM_TEXTS = 24
+# Seeds of the random token ids used when a checkpoint ships no tokenizer: one per split, and
+# none equal to the calibration set's default seed (0), so no two of them share a text row.
+RANDOM_TEXT_SEEDS = {"parity": 101, "gate": 202, "given": 303}
 
 
 @dataclass
@@ -29,12 +35,14 @@ class ParityData:
     text_source: str
     image_names: list[str]
     reference: dict[str, np.ndarray]  # component -> embeddings
+    split: str = "parity"
 
     def feeds(self, component: Component) -> dict[str, np.ndarray]:
         return self.image_feeds if component == "image" else self.text_feeds
 
     def describe(self) -> dict:
         return {
+            "split": self.split,
             "images": len(self.image_names),
             "texts": int(next(iter(self.text_feeds.values())).shape[0]),
             "label_prompts": self.n_prompts,
@@ -43,25 +51,33 @@ class ParityData:
 
 
 def build_parity_data(
-    spec: ModelSpec, parity_set: Optional[object] = None, static_seq: Optional[int] = None
+    spec: ModelSpec, parity_set: Optional[object] = None, static_seq: Optional[int] = None,
+    split: str = "parity",
 ) -> ParityData:
-    """Preprocess the parity set and run the reference on it. With `static_seq` (an artifact
-    exported with a fixed sequence length) texts are padded or cut to that length first, so the
-    reference sees exactly what the artifact sees. The bundled set's data is computed once per
-    spec (the pipeline and the int8 accuracy gate both need it)."""
-    key = ("parity_data", static_seq)
-    if parity_set is None and key in spec.derived:
-        return spec.derived[key]
-    data = _build_parity_data(spec, parity_set, static_seq)
-    if parity_set is None:
-        spec.derived[key] = data
-    return data
+    """Preprocess the parity set (default: the bundled held-out parity split; `split="gate"` the
+    gate split) and run the reference on it. With `static_seq` (an artifact exported with a fixed
+    sequence length) texts are padded or cut to that length first, so the reference sees exactly
+    what the artifact sees. A bundled split's data is computed once per spec."""
+    if parity_set is not None:
+        return _build_parity_data(spec, parity_set, static_seq)
+    return build_split_data(spec, split, static_seq)
 
 
-def _build_parity_data(spec: ModelSpec, parity_set: Optional[object], static_seq: Optional[int]) -> ParityData:
-    from edgevl.calibration.samples import bundled_parity_set
+def build_split_data(spec: ModelSpec, split: str = "gate", static_seq: Optional[int] = None) -> ParityData:
+    """One bundled split ("gate" or "parity") as tower inputs with the reference outputs on
+    them, cached on `spec.derived` (the int8 gate measures each tower on the same data)."""
+    from edgevl.calibration.samples import bundled_split
 
-    ps = parity_set or bundled_parity_set()
+    if split not in ("gate", "parity"):
+        raise ValueError(f"split {split!r} has no reference data; use 'gate' or 'parity'")
+    key = ("split_data", split, static_seq)
+    if key not in spec.derived:
+        spec.derived[key] = _build_parity_data(spec, bundled_split(split), static_seq)
+    return spec.derived[key]
+
+
+def _build_parity_data(spec: ModelSpec, ps: object, static_seq: Optional[int]) -> ParityData:
+    split = getattr(ps, "split", "given")
     image_feeds = {"pixel_values": preprocess_images(ps.images, spec.preprocess)}
     if spec.tokenize is not None:
         text_feeds = spec.tokenize(ps.texts)
@@ -71,6 +87,7 @@ def _build_parity_data(spec: ModelSpec, parity_set: Optional[object], static_seq
         text_feeds = random_token_feeds(
             RANDOM_TEXTS, spec.preprocess.context_length, spec.vocab_size or 1000,
             spec.special_token_ids, spec.preprocess.text_inputs,
+            seed=RANDOM_TEXT_SEEDS.get(split, RANDOM_TEXT_SEEDS["given"]),
         )
         n_prompts, source = RANDOM_TEXTS, "random token ids (the checkpoint has no tokenizer)"
     if static_seq is not None:
@@ -81,7 +98,7 @@ def _build_parity_data(spec: ModelSpec, parity_set: Optional[object], static_seq
         "image": spec.image.forward_numpy(image_feeds),
         "text": spec.text.forward_numpy(text_feeds),
     }
-    return ParityData(image_feeds, text_feeds, n_prompts, source, list(ps.image_names), reference)
+    return ParityData(image_feeds, text_feeds, n_prompts, source, list(ps.image_names), reference, split)
 
 
 def _fit_length(values: np.ndarray, seq: int, pad: int) -> np.ndarray:

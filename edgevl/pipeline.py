@@ -205,7 +205,7 @@ def run_export(
                 for f in spec.tokenizer_files:
                     shutil.copy2(f, stage / "tokenizer" / f.name)
             doing = "computing the PyTorch reference"
-            with progress.step("computing PyTorch reference on the parity set") as details:
+            with progress.step("computing PyTorch reference on the held-out parity split") as details:
                 from edgevl.paritydata import build_parity_data
 
                 data = build_parity_data(spec, static_seq=(request.static_shapes or {}).get("seq"))
@@ -213,6 +213,7 @@ def run_export(
                 d = data.describe()
                 details.append(f"{d['images']} real images, {d['texts']} texts: {d['text_source']}")
             manifest.extra["parity_set"] = data.describe()
+            manifest.extra["data_splits"] = data_splits(calibration)
             manifest.extra["preprocess"] = "preprocess.json"
             if spec.tokenizer_files:
                 manifest.extra["tokenizer"] = "tokenizer"
@@ -267,9 +268,26 @@ def run_export(
     return ExportOutcome(manifest, request.out)
 
 
-def format_agreement(value: Optional[float]) -> str:
-    """Top-1 agreement for people: None (no zero-shot task on this tower) reads n/a."""
-    return "n/a" if value is None else f"{value:.3f}"
+def format_agreement(tie_aware: Optional[float], strict: Optional[float] = None) -> str:
+    """Top-1 agreement for people, both figures: the tie-aware one (gated) then the strict one
+    (reported), e.g. "0.982 (strict 0.964)". None (no zero-shot task on this tower) reads n/a."""
+    if tie_aware is None:
+        return "n/a"
+    return f"{tie_aware:.3f}" if strict is None else f"{tie_aware:.3f} (strict {strict:.3f})"
+
+
+def data_splits(calibration: "Optional[object]") -> dict:
+    """The manifest's record of the three disjoint data splits: what int8 calibrates on (the
+    user's `--calib` data when given, else the bundled calibration split), what the int8 accuracy
+    gate measures on, and the held-out parity split every artifact is judged on. Each holds its
+    source, photo / image / text counts and a content hash."""
+    from edgevl.calibration.samples import split_record
+
+    return {
+        "calibration": calibration.record() if calibration is not None else split_record("calibration"),
+        "gate": split_record("gate"),
+        "parity": split_record("parity"),
+    }
 
 
 def format_parity(parity: dict, long: bool = False) -> str:
@@ -277,10 +295,11 @@ def format_parity(parity: dict, long: bool = False) -> str:
     from the reference or the output holds NaN/Inf (parity["failures"] says which)."""
     if parity.get("cosine_min") is None:
         return "no figures: " + "; ".join(parity.get("failures") or ["output differs from the reference"])
+    top1 = format_agreement(parity["top1_agreement"], parity.get("top1_agreement_strict"))
     if not long:
-        return f"cos {parity['cosine_min']:.6f} top1 {format_agreement(parity['top1_agreement'])}"
+        return f"cos {parity['cosine_min']:.6f} top1 {top1}"
     return (f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "
-            f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {format_agreement(parity['top1_agreement'])}")
+            f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {top1}")
 
 
 def _os_reason(exc: OSError) -> str:

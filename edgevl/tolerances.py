@@ -2,6 +2,13 @@
 
 Float artifacts must reproduce the reference; quantized ones are judged by cosine, SQNR and
 zero-shot agreement, never by allclose. `max_abs` None means "reported, not gated".
+
+`top1_agreement` gates the TIE-AWARE zero-shot agreement (`edgevl.parity.agreement`: a pick whose
+reference score is within `parity.TIE_MARGIN` of the reference's best counts as agreeing). The
+strict agreement (identical picks) is reported beside it in the manifest
+(`top1_agreement_strict`), the progress lines and the CLI summary, and is not gated. Both are
+measured on the held-out parity split (`edgevl/calibration/samples.py`), which int8 calibration
+and the int8 accuracy gate never see.
 """
 
 from __future__ import annotations

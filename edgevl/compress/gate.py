@@ -55,7 +55,7 @@ def gate_data(spec: "object", component: str, run_fp32: RunFn) -> GateData:
     from edgevl.parity import agreement
     from edgevl.paritydata import build_parity_data, run_batched
 
-    data = build_parity_data(spec)
+    data = build_parity_data(spec, split="gate")
     feeds = data.feeds(component)
     reference = run_batched(run_fp32, feeds)
     n_prompts = data.n_prompts

@@ -48,6 +48,16 @@ def test_manifest_meets_the_contract(default_export):
     assert ops["Attention"] == 6 and ops["Softmax"] == 0
     assert manifest["parity_set"]["text_source"] == "real captions and label prompts"
     assert (default_export / "tokenizer" / "tokenizer.json").is_file()
+    # The held-out parity split judged both towers; every split is recorded with its hash.
+    from edgevl.calibration.samples import split_record
+
+    splits = manifest["data_splits"]
+    assert {name: splits[name] for name in ("calibration", "gate", "parity")} == {
+        name: split_record(name) for name in ("calibration", "gate", "parity")
+    }
+    assert image["parity"]["n_samples"] == splits["parity"]["images"] == manifest["parity_set"]["images"]
+    assert text["parity"]["n_samples"] == splits["parity"]["texts"]
+    assert image["parity"]["top1_agreement_strict"] == text["parity"]["top1_agreement_strict"] == 1.0
 
 
 @pytest.mark.parametrize("photo,labels,expected", [
@@ -115,11 +125,16 @@ def test_int8_text_tower_through_the_cli(int8_text_export):
     """`--precision int8` end to end: calibrated on the bundled samples (and said so), gated,
     quantized MatMuls in the graph, the recipe beside the artifact, parity on real captions."""
     out = int8_text_export
-    art = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    art = manifest["artifacts"][0]
     quant = art["passes"]["quantization"]
     assert art["precision"] == "int8" and art["parity"]["passed"]
     assert art["parity"]["cosine_min"] >= 0.99 and art["parity"]["top1_agreement"] >= 0.98
+    assert art["parity"]["top1_agreement_strict"] is not None  # reported beside the gated figure
     assert (art["fused_attention"], art["unfused_attention"]) == (6, 0)
+    # Calibrated on the calibration split, gated on the gate split: neither is the parity split.
+    recorded = manifest["data_splits"]["calibration"]
+    assert (quant["calibration"]["images"], quant["calibration"]["texts"]) == (recorded["images"], recorded["texts"])
     assert quant["quantized_layers"] > 0 and quant["gate"]["passed"]
     assert any("bundled real samples" in n for n in quant["notes"])
     ops = Counter(n.op_type for n in onnx.load(str(out / art["path"])).graph.node)

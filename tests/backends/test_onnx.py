@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
+from edgevl.calibration.samples import VIEWS_PER_PHOTO, bundled_samples
 from edgevl.cli import main
 from edgevl.errors import UnfusedAttentionError
 from edgevl.exporters.onnx import export_tower_onnx
@@ -49,7 +50,9 @@ def test_tiny_checkpoint_exports_fused_and_verified(kind, flavor, tiny_clip_dir,
         assert art["verified"] == "runtime"
         parity = art["parity"]
         assert parity["passed"] and parity["cosine_min"] >= 0.9999 and parity["top1_agreement"] == 1.0
-        assert parity["n_samples"] == (57 if art["component"] == "image" else 24)
+        # Image parity runs on every view of the held-out parity split's photos.
+        parity_views = len(bundled_samples("parity")) * VIEWS_PER_PHOTO
+        assert parity["n_samples"] == (parity_views if art["component"] == "image" else 24)
     assert manifest["parity_set"]["text_source"].startswith("random token ids")
     pre = json.loads((out / "preprocess.json").read_text())
     assert pre["crop"] == 32 and pre["resize_mode"] == ("squash" if kind == "siglip" else "shortest_edge")

@@ -124,8 +124,10 @@ def test_jsonl_captions_labels_and_bad_lines(tmp_path):
 
 
 def test_bundled_set_is_real_and_feeds_need_the_right_modality():
+    from edgevl.calibration.samples import VIEWS_PER_PHOTO
+
     cal = datasets.bundled(max_photos=2)
-    assert len(cal.images) == 6 and len(cal.texts) > 20
+    assert len(cal.images) == 2 * VIEWS_PER_PHOTO and len(cal.texts) > 20
     text_only = datasets.CalibrationSet([], [], ["a cat"], "texts")
     with pytest.raises(CalibrationError, match="no images"):
         text_only.feeds(object(), "image")

@@ -39,3 +39,11 @@ def test_agreement_counts_near_ties_and_reports_strict():
     cand = np.array([[0.49, 0.50, 0.1], [0.1, 0.9, 0.0], [0.3, 0.6, 0.1]])
     tie_aware, strict = agreement(ref, cand)
     assert (tie_aware, strict) == (2 / 3, 1 / 3)
+
+
+def test_both_agreements_are_shown_by_the_one_formatter():
+    from edgevl.pipeline import format_agreement
+
+    assert format_agreement(0.9818, 0.9636) == "0.982 (strict 0.964)"
+    assert format_agreement(1.0) == "1.000"
+    assert format_agreement(None, None) == "n/a"
