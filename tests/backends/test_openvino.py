@@ -44,12 +44,12 @@ def _read(xml: Path):
     return ov.Core().read_model(str(xml))
 
 
-def _check_gate(q: dict) -> None:
+def _check_gate(q: dict, max_drop: float = 0.01) -> None:
     """The accuracy gate's report: every try recorded, the chosen try passing with every try of
     fewer float layers failing, and the float layers it chose named with a reason."""
     gate = q["gate"]
     tried = gate["tried"]
-    assert gate["passed"] and gate["cosine_min"] == 0.99 and gate["max_drop"] == 0.01
+    assert gate["passed"] and gate["cosine_min"] == 0.99 and gate["max_drop"] == max_drop
     for t in tried:
         assert {"cosine_min", "sqnr_db", "top1_agreement", "top1_agreement_strict", "seconds"} <= set(t)
     assert tried[0]["float_layers"] == 0
@@ -69,12 +69,15 @@ def _check_gate(q: dict) -> None:
 
 def test_int8_for_vnni_uses_full_8_bit_weights(tiny_clip_dir, tmp_path):
     """--cpu-isa vnni switches NNCF's overflow fix off: the weights use all 8 bits (the largest
-    weight of each channel maps to level 127), and the manifest says so."""
+    weight of each channel maps to level 127), and the manifest says so. (A loose --max-drop: the
+    random tiny tower's zero-shot near-ties are not what this test is about.)"""
     spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
-    art = OpenVinoExporter().export(spec, "text", tmp_path, ExportOptions(precision="int8", cpu_isa="vnni"))
+    options = ExportOptions(precision="int8", cpu_isa="vnni", max_drop=0.5)
+    art = OpenVinoExporter().export(spec, "image", tmp_path, options)
     q = art.passes["quantization"]
     assert (q["cpu_isa"], q["overflow_fix"]) == ("vnni", "disable")
-    _check_gate(q)
+    _check_gate(q, max_drop=0.5)
+    assert not q["whole_tower_float"]
     levels = weight_levels(_read(art.path))
     assert levels and max(levels.values()) == 127 == q["weight_levels_max"]
 
