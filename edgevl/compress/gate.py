@@ -48,14 +48,15 @@ def ort_run(model: "object") -> RunFn:
     return lambda feeds: sess.run(None, feeds)[0]
 
 
-def gate_data(spec: "object", component: str, run_fp32: RunFn) -> GateData:
+def gate_data(spec: "object", component: str, run_fp32: RunFn, split: str = "gate") -> GateData:
     """Gate data for `component`; `run_fp32` (the fp32 artifact on its own runtime) gives the
     reference, so the gate measures what quantization changed and nothing else. Which inputs
-    the gate sees is decided here only: the gate split, disjoint from calibration and parity."""
+    the gate sees is decided here only: the gate split, disjoint from calibration and parity
+    (`split="parity"` gives the same figures on the held-out split, for reports)."""
     from edgevl.parity import agreement
     from edgevl.paritydata import build_parity_data, run_batched
 
-    data = build_parity_data(spec, split="gate")
+    data = build_parity_data(spec, split=split)
     feeds = data.feeds(component)
     reference = run_batched(run_fp32, feeds)
     n_prompts = data.n_prompts
