@@ -268,7 +268,7 @@ def _quantize_int8(
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    from edgevl.compress.gate import gate_data, run_gate
+    from edgevl.compress.gate import gate_cosine_floor, gate_data, run_gate
     from edgevl.ops.attention import attention_blocks
     from edgevl.tolerances import tolerance_for
 
@@ -291,7 +291,7 @@ def _quantize_int8(
     # the unquantized IR is the last candidate.
     result = run_gate(
         [name for name, _ in ranked], build, lambda m: compiled_run(m, names), gate,
-        tolerance_for("openvino", "int8").cosine_min, options.max_drop, tower.component,
+        gate_cosine_floor(tolerance_for("openvino", "int8").cosine_min), options.max_drop, tower.component,
         lambda name, rank: f"kept float by the accuracy gate (rank {rank}: {why[name]})",
         options.progress, whole_float=model.clone,
     )

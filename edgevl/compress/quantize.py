@@ -19,7 +19,7 @@ from edgevl.compress.config import (  # noqa: F401  (the public configs, re-expo
     W8A8Config, WeightOnlyConfig,
 )
 from edgevl.compress.conv_int8 import is_conv_tower
-from edgevl.compress.gate import GateData, build_gate_data
+from edgevl.compress.gate import GateData, build_gate_data, gate_cosine_floor
 from edgevl.compress.handlers import QuantContext, handler_for
 from edgevl.compress.qdq import prepare
 from edgevl.compress.recipe import QuantRecipe
@@ -75,7 +75,7 @@ def quantize_onnx_artifact(
     gate = build_gate_data(spec, component, fp32)
     tol = tolerance_for("onnx", precision)
     qmodel, recipe, info = quantize_model(
-        fp32, config, feeds, component, gate, tol.cosine_min, calib.describe(), progress
+        fp32, config, feeds, component, gate, gate_cosine_floor(tol.cosine_min), calib.describe(), progress
     )
     saturation = saturation_verdict(qmodel, config, gate)
     out_path = Path(out_path)
