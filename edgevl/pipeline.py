@@ -149,7 +149,8 @@ def _check_reference_finite(reference: dict, components: tuple[str, ...]) -> Non
 
 
 def _verify(
-    artifact: ExportedArtifact, data, spec: ModelSpec, static_shapes: Optional[dict[str, int]]
+    artifact: ExportedArtifact, data, spec: ModelSpec, static_shapes: Optional[dict[str, int]],
+    max_drop: Optional[float] = None,
 ) -> tuple[str, dict, list[str]]:
     from edgevl.paritydata import run_batched, verify_outputs
     from edgevl.tolerances import tolerance_for
@@ -162,7 +163,7 @@ def _verify(
     output_name = loaded.output_names[0]
     batch = (static_shapes or {}).get("batch", 16)
     candidate = run_batched(lambda f: loaded.run(f)[output_name], data.feeds(artifact.component), batch)
-    tolerance = tolerance_for(artifact.target, artifact.precision)
+    tolerance = tolerance_for(artifact.target, artifact.precision, max_drop)
     label = f"{artifact.target}/{artifact.precision}/{artifact.component}"
     result = verify_outputs(data, artifact.component, candidate, tolerance, f"{label} {tower.output.name}")
     return "runtime", result.to_json(), result.failures
@@ -240,7 +241,8 @@ def run_export(
                             )
                         doing = f"verifying the {component} tower's {exporter.name} {precision} artifact"
                         with progress.step(f"verifying with {artifact.runtime or 'no runtime'}") as details:
-                            verified, parity, misses = _verify(artifact, data, spec, request.static_shapes)
+                            verified, parity, misses = _verify(artifact, data, spec, request.static_shapes,
+                                                               request.max_drop)
                             if verified == "runtime":
                                 details.append(format_parity(parity, long=True))
                             else:

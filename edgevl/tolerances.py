@@ -8,12 +8,14 @@ reference score is within `parity.TIE_MARGIN` of the reference's best counts as 
 strict agreement (identical picks) is reported beside it in the manifest
 (`top1_agreement_strict`), the progress lines and the CLI summary, and is not gated. Both are
 measured on the held-out parity split (`edgevl/calibration/samples.py`), which int8 calibration
-and the int8 accuracy gate never see.
+and the int8 accuracy gate never see. For quantized precisions `--max-drop` is the agreement drop
+the user accepts: it can loosen the agreement floor (never the cosine floor), and the gate asks
+for at least as much on its own split.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 
@@ -48,9 +50,17 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 }
 
 
-def tolerance_for(target: str, precision: str) -> Tolerance:
+QUANTIZED_PRECISIONS = ("int8", "int8w", "int4w")
+
+
+def tolerance_for(target: str, precision: str, max_drop: Optional[float] = None) -> Tolerance:
+    """The row for (target, precision); with `max_drop` (quantized precisions only), the
+    agreement floor is the row's or `1 - max_drop`, whichever is lower."""
     try:
-        return TOLERANCES[(target, precision)]
+        row = TOLERANCES[(target, precision)]
+        if max_drop is not None and precision in QUANTIZED_PRECISIONS:
+            return replace(row, top1_agreement=min(row.top1_agreement, round(1.0 - max_drop, 6)))
+        return row
     except KeyError:
         raise KeyError(
             f"no tolerance row for target {target!r} at precision {precision!r}; add one to "

@@ -100,10 +100,15 @@ def _assert_saturation_safe(quant: dict, path: Path) -> None:
     assert sat["outputs_differing_without_vnni"] == 0
 
 
+# At the default --max-drop the gate keeps the default text tower float (7-bit int8 flips
+# near-tie zero-shot picks on the gate split); 0.05 keeps some layers int8 to exercise that path.
+INT8_TEXT = ["export", "--precision", "int8", "--components", "text", "--max-drop", "0.05", "-q"]
+
+
 @pytest.fixture(scope="module")
 def int8_text_export(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("int8") / "out"
-    assert main(["export", "--precision", "int8", "--components", "text", "--out", str(out), "-q"]) == 0
+    assert main([*INT8_TEXT, "--out", str(out)]) == 0
     return out
 
 
@@ -116,7 +121,7 @@ def test_exports_are_reproducible(default_export, int8_text_export, tmp_path):
 
     again = tmp_path / "again"
     assert main(["export", "--target", "onnx", "--out", str(again / "fp32"), "-q"]) == 0
-    assert main(["export", "--precision", "int8", "--components", "text", "--out", str(again / "int8"), "-q"]) == 0
+    assert main([*INT8_TEXT, "--out", str(again / "int8")]) == 0
     assert digests(again / "fp32") == digests(default_export)
     assert digests(again / "int8") == digests(int8_text_export)
 
