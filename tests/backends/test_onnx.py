@@ -31,7 +31,9 @@ def _ops(path: Path) -> Counter:
 
 @pytest.mark.parametrize("flavor", ["standard", "ort"])
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
-def test_tiny_checkpoint_exports_fused_and_verified(kind, flavor, tiny_clip_dir, tiny_siglip_dir, tmp_path, capsys):
+def test_tiny_checkpoint_graph_holds_one_attention_op_per_block(kind, flavor, tiny_clip_dir, tiny_siglip_dir, tmp_path, capsys):
+    """Beyond the contract test (test_contract.py): each ONNX flavour's own attention op in the
+    graph, parity on both flavours, and the preprocessing each family declares."""
     ckpt = tiny_clip_dir if kind == "clip" else tiny_siglip_dir
     out = tmp_path / "out"
     code = main(["export", str(ckpt), "--target", "onnx", "--onnx-flavor", flavor, "--out", str(out)])

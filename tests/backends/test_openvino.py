@@ -87,7 +87,9 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
-def test_tiny_checkpoint_exports_fused_and_verified(kind, tiny_clip_dir, tiny_siglip_dir, tmp_path, capsys):
+def test_tiny_checkpoint_ir_holds_one_sdpa_per_block(kind, tiny_clip_dir, tiny_siglip_dir, tmp_path, capsys):
+    """What the contract test (test_contract.py) cannot see from the manifest: the IR's own ops,
+    and the benchmark_app command beside each IR."""
     ckpt = tiny_clip_dir if kind == "clip" else tiny_siglip_dir
     out = tmp_path / "out"
     code = main(["export", str(ckpt), "--target", "openvino", "--out", str(out), "-q"])
@@ -105,9 +107,6 @@ def test_tiny_checkpoint_exports_fused_and_verified(kind, tiny_clip_dir, tiny_si
         ops = _ir_ops(xml)
         assert ops.get(SDPA_OP, 0) == blocks
         assert ops.get("Softmax", 0) == 0, "a decomposed attention would leave a Softmax behind"
-        assert art["verified"] == "runtime"
-        parity = art["parity"]
-        assert parity["passed"] and parity["cosine_min"] >= 0.9999 and parity["top1_agreement"] == 1.0
         bench = (xml.parent / f"{xml.stem}.benchmark_app.txt").read_text()
         assert bench.startswith(f"benchmark_app -m {xml.name} -d CPU -shape ")
         assert "-hint latency" in bench and "-infer_precision f32" in bench
