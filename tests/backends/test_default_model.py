@@ -60,6 +60,25 @@ def test_manifest_meets_the_contract(default_export):
     assert image["parity"]["top1_agreement_strict"] == text["parity"]["top1_agreement_strict"] == 1.0
 
 
+GOLDEN = REPO / "tests" / "golden" / "default_model_onnx_ops.json"
+
+
+def test_graph_op_counts_match_the_golden_file(default_export):
+    """The fp32 graphs' op counts per tower, against a committed file, so a change in what the
+    exporter and its passes emit shows up as a diff. Regenerate after an intended change with:
+    EDGEVL_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/backends/test_default_model.py -k golden"""
+    import os
+
+    manifest = json.loads((default_export / "manifest.json").read_text())
+    counts = {
+        a["component"]: dict(sorted(Counter(n.op_type for n in onnx.load(str(default_export / a["path"])).graph.node).items()))
+        for a in manifest["artifacts"]
+    }
+    if os.environ.get("EDGEVL_REGEN_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
+    assert counts == json.loads(GOLDEN.read_text())
+
+
 @pytest.mark.parametrize("photo,labels,expected", [
     ("chelsea.png", "cat,dog,car,coffee", "cat"),
     ("coffee.png", "cat,dog,car,coffee", "coffee"),
