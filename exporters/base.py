@@ -32,12 +32,13 @@ class ExportOptions:
             `com.microsoft.MultiHeadAttention` (ONNX Runtime's contrib op).
         allow_unfused: export even if some attention blocks did not fuse (they are still counted).
         static_shapes: fixed sizes for dynamic axes, e.g. {"batch": 1, "seq": 77} (NPUs).
-        calibration: a calibration set for precisions that need one (int8); None = bundled samples.
-        max_drop: accuracy gate for quantized precisions: the largest allowed drop of zero-shot
-            top-1 agreement (and of min cosine) against the fp32 reference on the parity set.
+        calibration: a calibration set for precisions that need one (int8); None = the bundled
+            calibration split.
+        max_drop: for quantized precisions, the largest drop of zero-shot top-1 agreement against
+            the fp32 reference the user accepts: on the gate split for the accuracy gate, and as
+            the parity split's agreement floor where it is looser than the tolerance table's.
         cpu_isa: the int8 dot-product semantics the artifact may rely on (see
-            edgevl.compress.config.CPU_ISAS);
-            recorded in the manifest.
+            edgevl.compress.config.CPU_ISAS); recorded in the manifest.
         speed_guard: let int8 exporters time int8 against float on the building machine and
             keep float what is not faster. Off by default: a timing makes the artifact depend
             on the machine that builds it. When on, the timings are recorded in the manifest.

@@ -84,8 +84,9 @@ class W8A8Config(QuantConfig):
         observer: activation range observer, one of minmax, percentile, entropy, mse.
         smoothquant: SmoothQuant settings, or None to switch it off (some towers, e.g. CLIP's,
             are reported to do better without it: measure).
-        max_drop: largest allowed drop of zero-shot top-1 agreement on the parity set (the
-            cosine floor comes from edgevl/tolerances.py).
+        max_drop: largest allowed drop of zero-shot top-1 agreement, on the gate split for the
+            gate and on the parity split for the verdict (the cosine floor comes from
+            edgevl/tolerances.py).
         speed_guard: keep float the layer shapes where int8 is measured slower on ORT on the
             building machine (off by default: it makes the artifact depend on that machine).
         cpu_isa: int8 dot-product semantics the artifact may rely on (see CPU_ISAS).

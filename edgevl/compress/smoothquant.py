@@ -10,8 +10,8 @@ outputs) lose 1-3 dB of output SQNR at a neighbouring alpha.
 float on the calibration samples: the consumers' outputs with the smoothed activation on the
 runtime's activation grid and the smoothed weights on per-output-channel symmetric int8, summed
 over the consumers (the search Intel Neural Compressor calls SmoothQuant auto-alpha, here with a
-per-layer output loss). The choice uses only the calibration set, never the parity set the
-accuracy gate judges with.
+per-layer output loss). The choice uses only the calibration set, never the gate or the
+parity split.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def _w8a8_static(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
         }
         recipe = recipe.without(slow)
     passes["local_sqnr_db"] = {n: round(v, 2) for n, v in sorted(local.items(), key=lambda kv: kv[1])}
-    # The gate: move layers back to float, worst local SQNR first, until the parity set passes.
+    # The gate: move layers back to float, worst local SQNR first, until the gate split passes.
     order = [n for n, _ in sorted(local.items(), key=lambda kv: kv[1]) if n in recipe.layers]
     qmodel, drop, (counts,), gate_report = gate_loop(
         ctx, order, local, cfg.max_drop, lambda drop: apply_recipe(model, recipe.without(drop))
