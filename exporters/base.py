@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from edgevl.compress.config import CPU_ISAS
+from edgevl.compress.config import check_cpu_isa
 from edgevl.errors import InputError, MissingBackendError
 from edgevl.models.spec import Component, ModelSpec
 
@@ -59,8 +59,7 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop < 1.0:
             raise InputError(f"--max-drop {self.max_drop} must be in [0, 1)")
-        if self.cpu_isa not in CPU_ISAS:
-            raise InputError(f"unknown --cpu-isa {self.cpu_isa!r}; use one of: {', '.join(CPU_ISAS)}")
+        check_cpu_isa(self.cpu_isa)
         if self.onnx_flavor not in ONNX_FLAVORS:
             raise InputError(
                 f"unknown ONNX flavour {self.onnx_flavor!r}; use one of: {', '.join(ONNX_FLAVORS)}"
