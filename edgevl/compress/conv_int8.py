@@ -17,7 +17,7 @@ import numpy as np
 from edgevl.compress.config import ConvW8A8Config, weight_qmax
 from edgevl.compress.gate import gate_loop
 from edgevl.compress.handlers import QuantContext, register_handler
-from edgevl.compress.ort_graph import layer_paths, quiet_ort_quantizer
+from edgevl.compress.ort_graph import layer_paths, producers, quiet_ort_quantizer
 from edgevl.compress.recipe import LayerRecipe, QuantRecipe
 from edgevl.compress.speed_guard import whole_graph_speed
 
@@ -49,15 +49,15 @@ def _recipe_layers(qmodel: "object", convs: list[str]) -> dict[str, LayerRecipe]
     from onnx import numpy_helper
 
     inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
-    producers = {o: n for n in qmodel.graph.node for o in n.output}
+    made_by = producers(qmodel)
     layers = {}
     for node in qmodel.graph.node:
         if node.name not in convs or node.op_type != "Conv":
             continue
-        x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
+        x_dq, w_dq = made_by.get(node.input[0]), made_by.get(node.input[1])
         if x_dq is None or w_dq is None or {x_dq.op_type, w_dq.op_type} != {"DequantizeLinear"}:
             continue  # not fed by Q/DQ on both inputs: this conv stayed float
-        x_q = producers.get(x_dq.input[0])
+        x_q = made_by.get(x_dq.input[0])
         act_src = x_q.input[0] if x_q is not None and x_q.op_type == "QuantizeLinear" else x_dq.input[0]
         scale, zp = inits[x_dq.input[1]], inits[x_dq.input[2]]
         lo, hi = 0, 255

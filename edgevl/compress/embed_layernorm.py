@@ -21,8 +21,9 @@ from typing import Optional
 
 import numpy as np
 
-from edgevl.compress.ort_rewrite import (
-    MSFT_DOMAIN, check_feeds, max_relative_error, prune_dead_nodes, session_with_outputs, use_msft_opset,
+from edgevl.compress.ort_graph import (
+    MSFT_DOMAIN, check_feeds, consumers, max_relative_error, producers, prune_dead_nodes, session_with_outputs,
+    use_msft_opset,
 )
 
 
@@ -70,15 +71,12 @@ def _halved(feed: dict[str, np.ndarray], ids_input: str) -> dict[str, np.ndarray
 
 def _find(model: "object", ids_input: str) -> Optional[_Match]:
     inits = {i.name for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
+    producer = producers(model)
+    readers = consumers(model)
 
     def leaves(tensor: str, depth: int = 0) -> list:
         node = producer.get(tensor)
-        if node is not None and node.op_type == "Add" and depth < 2 and consumers.get(tensor, 0) == 1:
+        if node is not None and node.op_type == "Add" and depth < 2 and len(readers.get(tensor, [])) == 1:
             return leaves(node.input[0], depth + 1) + leaves(node.input[1], depth + 1)
         return [node]
 

@@ -143,7 +143,8 @@ class GateLimits:
     max_seconds: float = GATE_MAX_SECONDS
     started: float = field(default_factory=time.monotonic)
 
-    def check(self, component: str, tried: list[dict], next_float: int, n_layers: int) -> None:
+    def check(self, component: str, tried: list[dict], next_float: int, n_layers: int,
+              precision: str = "int8") -> None:
         spent = time.monotonic() - self.started
         over = (f"{len(tried)} tries (cap {self.max_tries})" if len(tried) >= self.max_tries
                 else f"{spent:.0f} s (cap {self.max_seconds:.0f} s)" if spent >= self.max_seconds else None)
@@ -151,7 +152,7 @@ class GateLimits:
             return
         best = max(tried, key=lambda t: t.get("cosine_min", float("-inf")), default={})
         raise ParityError(
-            f"int8 {component} tower: the accuracy gate's search stopped after {over} without passing; "
+            f"{precision} {component} tower: the accuracy gate's search stopped after {over} without passing; "
             f"best was {best.get('float_layers', '?')} of {n_layers} layers float at min cosine "
             f"{best.get('cosine_min', float('nan')):.4f}, next would have been {next_float} float; "
             "use --precision int8w (weights only) for this tower, or raise --max-drop"
@@ -177,13 +178,16 @@ def run_gate(
     progress: Optional[Callable[[str], None]] = None,
     whole_float: Optional[Callable[[], Any]] = None,
     limits: Optional[GateLimits] = None,
+    precision: str = "int8",
+    all_float_fix: str = "the float graph around the quantized layers is at fault, report a bug",
 ) -> GateResult:
     """Keep the first k layers of `order` float, with the smallest k that passes: k = 0 first,
     then every ranked layer float, then bisection between the largest failing and the smallest
     passing k (the ranking puts the most harmful layers first, so more float layers do not
     hurt). `reason(layer, rank)` says why a layer stayed float (rank counts from 1).
     `whole_float()`, if given, builds the unquantized tower: the last candidate, for quantizers
-    that quantize more than the ranked layers. Raises ParityError when nothing passes."""
+    that quantize more than the ranked layers. Raises ParityError when nothing passes, naming
+    `precision` and, when even every ranked layer kept back fails, `all_float_fix`."""
     limits = limits or GateLimits()
     tried: list[dict] = []
     report: dict[str, Any] = {"cosine_min": cosine_min, "max_drop": max_drop, "ranked_layers": len(order),
@@ -191,7 +195,7 @@ def run_gate(
     n = len(order)
 
     def attempt(k: Optional[int]) -> tuple[Any, dict, bool]:
-        limits.check(component, tried, n if k is None else k, n)
+        limits.check(component, tried, n if k is None else k, n, precision)
         t0 = time.perf_counter()
         model = whole_float() if k is None else build(order[:k])
         figures = measure(gate, run_fn(model))
@@ -223,8 +227,8 @@ def run_gate(
                 report.update(passed=True, figures=figures)
                 return GateResult(model, {name: why for name in order}, report, whole_tower_float=True)
         raise ParityError(
-            f"int8 {component} tower fails the accuracy gate even with every layer float "
-            f"({figures}); the float graph around the quantized layers is at fault, report a bug"
+            f"{precision} {component} tower fails the accuracy gate even with every layer float "
+            f"({figures}); {all_float_fix}"
         )
     while passing - failing > 1:
         mid = (failing + passing) // 2
@@ -240,10 +244,12 @@ def gate_loop(
     ctx: "QuantContext", order: list[str], local: dict[str, float], max_drop: float,
     build: Callable[[dict[str, str]], tuple["object", Any]],
     reason: Optional[Callable[[str, int], str]] = None, limits: Optional[GateLimits] = None,
+    **gate_options: str,
 ) -> tuple["object", dict[str, str], tuple, dict]:
     """The ONNX schemes' gate: `run_gate` on ONNX Runtime. `build(drop)` gets the layers kept
     float with why and returns (model, extras); returns (model, the layers kept float with why,
-    (extras,), the gate report). `reason(name, rank)` defaults to the layer's local SQNR."""
+    (extras,), the gate report). `reason(name, rank)` defaults to the layer's local SQNR;
+    `gate_options` (`precision`, `all_float_fix`) go to `run_gate` for its error messages."""
     if reason is None:
         def reason(n: str, rank: int) -> str:
             return f"kept float by the accuracy gate (local SQNR {local[n]:.1f} dB, rank {rank})"
@@ -257,5 +263,5 @@ def gate_loop(
         model = build_list([])
         return model, {}, (extras[0],), {"passed": True, "figures": None, "tried": []}
     result = run_gate(order, build_list, lambda m: ort_run(m), ctx.gate, ctx.cosine_min, max_drop,
-                      ctx.component, reason, ctx.progress, limits=limits)
+                      ctx.component, reason, ctx.progress, limits=limits, **gate_options)
     return result.model, result.float_layers, (extras[len(result.float_layers)],), result.report

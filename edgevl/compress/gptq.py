@@ -20,7 +20,7 @@ def input_hessians(
     model: "object", inputs: Iterable[str], feeds: list[dict[str, np.ndarray]],
 ) -> dict[str, np.ndarray]:
     """H = sum of x^T x over every calibration row of each named tensor ([C, C], float64)."""
-    from edgevl.compress.ort_rewrite import session_with_outputs
+    from edgevl.compress.ort_graph import session_with_outputs
 
     wanted = sorted(set(inputs))
     sess, names = session_with_outputs(model, wanted)

@@ -18,8 +18,9 @@ from typing import Optional
 
 import numpy as np
 
-from edgevl.compress.ort_rewrite import (
-    MSFT_DOMAIN, check_feeds, max_relative_error, prune_dead_nodes, session_with_outputs, use_msft_opset,
+from edgevl.compress.ort_graph import (
+    MSFT_DOMAIN, check_feeds, consumers, max_relative_error, producers, prune_dead_nodes, session_with_outputs,
+    use_msft_opset,
 )
 
 
@@ -70,11 +71,8 @@ def _find(model: "object") -> list[_Match]:
     x, whose output only goes through Transpose -> Reshape back to `[B, S, H*D]`, and whose
     attributes other than `scale` are at their defaults (not causal, no softcap)."""
     inits = {i.name for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer = producers(model)
+    readers = consumers(model)
 
     def chain(tensor: str) -> Optional[tuple]:
         tr = producer.get(tensor)
@@ -85,7 +83,7 @@ def _find(model: "object") -> list[_Match]:
         mm = producer.get(add.input[0])
         if mm is None or mm.op_type != "MatMul" or mm.input[1] not in inits:
             return None
-        private = all(len(consumers.get(n.output[0], [])) == 1 for n in (mm, add, rs))
+        private = all(len(readers.get(n.output[0], [])) == 1 for n in (mm, add, rs))
         return (tr, rs, add, mm) if private else None
 
     found = []

@@ -1,4 +1,4 @@
-"""Recipe -> Q/DQ ONNX graph, and the graph helpers calibration needs.
+"""Recipe -> Q/DQ ONNX graph, and the graph preparation calibration needs.
 
 Only MatMul (and Gemm, normalised to MatMul first) with a constant 2-D weight is quantised:
   activation --QuantizeLinear(uint8, per tensor)--DequantizeLinear--\
@@ -8,23 +8,18 @@ This is the pattern ONNX Runtime's CPU graph optimiser fuses into an integer Mat
 (MatMulIntegerToFloat) and OpenVINO reads as FakeQuantize, so both runtimes run the same file.
 The standard `Attention` op (opset 23) is never touched: ORT's own quantizer mistakes it for
 its contrib op, and attention in int8 is where accuracy goes first.
-
-Weight-only int4 uses ORT's `MatMulNBits` (block-wise) through `matmul_nbits_quantizer`, which
-also packs the token embedding table (Gather) into `GatherBlockQuantized`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
+from edgevl.compress.ort_graph import IR_VERSION, drop_unread_initializers, initializers, insert_before
 from edgevl.compress.recipe import QuantRecipe
 from edgevl.errors import ExportError
-
-# onnx 1.23 writes IR 14 by default, which ORT 1.31 rejects.
-IR_VERSION = 10
 
 
 @dataclass(frozen=True)
@@ -52,17 +47,13 @@ def strip_value_info(model: "object") -> "object":
     return model
 
 
-def _initializers(model: "object") -> dict:
-    return {init.name: init for init in model.graph.initializer}
-
-
 def normalize_gemm(model: "object") -> int:
     """Rewrite `Gemm(x, W[, C])` with constant W (alpha=beta=1, transA=0) as MatMul (+ Add),
     so every linear layer has one form: a `[K, N]` weight, output channels on axis 1."""
     onnx = _onnx()
     from onnx import helper, numpy_helper
 
-    inits = _initializers(model)
+    inits = initializers(model)
     count = 0
     nodes = list(model.graph.node)
     new_nodes = []
@@ -98,7 +89,7 @@ def normalize_gemm(model: "object") -> int:
 
 def linear_nodes(model: "object") -> list[LinearNode]:
     """The quantisable layers, in graph order."""
-    inits = _initializers(model)
+    inits = initializers(model)
     found = []
     for node in model.graph.node:
         if node.op_type != "MatMul" or node.input[1] not in inits:
@@ -153,7 +144,7 @@ def apply_recipe(model: "object", recipe: QuantRecipe) -> tuple["object", dict]:
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    inits = _initializers(model)
+    inits = initializers(model)
     by_name = {n.name: n for n in model.graph.node}
     missing = [n for n in recipe.layers if n not in by_name]
     if missing:
@@ -205,13 +196,10 @@ def apply_recipe(model: "object", recipe: QuantRecipe) -> tuple["object", dict]:
         node.input[0] = f"{name}_a_dq"
         node.input[1] = f"{layer.weight}_dq"
         pre[name] = nodes
-    _insert_before(model, pre)
+    insert_before(model, pre)
     # Float weights no longer used by anything are dropped (that is where the size goes).
-    used = {i for n in model.graph.node for i in n.input}
-    kept = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept + new_inits)
-    _ensure_opset(model)
+    drop_unread_initializers(model, new_inits)
+    ensure_opset(model)
     del TensorProto
     return model, {
         "quantized_linear": len(recipe.layers),
@@ -220,216 +208,10 @@ def apply_recipe(model: "object", recipe: QuantRecipe) -> tuple["object", dict]:
     }
 
 
-def _insert_before(model: "object", before: dict[str, list]) -> None:
-    """Put each list of new nodes right before the node it is keyed by (keeps topological order)."""
-    if not before:
-        return
-    nodes = []
-    for node in model.graph.node:
-        nodes.extend(before.get(node.name, []))
-        nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
 
-
-def _ensure_opset(model: "object") -> None:
+def ensure_opset(model: "object") -> None:
+    """Refuse opsets without per-channel Q/DQ; cap the IR version at what ONNX Runtime reads."""
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx") and imp.version < 13:
             raise ExportError(f"per-channel Q/DQ needs opset >= 13; the graph has opset {imp.version}")
     model.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION)
-
-
-_HEADS_PERM = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
-
-
-def _reader_counts(model: "object") -> dict[str, int]:
-    readers: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
-    return readers
-
-
-def value_projection_nodes(model: "object", tensor: str) -> Optional[tuple["object", "object"]]:
-    """(V MatMul node, V bias Add node) whose output column j is channel j of `tensor`, where
-    `tensor` is an attention output merged back to `[B, S, H*D]` (Reshape(Transpose(Attention)))
-    and the standard Attention's V is Transpose(Reshape(Add(MatMul(x, W_v), b_v))) with constant
-    W_v and b_v; None if the graph is not that, or if an intermediate tensor has another reader.
-    Attention output channels are linear in V's (softmax(QK^T) mixes tokens, never channels), so
-    a per-channel factor on `tensor` is a per-column factor on W_v and b_v. W_v and b_v may be
-    read elsewhere too (the exporter shares initializers of equal value): whoever scales them
-    must give this MatMul and Add their own copies (`fold_smoothing` does)."""
-    from onnx import helper
-
-    inits = _initializers(model)
-    producer = {o: n for n in model.graph.node for o in n.output}
-    readers = _reader_counts(model)
-
-    def made_by(t: str, op: str, perm: Optional[list[int]] = None) -> Optional[object]:
-        node = producer.get(t)
-        if node is None or node.op_type != op or node.domain not in ("", "ai.onnx") or readers.get(t, 0) != 1:
-            return None
-        if perm is not None:
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            if list(attrs.get("perm", [])) != perm:
-                return None
-        return node
-
-    merge = made_by(tensor, "Reshape")
-    out_t = made_by(merge.input[0], "Transpose", _HEADS_PERM) if merge is not None else None
-    attention = made_by(out_t.input[0], "Attention") if out_t is not None else None
-    if attention is None or len(attention.input) < 3 or any(attention.output[1:]):
-        return None
-    v_t = made_by(attention.input[2], "Transpose", _HEADS_PERM)
-    split = made_by(v_t.input[0], "Reshape") if v_t is not None else None
-    add = made_by(split.input[0], "Add") if split is not None else None
-    matmul = made_by(add.input[0], "MatMul") if add is not None else None
-    if matmul is None or matmul.input[1] not in inits or add.input[1] not in inits:
-        return None
-    return matmul, add
-
-
-def value_projection(model: "object", tensor: str) -> Optional[tuple[str, str]]:
-    """(V weight, V bias) initializer names of `value_projection_nodes`, or None."""
-    nodes = value_projection_nodes(model, tensor)
-    return None if nodes is None else (nodes[0].input[1], nodes[1].input[1])
-
-
-class _Owned:
-    """Initializers a rewrite may change in place: an initializer read by more than one input
-    slot (the dynamo exporter stores equal constants once, e.g. every LayerNorm gamma of a
-    freshly initialised model, or every zero bias) is copied for the slot being changed, so the
-    change cannot leak into the other readers."""
-
-    def __init__(self, model: "object") -> None:
-        self.model = model
-        self.inits = _initializers(model)
-        self.readers = _reader_counts(model)
-        self.copies = 0
-
-    def array(self, node: "object", idx: int) -> np.ndarray:
-        from onnx import numpy_helper
-
-        return numpy_helper.to_array(self.inits[node.input[idx]]).astype(np.float32)
-
-    def set(self, node: "object", idx: int, value: np.ndarray) -> None:
-        from onnx import numpy_helper
-
-        name = node.input[idx]
-        if self.readers.get(name, 0) > 1:
-            self.readers[name] -= 1
-            new = f"{name}__{node.name}_{idx}"
-            node.input[idx] = new
-            self.readers[new] = 1
-            self.model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), new))
-            self.inits[new] = self.model.graph.initializer[-1]
-            self.copies += 1
-            return
-        self.inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
-
-
-def fold_smoothing(model: "object", smooth: dict[str, np.ndarray]) -> tuple["object", dict]:
-    """SmoothQuant: for each activation tensor t with per-input-channel factors s, the consuming
-    MatMuls see t / s and their weight rows are multiplied by s (the product is unchanged, the
-    outlier channels of t shrink, the weights take them on per output channel).
-
-    Where the 1/s can be folded into what produces t, it costs nothing at run time:
-    - a LayerNormalization whose every consumer is a constant-weight MatMul (pre-LN
-      transformers): into its gamma and beta;
-    - an attention output (the out-projection's input): into the V projection's weight columns
-      and bias (see `value_projection`).
-    Otherwise (post-LN BERT, where a LayerNorm output also feeds the residual Add; GELU outputs)
-    one `Mul(t, 1/s)` is inserted on the MatMul branch only.
-
-    An initializer this changes that other nodes also read (the exporter stores equal constants
-    once) is copied for the node being changed first (`_Owned`).
-    """
-    onnx = _onnx()
-    from onnx import helper, numpy_helper
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    owned = _Owned(model)
-    inits = owned.inits
-    producers = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    folded, folded_v, inserted, skipped = [], [], [], {}
-    before: dict[str, list] = {}
-    for tensor, s in smooth.items():
-        s = np.asarray(s, np.float32)
-        prod = producers.get(tensor)
-        users = consumers.get(tensor, [])
-        linear = [u for u in users if u.op_type == "MatMul" and u.input[0] == tensor and u.input[1] in inits]
-        if not linear:
-            skipped[tensor] = "no constant-weight MatMul consumes it"
-            continue
-        for u in linear:
-            owned.set(u, 1, owned.array(u, 1) * s[:, None])
-        foldable = (
-            prod is not None
-            and prod.op_type == "LayerNormalization"
-            and len(prod.input) >= 3
-            and prod.input[1] in inits
-            and prod.input[2] in inits
-            and len(linear) == len(users)
-        )
-        if foldable:
-            for idx in (1, 2):
-                owned.set(prod, idx, owned.array(prod, idx) / s)
-            folded.append(tensor)
-            continue
-        into_v = value_projection_nodes(model, tensor) if len(linear) == len(users) else None
-        if into_v is not None:
-            v_matmul, v_add = into_v
-            owned.set(v_matmul, 1, owned.array(v_matmul, 1) / s[None, :])
-            b_v = owned.array(v_add, 1)
-            owned.set(v_add, 1, b_v / s.reshape(b_v.shape))
-            folded_v.append(tensor)
-            continue
-        inv, out = f"{tensor}_smooth_inv", f"{tensor}_smoothed"
-        model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
-        before.setdefault(linear[0].name, []).append(helper.make_node("Mul", [tensor, inv], [out], name=f"{tensor}_smooth"))
-        for u in linear:
-            u.input[0] = out
-        inserted.append(tensor)
-    _insert_before(model, before)
-    # Originals whose every reader now has its own copy are dropped.
-    used = {i for n in model.graph.node for i in n.input}
-    kept = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return model, {
-        "smoothquant_folded": len(folded), "smoothquant_into_v": len(folded_v), "smoothquant_mul": len(inserted),
-        "smoothquant_unshared_initializers": owned.copies, "smoothquant_skipped": skipped,
-    }
-
-
-def weight_only_nbits(
-    model: "object", bits: int, block_size: int, symmetric: bool = True, include_gather: bool = True,
-    exclude: Optional[Iterable[str]] = None,
-) -> tuple["object", dict]:
-    """Weight-only block quantisation with ORT's MatMulNBits (and GatherBlockQuantized for the
-    token embedding table)."""
-    from onnxruntime.quantization import matmul_nbits_quantizer as mnb
-
-    op_types = ("MatMul", "Gather") if include_gather else ("MatMul",)
-    quant_axes = (("MatMul", 0), ("Gather", 1))
-    config = mnb.DefaultWeightOnlyQuantConfig(
-        block_size=block_size, is_symmetric=symmetric, accuracy_level=None, bits=bits,
-        op_types_to_quantize=op_types, quant_axes=quant_axes,
-    )
-    quantizer = mnb.MatMulNBitsQuantizer(
-        model, bits=bits, block_size=block_size, is_symmetric=symmetric,
-        nodes_to_exclude=list(exclude or []), op_types_to_quantize=op_types, quant_axes=quant_axes,
-        algo_config=config,
-    )
-    quantizer.process()
-    out = quantizer.model.model
-    counts: dict[str, int] = {}
-    for n in out.graph.node:
-        if n.op_type in ("MatMulNBits", "GatherBlockQuantized"):
-            counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    _ensure_opset(out)
-    return out, counts

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from edgevl.compress.config import INT16_MAX, UINT8_MAX
+from edgevl.compress.ort_graph import consumers, producers, session_with_outputs
 
 # Integer GEMM ops and the input index of their int8 weight.
 _INT8_GEMMS = {"MatMulInteger": 1, "QAttention": 1, "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1,
@@ -103,15 +104,12 @@ def _dequantized_conv_weights(model: "object") -> list[tuple[str, np.ndarray]]:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    consumers: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n.op_type)
+    readers = consumers(model)
     out = []
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
             continue
-        if not set(consumers.get(node.output[0], [])) & {"Conv", "MatMul", "Gemm"}:
+        if not {n.op_type for n in readers.get(node.output[0], [])} & {"Conv", "MatMul", "Gemm"}:
             continue
         w = numpy_helper.to_array(inits[node.input[0]])
         if w.dtype != np.int8:
@@ -145,10 +143,8 @@ def _check_on_activations(
 ) -> None:
     """Compare both semantics on the u8 activations the graph really feeds its `MatMulInteger`
     layers (read from the graph at run time)."""
-    from edgevl.compress.ort_rewrite import session_with_outputs
-
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    todo = [(name, act, w) for name, act, w in gemms if producers.get(act) == "DynamicQuantizeLinear"]
+    made_by = {t: n.op_type for t, n in producers(model).items()}
+    todo = [(name, act, w) for name, act, w in gemms if made_by.get(act) == "DynamicQuantizeLinear"]
     if not todo:
         return
     sess, names = session_with_outputs(model, [act for _, act, _ in todo])

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from edgevl.compress.ort_rewrite import check_feeds, session_with_outputs
+from edgevl.compress.ort_graph import check_feeds, session_with_outputs
 
 # Relative error (largest |difference| over the reference's largest magnitude, per feed) a
 # smoothed graph may show: float32 re-association of a product, not a change of function.
@@ -27,7 +27,7 @@ def _consumers(model: "object", smooth: dict[str, np.ndarray]) -> dict[str, list
     A V projection whose attention output is smoothed too changes by design (the factor of the
     attention output goes into its columns): it is left out here, and the out-projection that
     reads that attention output is what shows whether the fold holds."""
-    from edgevl.compress.qdq import value_projection_nodes
+    from edgevl.compress.smooth_fold import value_projection_nodes
 
     inits = {i.name for i in model.graph.initializer}
     by_design = set()
@@ -56,13 +56,13 @@ def checked_fold_smoothing(
     model: "object", smooth: dict[str, np.ndarray], feeds: list[dict[str, np.ndarray]], rtol: float = SMOOTH_RTOL,
     fold: Optional[Callable[["object", dict[str, np.ndarray]], tuple["object", dict]]] = None,
 ) -> tuple["object", dict[str, Any]]:
-    """`fold(model, smooth)` (default `qdq.fold_smoothing`), kept only where it is numerically
+    """`fold(model, smooth)` (default `smooth_fold.fold_smoothing`), kept only where it is numerically
     equivalent on `feeds`.
 
     Returns (graph, report): the report is `fold_smoothing`'s plus `smoothquant_check` (the
     largest relative error of the kept graph, how many feeds) and, for each smoothing dropped,
     `smoothquant_skipped[tensor]` with the measured error."""
-    from edgevl.compress.qdq import fold_smoothing
+    from edgevl.compress.smooth_fold import fold_smoothing
 
     fold = fold or fold_smoothing
     if not smooth:

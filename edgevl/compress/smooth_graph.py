@@ -8,7 +8,8 @@ from typing import Any, Optional
 import numpy as np
 
 from edgevl.compress.config import SmoothQuantConfig
-from edgevl.compress.qdq import linear_nodes, value_projection
+from edgevl.compress.qdq import linear_nodes
+from edgevl.compress.smooth_fold import value_projection
 from edgevl.compress.smooth_check import checked_fold_smoothing
 from edgevl.compress.smoothquant import choose_alpha, producer_kinds, smoothing_factors
 from edgevl.compress.stats import ActivationStats, collect_stats

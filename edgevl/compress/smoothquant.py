@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from edgevl.calibration.observers import qparams_for_range
+from edgevl.compress.ort_graph import producers
 from edgevl.compress.qdq import quantize_weight_per_channel
 
 
@@ -104,7 +105,7 @@ def producer_kinds(model: "object") -> dict[str, str]:
     """Tensor -> what produced it, as `SmoothQuantConfig.producers` names it: the ONNX op type,
     or "QuickGelu" for `x * Sigmoid(c * x)` (CLIP's quick-GELU, exported as two Muls and a
     Sigmoid; c = 1 is SiLU), whose outputs feed the MLP's second projection as a Gelu's do."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model)
     kinds: dict[str, str] = {}
     for node in model.graph.node:
         for out in node.output:

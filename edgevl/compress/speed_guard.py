@@ -30,7 +30,8 @@ def matmul_speed(shapes: set[tuple[int, int]], rows: int = 77, margin: float = 1
     `rows` activation rows; a shape is `slower` when int8 takes more than `margin` x float."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgevl.compress.qdq import IR_VERSION, quantize_weight_per_channel
+    from edgevl.compress.ort_graph import IR_VERSION
+    from edgevl.compress.qdq import quantize_weight_per_channel
 
     out = {}
     rng = np.random.default_rng(0)

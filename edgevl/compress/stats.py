@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgevl.calibration.observers import make_observer
-from edgevl.compress.ort_graph import session
+from edgevl.compress.ort_graph import consumers, session
 from edgevl.errors import CalibrationError
 
 
@@ -40,10 +40,7 @@ def collect_stats(
     for t in tensors:
         if t not in have:
             aug.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    readers = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, n.name)
+    readers = consumers(model)
     sess = session(aug)
     names = [o.name for o in sess.get_outputs()]
     obs = {t: make_observer(observer) for t in tensors}
@@ -58,7 +55,7 @@ def collect_stats(
             x = outs[t]
             if not np.all(np.isfinite(x)):
                 raise CalibrationError(
-                    f"non-finite activations (NaN/Inf) in tensor {t!r} (input of layer {readers.get(t, '?')}) "
+                    f"non-finite activations (NaN/Inf) in tensor {t!r} (input of layer {readers[t][0].name if t in readers else '?'}) "
                     f"on calibration sample {k}; check the inputs and the float model"
                 )
             obs[t].update(x)
@@ -79,6 +76,10 @@ def local_sqnr(x: np.ndarray, w: np.ndarray, act: dict, scales: np.ndarray, weig
     s, z = float(act["scale"]), int(act["zero_point"])
     xq = (np.clip(np.round(x / s) + z, act["qmin"], act["qmax"]) - z) * s
     wq = np.clip(np.round(w / scales[None, :]), -weight_qmax, weight_qmax) * scales[None, :]
-    y, yq = x @ w, xq @ wq
+    return output_sqnr(x @ w, xq @ wq)
+
+
+def output_sqnr(y: np.ndarray, yq: np.ndarray) -> float:
+    """SQNR (dB) of a layer output `yq` against its float `y`, in the outputs' own precision."""
     noise = float(np.sum((y - yq) ** 2))
     return 10 * np.log10(max(float(np.sum(y**2)), 1e-30) / max(noise, 1e-30))

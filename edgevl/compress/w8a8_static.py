@@ -10,7 +10,7 @@ from edgevl.calibration.observers import qparams_for_range
 from edgevl.compress.config import SmoothQuantConfig, W8A8Config, weight_qmax
 from edgevl.compress.gate import gate_loop
 from edgevl.compress.handlers import QuantContext, register_handler
-from edgevl.compress.ort_graph import layer_paths, matches
+from edgevl.compress.ort_graph import initializers, layer_paths, matches
 from edgevl.compress.qdq import apply_recipe, linear_nodes, weight_recipe
 from edgevl.compress.recipe import LayerRecipe, QuantRecipe
 from edgevl.compress.smooth_graph import smooth_graph
@@ -28,7 +28,7 @@ def _w8a8_static(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
     layers = linear_nodes(model)
     acts = sorted({l.activation for l in layers})
     stats = collect_stats(model, acts, feeds, cfg.observer)
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model)
     recipe = QuantRecipe(ctx.component, "int8", cfg.to_json(), calibration=dict(ctx.calibration))
     local: dict[str, float] = {}
     shapes: dict[str, tuple[int, int]] = {}

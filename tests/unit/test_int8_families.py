@@ -127,8 +127,9 @@ def test_the_fold_leaves_shared_initializers_alone(towers):
     it in place for one LayerNorm changed them all. The unchecked fold itself must be exact."""
     from collections import Counter
 
-    from edgevl.compress.ort_rewrite import check_feeds, max_relative_error, session_with_outputs
-    from edgevl.compress.qdq import fold_smoothing, prepare
+    from edgevl.compress.ort_graph import check_feeds, max_relative_error, session_with_outputs
+    from edgevl.compress.qdq import prepare
+    from edgevl.compress.smooth_fold import fold_smoothing
 
     _, fp32, feeds, _ = towers("clip", "image")
     model, _ = prepare(fp32)
@@ -156,8 +157,9 @@ def test_a_fold_that_changes_the_numbers_is_dropped_with_its_reason(towers):
     stay, and the graph returned equals the original."""
     from onnx import numpy_helper
 
-    from edgevl.compress.ort_rewrite import check_feeds, max_relative_error, session_with_outputs
-    from edgevl.compress.qdq import fold_smoothing, prepare
+    from edgevl.compress.ort_graph import check_feeds, max_relative_error, session_with_outputs
+    from edgevl.compress.qdq import prepare
+    from edgevl.compress.smooth_fold import fold_smoothing
     from edgevl.compress.smooth_check import checked_fold_smoothing
 
     _, fp32, feeds, _ = towers("siglip", "text")

@@ -251,7 +251,7 @@ def test_packed_attention_is_refused_where_it_would_change_the_numbers(tiny_clip
 
 
 def _capture(model, tensors, feeds):
-    from edgevl.compress.ort_rewrite import session_with_outputs
+    from edgevl.compress.ort_graph import session_with_outputs
 
     sess, names = session_with_outputs(model, tensors)
     return dict(zip(names, sess.run(None, feeds)))
@@ -263,7 +263,8 @@ def test_attention_output_smoothing_folds_into_v_exactly(minilm):
     divided by s (the fold is not a no-op)."""
     import numpy as np
 
-    from edgevl.compress.qdq import fold_smoothing, linear_nodes, prepare, value_projection
+    from edgevl.compress.qdq import linear_nodes, prepare
+    from edgevl.compress.smooth_fold import fold_smoothing, value_projection
 
     model, calib, feeds = minilm
     prepared, _ = prepare(model)
