@@ -94,9 +94,9 @@ def _find(model: "object") -> list[_Match]:
         chains = [chain(t) for t in node.input[:3]]
         if extra_attrs or any(c is None for c in chains) or len({c[3].input[0] for c in chains}) != 1:
             continue
-        users = consumers.get(node.output[0], [])
+        users = readers.get(node.output[0], [])
         out_tr = users[0] if len(users) == 1 and users[0].op_type == "Transpose" else None
-        after = consumers.get(out_tr.output[0], []) if out_tr is not None else []
+        after = readers.get(out_tr.output[0], []) if out_tr is not None else []
         if len(after) != 1 or after[0].op_type != "Reshape" or any(node.output[1:]):
             continue
         found.append(_Match(node, tuple(chains), out_tr, after[0]))
