@@ -7,14 +7,18 @@ Exporters know nothing of distillation or parity; runtimes know nothing of expor
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from edgevl.compress.config import check_cpu_isa
-from edgevl.errors import InputError, MissingBackendError
+from edgevl.errors import InputError, MissingBackendError, UnfusedAttentionError
 from edgevl.models.spec import Component, ModelSpec
 
 ONNX_FLAVORS = ("standard", "ort")
@@ -150,3 +154,33 @@ class Exporter(ABC):
     def _export(
         self, spec: ModelSpec, component: Component, out_dir: Path, options: ExportOptions
     ) -> ExportedArtifact: ...
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str) -> Iterator[None]:
+    """Converters and quantizers print progress bars and warnings; the CLI's output stays
+    edgevl's. The named loggers go to ERROR, warnings are ignored and stdout is dropped."""
+    found = [logging.getLogger(name) for name in loggers]
+    levels = [lg.level for lg in found]
+    for lg in found:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(found, levels):
+            lg.setLevel(level)
+
+
+def refuse_unfused(
+    component: str, unfused: int, unrouted: list[str], blocks: int, allow_unfused: bool, fused_into: str,
+) -> None:
+    """UnfusedAttentionError naming the blocks that missed edgevl's attention op (or how many),
+    unless the user allowed unfused blocks. `fused_into` says what a fused block becomes."""
+    if unfused and not allow_unfused:
+        names = ", ".join(unrouted) if unrouted else f"{unfused} of {blocks} blocks"
+        raise UnfusedAttentionError(
+            f"{component} tower: attention not fused into {fused_into} for: {names}; "
+            "route it through edgevl.ops.attention or pass --allow-unfused"
+        )

@@ -9,23 +9,18 @@ graph: `Attention` (standard, opset 23) by default, `com.microsoft.MultiHeadAtte
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from edgevl.errors import ExportError, UnfusedAttentionError
-from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions
+from edgevl.compress.ort_graph import IR_VERSION
+from edgevl.errors import ExportError
+from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, quiet, refuse_unfused
 from edgevl.models.spec import Component, ModelSpec, TowerSpec
 from edgevl.registry import register_exporter
 
 OPSET = 23
-# ORT 1.31 rejects the IR version onnx 1.23 writes by default (ENVIRONMENT.md).
-IR_VERSION = 10
 
 
 @dataclass
@@ -85,21 +80,6 @@ def _example_inputs(tower: TowerSpec, static: Optional[dict[str, int]]) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def _quiet_exporter():
-    """The dynamo exporter prints progress and a torchvision warning; keep the CLI output ours."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    sink = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 # Node metadata the dynamo exporter writes with absolute source paths and line numbers: it would
 # make the same export differ by where edgevl is installed (and publish the builder's paths).
 _SOURCE_LOCATION_KEYS = ("pkg.torch.onnx.stack_trace",)
@@ -135,7 +115,8 @@ def export_tower_onnx(
     blocks = attention_blocks(module)
     unrouted = unrouted_blocks(module, lambda: module(**inputs))
     try:
-        with _quiet_exporter(), torch.no_grad():
+        # The dynamo exporter prints progress and a torchvision warning.
+        with quiet("torch.onnx"), torch.no_grad():
             program = torch.onnx.export(
                 module,
                 (),
@@ -160,17 +141,9 @@ def export_tower_onnx(
     fused = count_fused_attention(model)
     unfused = max(len(blocks) - fused, len(unrouted))
     report = AttentionReport(len(blocks), fused, unfused, unrouted)
-    if unfused and not allow_unfused:
-        names = ", ".join(unrouted) if unrouted else f"{unfused} of {len(blocks)} blocks"
-        raise UnfusedAttentionError(
-            f"{tower.component} tower: attention not fused into one op for: {names}; "
-            "route it through edgevl.ops.attention or pass --allow-unfused"
-        )
+    refuse_unfused(tower.component, unfused, unrouted, len(blocks), allow_unfused, "one op")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    onnx.save_model(model, str(tmp))
-    onnx.checker.check_model(str(tmp))
-    os.replace(tmp, path)
+    save_checked(model, path)
     return report
 
 
@@ -193,11 +166,19 @@ def pin_static_dims(path: Path, tower: TowerSpec, static: dict[str, int]) -> dic
                 dim.Clear()
                 dim.dim_value = static[name]
                 pinned[name] = static[name]
+    save_checked(model, path)
+    return pinned
+
+
+def save_checked(model: "onnx.ModelProto", path: Path) -> None:
+    """Save beside `path`, run the ONNX checker on the saved file, then rename into place: a
+    failed check never leaves a file at `path`."""
+    import onnx
+
     tmp = path.with_name(path.name + ".partial")
     onnx.save_model(model, str(tmp))
     onnx.checker.check_model(str(tmp))
     os.replace(tmp, path)
-    return pinned
 
 
 @register_exporter("onnx")

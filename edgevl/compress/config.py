@@ -32,6 +32,13 @@ def check_cpu_isa(cpu_isa: str) -> None:
         raise InputError(f"unknown cpu_isa {cpu_isa!r}; use one of: {', '.join(CPU_ISAS)}")
 
 
+def check_calibration_options(cpu_isa: str, calib_limit: int) -> None:
+    """The options every calibrated int8 config shares: a known `cpu_isa`, at least one sample."""
+    check_cpu_isa(cpu_isa)
+    if calib_limit < 1:
+        raise InputError(f"calib_limit {calib_limit} must be at least 1")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Base of every quantisation config. `precision` is the `--precision` value it implements."""
@@ -108,12 +115,10 @@ class W8A8Config(QuantConfig):
     precision: ClassVar[str] = "int8"
 
     def __post_init__(self) -> None:
-        check_cpu_isa(self.cpu_isa)
         if self.observer not in OBSERVERS:
             raise InputError(f"unknown observer {self.observer!r}; use one of: {', '.join(OBSERVERS)}")
         super().__post_init__()
-        if self.calib_limit < 1:
-            raise InputError("calib_limit must be at least 1")
+        check_calibration_options(self.cpu_isa, self.calib_limit)
 
 
 @dataclass(frozen=True)
@@ -183,9 +188,7 @@ class DynamicW8A8Config(QuantConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_cpu_isa(self.cpu_isa)
-        if self.calib_limit < 1:
-            raise InputError(f"calib_limit {self.calib_limit} must be at least 1")
+        check_calibration_options(self.cpu_isa, self.calib_limit)
 
 
 @dataclass(frozen=True)
@@ -220,11 +223,9 @@ class ConvW8A8Config(QuantConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_cpu_isa(self.cpu_isa)
+        check_calibration_options(self.cpu_isa, self.calib_limit)
         if self.min_speedup <= 0:
             raise InputError(f"min_speedup {self.min_speedup} must be positive (e.g. 1.1)")
-        if self.calib_limit < 1:
-            raise InputError(f"calib_limit {self.calib_limit} must be at least 1")
 
 
 PRECISION_CONFIGS: dict[str, Callable[..., QuantConfig]] = {

@@ -22,7 +22,8 @@ from typing import Optional
 import numpy as np
 
 from edgevl.compress.ort_graph import (
-    MSFT_DOMAIN, check_feeds, consumers, max_relative_error, producers, prune_dead_nodes, session_with_outputs,
+    MSFT_DOMAIN, check_feeds, consumers, initializers, max_relative_error, producers, prune_dead_nodes,
+    session_with_outputs,
     use_msft_opset,
 )
 
@@ -122,7 +123,7 @@ def _roles(
 def _rewrite(model: "object", match: _Match, position: "object", token_type: "object", type_id: int, ids_input: str) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model)
     ln = match.layernorm
     name = f"{ln.name}/embed_layernorm"
     table = numpy_helper.to_array(inits[position.input[0]]).astype(np.float32)

@@ -29,8 +29,8 @@ def input_hessians(
         values = dict(zip(names, sess.run(None, feed)))
         for t in wanted:
             rows[t].append(values[t].reshape(-1, values[t].shape[-1]))
-    # One float64 GEMM per tensor (a float64 product per feed took 4x as long; float32 moved
-    # the measured min cosine by 0.001, so the exact sum is kept).
+    # One float64 GEMM per tensor: a product per feed is slower, and float32 sums move the
+    # gate's figures, so the exact sum is kept.
     hessians = {}
     for t in wanted:
         x = np.concatenate(rows.pop(t)).astype(np.float64)

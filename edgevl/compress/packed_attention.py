@@ -19,7 +19,8 @@ from typing import Optional
 import numpy as np
 
 from edgevl.compress.ort_graph import (
-    MSFT_DOMAIN, check_feeds, consumers, max_relative_error, producers, prune_dead_nodes, session_with_outputs,
+    MSFT_DOMAIN, check_feeds, consumers, initializers, max_relative_error, producers, prune_dead_nodes,
+    session_with_outputs,
     use_msft_opset,
 )
 
@@ -121,7 +122,7 @@ def _heads(reference: tuple["object", list[str]], matches: list[_Match], feed: d
 def _rewrite(model: "object", matches: list[_Match], heads: dict[str, int], mask_input: str) -> list[PackedAttention]:
     from onnx import TensorProto, helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model)
     by_name = {n.name: n for n in model.graph.node}
     mask_index = f"{mask_input}_int32"
     replaced: dict[str, "object"] = {}

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from edgevl.compress.config import INT16_MAX, UINT8_MAX
-from edgevl.compress.ort_graph import consumers, producers, session_with_outputs
+from edgevl.compress.ort_graph import consumers, initializers, producers, session_with_outputs
 
 # Integer GEMM ops and the input index of their int8 weight.
 _INT8_GEMMS = {"MatMulInteger": 1, "QAttention": 1, "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1,
@@ -83,7 +83,7 @@ def _weights(model: "object") -> list[tuple[str, str, np.ndarray]]:
     """(node name, activation input, int8 weight as [K, N]) of every integer GEMM."""
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model)
     out = []
     for node in model.graph.node:
         index = _INT8_GEMMS.get(node.op_type)
@@ -103,7 +103,7 @@ def _dequantized_conv_weights(model: "object") -> list[tuple[str, np.ndarray]]:
     MatMul), as [K, N]: ONNX Runtime fuses these into its integer kernels."""
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model)
     readers = consumers(model)
     out = []
     for node in model.graph.node:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from edgevl.compress.config import SmoothQuantConfig
+from edgevl.compress.ort_graph import initializers
 from edgevl.compress.qdq import linear_nodes
 from edgevl.compress.smooth_fold import value_projection
 from edgevl.compress.smooth_check import checked_fold_smoothing
@@ -32,7 +33,7 @@ def _smoothing_factors(
     chosen for each with the simulated SQNR of every alpha tried."""
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model)
     factors: dict[str, np.ndarray] = {}
     searched: dict[str, dict] = {}
     for t, amax in stats.channel_absmax.items():

@@ -2,9 +2,8 @@
 
 SmoothQuant divides an activation's input channels by s and multiplies the consuming weights'
 rows by s, s_j = max|X_j|^alpha / max|W_j|^(1 - alpha). One alpha for a whole model is a
-compromise: measured on all-MiniLM-L6-v2's calibration captions, the best alpha for a tensor's
-consumers ranged from 0.7 to 0.8 across its 18 LayerNorm and GELU outputs, and the FFN inputs (GELU
-outputs) lose 1-3 dB of output SQNR at a neighbouring alpha.
+compromise: the best alpha differs between the LayerNorm and GELU outputs of one model, and the
+FFN inputs (GELU outputs) are sensitive to it (benchmarks/results/smoothquant_alpha.md).
 
 `choose_alpha` picks, per tensor, the alpha of a grid whose simulated int8 result is closest to
 float on the calibration samples: the consumers' outputs with the smoothed activation on the

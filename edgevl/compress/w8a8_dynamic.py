@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 
 from edgevl.calibration.observers import qparams_for_range
-from edgevl.compress.config import DynamicW8A8Config, weight_qmax
+from edgevl.compress.config import DynamicW8A8Config
 from edgevl.compress.embed_layernorm import fuse_embed_layernorm
 from edgevl.compress.gate import gate_loop
 from edgevl.compress.gptq import gptq_int8, input_hessians
 from edgevl.compress.handlers import QuantContext, register_handler
-from edgevl.compress.ort_graph import layer_paths, matches, quiet_ort_quantizer
+from edgevl.compress.ort_graph import initializers, quiet_ort_quantizer
 from edgevl.compress.packed_attention import pack_attention
-from edgevl.compress.qdq import linear_nodes, strip_value_info, weight_recipe
-from edgevl.compress.recipe import LayerRecipe, QuantRecipe
-from edgevl.compress.smooth_graph import smooth_graph
-from edgevl.compress.stats import collect_stats, local_sqnr
+from edgevl.compress.qdq import strip_value_info, weight_recipe
+from edgevl.compress.recipe import LayerRecipe
+from edgevl.compress.stats import local_sqnr
+from edgevl.compress.w8a8_start import start_w8a8
 
 
 @register_handler(DynamicW8A8Config)
@@ -32,19 +32,12 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    paths = layer_paths(ctx.model)
-    feeds = ctx.feeds[: cfg.calib_limit]
-    qmax = weight_qmax(cfg.cpu_isa)
-    model, passes = smooth_graph(ctx.model, cfg.smoothquant, feeds, per_sample_range=True, weight_qmax=qmax)
-    layers = linear_nodes(model)
-    stats = collect_stats(model, sorted({l.activation for l in layers}), feeds, "minmax")
-    inits = {i.name: i for i in model.graph.initializer}
-    recipe = QuantRecipe(ctx.component, "int8", cfg.to_json(), calibration=dict(ctx.calibration))
+    start = start_w8a8(ctx, cfg, per_sample_range=True, observer="minmax")
+    paths, feeds, qmax, model, passes = start.paths, start.feeds, start.qmax, start.model, start.passes
+    stats, inits, recipe = start.stats, start.inits, start.recipe
     local: dict[str, float] = {}
-    for l in layers:
-        excluded = matches(l.name, paths.get(l.name, ""), cfg.exclude)
-        if excluded:
-            recipe.float_layers[l.name] = f"excluded by config ({excluded!r})"
+    for l in start.layers:
+        if start.excluded(l):
             continue
         lo, hi = stats.observers[l.activation].compute_range()
         w = numpy_helper.to_array(inits[l.weight]).astype(np.float32)
@@ -124,8 +117,8 @@ def _round_weights_with_gptq(
     and the rounded weights across the accuracy gate's builds (each is computed once)."""
     from onnx import numpy_helper
 
-    floats = {i.name: i for i in source.graph.initializer}
-    ints = {i.name: i for i in quantized.graph.initializer}
+    floats = initializers(source)
+    ints = initializers(quantized)
     reader = {n.input[1]: n.input[0] for n in source.graph.node if len(n.input) > 1 and n.input[1] in floats}
     todo = {}
     for n in quantized.graph.node:

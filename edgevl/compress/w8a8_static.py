@@ -7,37 +7,29 @@ from __future__ import annotations
 import numpy as np
 
 from edgevl.calibration.observers import qparams_for_range
-from edgevl.compress.config import SmoothQuantConfig, W8A8Config, weight_qmax
+from edgevl.compress.config import SmoothQuantConfig, W8A8Config
 from edgevl.compress.gate import gate_loop
 from edgevl.compress.handlers import QuantContext, register_handler
-from edgevl.compress.ort_graph import initializers, layer_paths, matches
-from edgevl.compress.qdq import apply_recipe, linear_nodes, weight_recipe
-from edgevl.compress.recipe import LayerRecipe, QuantRecipe
-from edgevl.compress.smooth_graph import smooth_graph
+from edgevl.compress.ort_graph import matches
+from edgevl.compress.qdq import apply_recipe, weight_recipe
+from edgevl.compress.recipe import LayerRecipe
 from edgevl.compress.speed_guard import matmul_speed
-from edgevl.compress.stats import collect_stats, local_sqnr
+from edgevl.compress.stats import local_sqnr
+from edgevl.compress.w8a8_start import start_w8a8
 
 
 def _w8a8_static(ctx: QuantContext, cfg: W8A8Config) -> tuple["object", dict]:
     from onnx import numpy_helper
 
-    paths = layer_paths(ctx.model)
-    feeds = ctx.feeds[: cfg.calib_limit]
-    qmax = weight_qmax(cfg.cpu_isa)
-    model, passes = smooth_graph(ctx.model, cfg.smoothquant, feeds, per_sample_range=False, weight_qmax=qmax)
-    layers = linear_nodes(model)
-    acts = sorted({l.activation for l in layers})
-    stats = collect_stats(model, acts, feeds, cfg.observer)
-    inits = initializers(model)
-    recipe = QuantRecipe(ctx.component, "int8", cfg.to_json(), calibration=dict(ctx.calibration))
+    start = start_w8a8(ctx, cfg, per_sample_range=False, observer=cfg.observer)
+    paths, model, passes, stats, inits, recipe = start.paths, start.model, start.passes, start.stats, start.inits, start.recipe
+    qmax = start.qmax
     local: dict[str, float] = {}
     shapes: dict[str, tuple[int, int]] = {}
-    for l in layers:
-        path = paths.get(l.name, "")
-        excluded = matches(l.name, path, cfg.exclude)
-        if excluded:
-            recipe.float_layers[l.name] = f"excluded by config ({excluded!r})"
+    for l in start.layers:
+        if start.excluded(l):
             continue
+        path = paths.get(l.name, "")
         override = next(((lo, hi) for p, lo, hi in cfg.activation_ranges if matches(l.name, path, (p,))), None)
         if override is not None:
             lo, hi, how = override[0], override[1], "fixed range (config)"

@@ -141,3 +141,8 @@ def random_token_feeds(
         mask[row, :length] = 1
     feeds = {"input_ids": ids, "attention_mask": mask}
     return {name: feeds[name] for name in input_names}
+
+
+def existing_files(folder: Path, names: tuple[str, ...]) -> tuple[Path, ...]:
+    """`folder / name` for each of `names` that is a file there, in the order given."""
+    return tuple(folder / name for name in names if (folder / name).is_file())

@@ -14,7 +14,7 @@ from edgevl.errors import InputError
 from edgevl.models.spec import LoadOptions
 from edgevl.preprocess import preprocess_images
 
-from edgevl.models import effnet_minilm
+from edgevl.models import effnet_minilm, text_projection
 from edgevl.models.spec import default_cache_dir
 
 
@@ -116,7 +116,7 @@ def test_projection_fit_is_deterministic(spec):
     second = effnet_minilm.fit_text_projection(spec.text.module, spec.tokenize, names, vectors)
     assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
     assert first[0].shape == (1280, 384) and first[1].shape == (1280,)
-    assert first[2] == second[2] and first[2]["lambda"] in effnet_minilm._LAMBDAS
+    assert first[2] == second[2] and first[2]["lambda"] in text_projection.LAMBDAS
 
 
 def test_imagenet_class_names():

@@ -66,3 +66,17 @@ def test_no_module_imports_another_modules_private_names():
             if module.startswith("edgevl") and module != name:
                 offenders += [f"{name} imports {module}.{n}" for n in names if n.startswith("_") and n != "__version__"]
     assert not offenders, offenders
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_the_line_limit():
+    """Every module in the four source folders is at most MAX_MODULE_LINES long: past that a
+    module holds more than one job and is split along a seam."""
+    long = sorted(
+        f"{path.relative_to(REPO)} has {n} lines (limit {MAX_MODULE_LINES})"
+        for folder in PACKAGES for path in (REPO / folder).rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    )
+    assert not long, "; ".join(long)

@@ -1,0 +1,213 @@
+"""OpenVINO IR compression with NNCF: static int8 through the shared accuracy gate
+(`quantize_int8`), weight-only int8 / int4 (`compress_weights`), and what they need: calibration
+feeds, the gate's layer ranking, a compiled-model runner and the int8 weight levels of an IR."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from edgevl.exporters.base import ExportOptions, quiet
+from edgevl.exporters.openvino_ir import OV_LOGGERS
+from edgevl.models.spec import Component, ModelSpec, TowerSpec
+
+
+def calibration_feeds(spec: ModelSpec, component: Component, calibration: Any = None) -> list[dict[str, np.ndarray]]:
+    """Batch-1 feed dicts for calibrating `component`, from the same calibration sets the ONNX
+    quantizer uses (`edgevl.calibration.datasets`): None = the bundled real photos and captions,
+    a folder of images, a JSON-lines file, or a `CalibrationSet`."""
+    from edgevl.calibration.datasets import load_calibration
+
+    return load_calibration(calibration).feeds(spec, component)
+
+
+def _producer(port: Any) -> Any:
+    node = port.get_source_output().get_node()
+    while node.get_type_name() in ("Convert", "Reshape", "Transpose"):
+        node = node.input_value(0).get_node()
+    return node
+
+
+def weight_matmuls(model: Any) -> list[Any]:
+    """MatMuls whose second input is a constant weight (what NNCF quantizes), in graph order."""
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose"):
+            node = node.input_value(0).get_node()
+        if node.get_type_name() == "Constant":
+            out.append(op)
+    return out
+
+
+def rank_layers(model: Any, transformer: bool) -> list[tuple[str, str]]:
+    """The order in which the accuracy gate keeps layers float, with the reason for each rank;
+    computed once from the float graph.
+
+    Convolutional towers: every convolution, depthwise included, in depth order (a float prefix:
+    per-layer sensitivity of a CNN falls with depth, the stem being the most sensitive).
+    Transformer towers: the weighted MatMuls, FFN down-projections first (fed by Gelu, their
+    inputs carry the outlier channels per-tensor int8 cannot hold), then the last projection
+    (the embedding the parity check compares), then the rest in graph order.
+    """
+    if not transformer:
+        convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+        return [(op.get_friendly_name(), f"convolution {i + 1} of {len(convs)} in depth order "
+                 "(the earliest convolutions are the most sensitive)") for i, op in enumerate(convs)]
+    matmuls = weight_matmuls(model)
+    down = [op for op in matmuls if _producer(op.inputs()[0]).get_type_name() == "Gelu"]
+    ranked = [(op.get_friendly_name(), "FFN down-projection (input after Gelu carries outlier channels)")
+              for op in down]
+    if matmuls and matmuls[-1] not in down:
+        ranked.append((matmuls[-1].get_friendly_name(), "last projection (writes the embedding)"))
+    seen = {name for name, _ in ranked}
+    ranked += [(op.get_friendly_name(), "weighted MatMul, graph order") for op in matmuls
+               if op.get_friendly_name() not in seen]
+    return ranked
+
+
+def compiled_run(model: Any, input_names: list[str]) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """feeds -> the model's one output, on OpenVINO's CPU plugin in f32 (as the verifying runtime
+    runs the int8 IRs' float remainder)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    dtypes = [port.get_element_type().to_dtype() for port in model.inputs]
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = [np.ascontiguousarray(np.asarray(feeds[n]).astype(t, copy=False)) for n, t in zip(input_names, dtypes)]
+        return np.array(request.infer(inputs)[compiled.outputs[0]], copy=True)
+
+    return run
+
+
+DOT_PRODUCT_OPS = ("MatMul", "Convolution", "GroupConvolution")
+
+
+def _weight_consumer(node: Any) -> Any:
+    """The op a compressed weight constant feeds, past its dequantization (Convert, Subtract,
+    Multiply) and layout ops."""
+    for _ in range(8):
+        users = [t.get_node() for t in node.output(0).get_target_inputs()]
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.get_type_name() not in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+            return node
+    return None
+
+
+def weight_levels(model: Any) -> dict[str, int]:
+    """The int8 levels the weights of each quantized dot-product layer (MatMul, convolution) use:
+    layer -> max |level|. Reads the compressed int8 weight constants (Constant i8 -> Convert ->
+    Multiply -> the layer) and, where weights are still behind a FakeQuantize, the levels that
+    FakeQuantize maps them to. Int8 embedding tables (read by Gather, no dot product) are not
+    counted."""
+    levels: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "Constant" and op.get_element_type().get_type_name() == "i8":
+            consumer = _weight_consumer(op)
+            if consumer is not None and consumer.get_type_name() in DOT_PRODUCT_OPS:
+                values = op.get_data().astype(np.int32)
+                levels[consumer.get_friendly_name()] = int(np.abs(values).max()) if values.size else 0
+        elif kind == "FakeQuantize" and op.input_value(0).get_node().get_type_name() == "Constant":
+            consumer = _weight_consumer(op)
+            if consumer is None or consumer.get_type_name() not in DOT_PRODUCT_OPS:
+                continue
+            w = op.input_value(0).get_node().get_data().astype(np.float64)
+            lo, hi = (op.input_value(i).get_node().get_data().astype(np.float64) for i in (1, 2))
+            n = int(op.get_attributes()["levels"])
+            span = np.where(hi - lo == 0, 1.0, hi - lo)
+            q = np.round((np.clip(w, lo, hi) - lo) / span * (n - 1)) - (n - 1) / 2
+            levels[consumer.get_friendly_name()] = int(np.ceil(np.abs(q).max()))
+    return levels
+
+
+def quantize_int8(
+    model: Any, spec: ModelSpec, tower: TowerSpec, samples: list[dict], options: ExportOptions
+) -> tuple[Any, dict]:
+    """Static int8 (activations and weights) with NNCF, calibrated on `samples`, through the
+    accuracy gate (`edgevl/compress/gate.py`): the layers of `rank_layers` are kept float
+    in that order, fewest first, until the IR's outputs on the gate data match the fp32 IR's
+    within the tolerance table's cosine floor and `--max-drop` of zero-shot agreement.
+
+    Towers with attention blocks use `ModelType.TRANSFORMER` (SmoothQuant on the MatMuls,
+    attention and normalisation inputs kept float); convolutional towers NNCF's defaults.
+    `--cpu-isa any` quantizes every weight to 7 bits (NNCF's overflow fix): CPUs without VNNI
+    add u8 x s8 products in pairs into int16 with saturation, and 7-bit weights keep every pair
+    sum in range, so the IR computes the same on every x86 CPU; `vnni` uses the full 8 bits.
+    """
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    from edgevl.compress.gate import gate_cosine_floor, gate_data, run_gate
+    from edgevl.ops.attention import attention_blocks
+    from edgevl.tolerances import tolerance_for
+
+    transformer = bool(attention_blocks(tower.module))
+    ranked = rank_layers(model, transformer)
+    why = dict(ranked)
+    names = [sig.name for sig in tower.inputs]
+    overflow_fix = OverflowFix.ENABLE if options.cpu_isa == "any" else OverflowFix.DISABLE
+    kwargs: dict[str, Any] = {"advanced_parameters": AdvancedQuantizationParameters(overflow_fix=overflow_fix)}
+    if transformer:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+
+    def build(float_layers: list[str]) -> Any:
+        scope = {"ignored_scope": nncf.IgnoredScope(names=list(float_layers), validate=False)} if float_layers else {}
+        with quiet(*OV_LOGGERS):
+            return nncf.quantize(model.clone(), nncf.Dataset(samples), subset_size=len(samples), **kwargs, **scope)
+
+    gate = gate_data(spec, tower.component, compiled_run(model, names))
+    # NNCF also quantizes activations outside the ranked layers (residual adds, pooling), so
+    # the unquantized IR is the last candidate.
+    result = run_gate(
+        [name for name, _ in ranked], build, lambda m: compiled_run(m, names), gate,
+        gate_cosine_floor(tolerance_for("openvino", "int8").cosine_min), options.max_drop, tower.component,
+        lambda name, rank: f"kept float by the accuracy gate (rank {rank}: {why[name]})",
+        options.progress, whole_float=model.clone,
+    )
+    quantized = result.model
+    levels = weight_levels(quantized)
+    fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    return quantized, {
+        "method": "nncf.quantize",
+        "model_type": "transformer" if transformer else "default",
+        "calibration_samples": len(samples),
+        "cpu_isa": options.cpu_isa,
+        "overflow_fix": str(overflow_fix.value),
+        "weight_levels_max": max(levels.values(), default=0),
+        "fake_quantize": fq,
+        "float_layers": {name: {"why": reason} for name, reason in result.float_layers.items()},
+        "float_layer_count": len(result.float_layers),
+        "whole_tower_float": result.whole_tower_float,
+        "gate": result.report,
+    }
+
+
+def compress_weights(model: Any, precision: str) -> tuple[Any, dict]:
+    import nncf
+
+    if precision == "int8w":
+        with quiet(*OV_LOGGERS):
+            out = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        return out, {"method": "nncf.compress_weights", "mode": "int8_asym"}
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    # Groups of 128 along the input dim; a layer whose width 128 does not divide gets the largest
+    # group (>= 16) that does, and one with no such group keeps NNCF's int8 backup.
+    advanced = AdvancedCompressionParameters(
+        group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=16
+    )
+    with quiet(*OV_LOGGERS):
+        out = nncf.compress_weights(
+            model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0,
+            advanced_parameters=advanced,
+        )
+    return out, {"method": "nncf.compress_weights", "mode": "int4_sym", "group_size": 128,
+                 "group_size_fallback": "adjust (min 16), else int8"}
