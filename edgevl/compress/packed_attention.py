@@ -20,8 +20,7 @@ import numpy as np
 
 from edgevl.compress.ort_graph import (
     MSFT_DOMAIN, check_feeds, consumers, initializers, max_relative_error, producers, prune_dead_nodes,
-    session_with_outputs,
-    use_msft_opset,
+    session_with_outputs, use_msft_opset,
 )
 
 
