@@ -120,7 +120,7 @@ class Exporter(ABC):
     requires: tuple[str, ...] = ()  # importable modules the SDK provides
     extra: str = ""  # the pip extra that installs them: pip install 'edgevl[<extra>]'
     precisions: tuple[str, ...] = ("fp32",)
-    runtime: str = ""  # the runtime that verifies this target's artifacts on this machine
+    runtime: str = ""  # the runtime that verifies this target's artifacts after export
 
     # Extra modules a precision needs beyond `requires` (e.g. a quantization toolkit).
     precision_requires: dict[str, tuple[str, ...]] = {}
