@@ -19,6 +19,7 @@ FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
 def read_config(folder: Path) -> dict:
+    """config.json of `folder`, with its key types and sizes checked."""
     if not folder.exists():
         raise ModelLoadError(f"model path {folder} does not exist; pass a checkpoint folder or a registered model name (edgevl models)")
     if not folder.is_dir():
@@ -78,6 +79,7 @@ def _check_config_types(path: Path, config: dict) -> None:
 
 
 def check_architecture(folder: Path, config: dict) -> str:
+    """The config's model_type, refused unless edgevl supports it."""
     model_type = config.get("model_type")
     if model_type is None:
         archs = ", ".join(config.get("architectures") or []) or "none"
@@ -146,7 +148,9 @@ def _check_safetensors(path: Path) -> None:
         )
 
 
-def load_model(folder: Path, model_type: str, weights: Path, is_pickle: bool):
+def load_model(folder: Path, model_type: str, weights: Path, is_pickle: bool):  # noqa: ANN201 - a transformers model
+    """The checkpoint as its transformers class on edgevl's attention, in eval mode; refused when a
+    weight is missing, mis-shaped or not finite."""
     import torch
     import transformers
 

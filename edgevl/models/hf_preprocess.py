@@ -16,6 +16,8 @@ TOKENIZER_FILES = (
 
 
 def preprocess_config(folder: Path, model_type: str, config: dict, tokenizer_pad: int) -> PreprocessConfig:
+    """The checkpoint's image and text preprocessing: its processor's mean / std where given, else
+    the family's (SigLIP squashes to a square, CLIP resizes the short edge and crops)."""
     vision = config.get("vision_config", {})
     text = config.get("text_config", {})
     size = int(vision.get("image_size", 224))
@@ -83,7 +85,8 @@ def check_tokenizer_fits(path: Path, vocab_size: int) -> None:
 
 
 
-def text_tokenizer(folder: Path, preprocess: PreprocessConfig):
+def text_tokenizer(folder: Path, preprocess: PreprocessConfig):  # noqa: ANN201 - TextTokenizer or None
+    """The checkpoint's tokenizer, or None when it ships no tokenizer.json."""
     from edgevl.tokenize import TextTokenizer
 
     path = folder / "tokenizer.json"
@@ -93,6 +96,7 @@ def text_tokenizer(folder: Path, preprocess: PreprocessConfig):
 
 
 def pad_token_id(folder: Path, config: dict) -> int:
+    """The tokenizer's pad token id where tokenizer_config.json names one, else the text config's."""
     tok_config = folder / "tokenizer_config.json"
     tok_json = folder / "tokenizer.json"
     if tok_config.is_file() and tok_json.is_file():
