@@ -32,13 +32,6 @@ def check_cpu_isa(cpu_isa: str) -> None:
         raise InputError(f"unknown cpu_isa {cpu_isa!r}; use one of: {', '.join(CPU_ISAS)}")
 
 
-def check_calibration_options(cpu_isa: str, calib_limit: int) -> None:
-    """The options every calibrated int8 config shares: a known `cpu_isa`, at least one sample."""
-    check_cpu_isa(cpu_isa)
-    if calib_limit < 1:
-        raise InputError(f"calib_limit {calib_limit} must be at least 1")
-
-
 @dataclass(frozen=True)
 class QuantConfig:
     """Base of every quantisation config. `precision` is the `--precision` value it implements."""
@@ -54,6 +47,20 @@ class QuantConfig:
         data = json.loads(json.dumps(asdict(self)))  # tuples -> lists, as the JSON reads back
         data["type"] = type(self).__name__
         return data
+
+
+@dataclass(frozen=True)
+class CalibratedInt8Config(QuantConfig):
+    """Base of the int8 configs calibrated on samples; each declares `cpu_isa` (int8 dot-product
+    semantics the artifact may rely on) and `calib_limit` (samples observed, at least one)."""
+
+    precision: ClassVar[str] = "int8"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_cpu_isa(self.cpu_isa)
+        if self.calib_limit < 1:
+            raise InputError(f"calib_limit {self.calib_limit} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ class SmoothQuantConfig(QuantConfig):
 
 
 @dataclass(frozen=True)
-class W8A8Config(QuantConfig):
+class W8A8Config(CalibratedInt8Config):
     """Static int8: int8 weights (per output channel, symmetric), uint8 activations (per tensor).
 
     Attributes:
@@ -112,13 +119,10 @@ class W8A8Config(QuantConfig):
     calib_limit: int = 64
     cpu_isa: str = "any"
 
-    precision: ClassVar[str] = "int8"
-
     def __post_init__(self) -> None:
         if self.observer not in OBSERVERS:
             raise InputError(f"unknown observer {self.observer!r}; use one of: {', '.join(OBSERVERS)}")
         super().__post_init__()
-        check_calibration_options(self.cpu_isa, self.calib_limit)
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ class WeightOnlyConfig(QuantConfig):
 
 
 @dataclass(frozen=True)
-class DynamicW8A8Config(QuantConfig):
+class DynamicW8A8Config(CalibratedInt8Config):
     """int8 weights (per output channel, symmetric) with activations quantised at run time, per
     tensor (ONNX Runtime's MatMulInteger path), after SmoothQuant (alpha per tensor) moved
     activation outliers into the weights, weights rounded with GPTQ; each block's Q/K/V
@@ -184,15 +188,9 @@ class DynamicW8A8Config(QuantConfig):
     gptq: bool = True
     cpu_isa: str = "any"
 
-    precision: ClassVar[str] = "int8"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_calibration_options(self.cpu_isa, self.calib_limit)
-
 
 @dataclass(frozen=True)
-class ConvW8A8Config(QuantConfig):
+class ConvW8A8Config(CalibratedInt8Config):
     """Static int8 for convolutional towers on ONNX Runtime: per-output-channel int8 weights,
     per-tensor uint8 activations, Q/DQ around every Conv and residual Add; the earliest
     convolutions stay float until the accuracy gate passes. `--precision int8` picks it for a
@@ -219,11 +217,8 @@ class ConvW8A8Config(QuantConfig):
     calib_limit: int = 64
     cpu_isa: str = "any"
 
-    precision: ClassVar[str] = "int8"
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_calibration_options(self.cpu_isa, self.calib_limit)
         if self.min_speedup <= 0:
             raise InputError(f"min_speedup {self.min_speedup} must be positive (e.g. 1.1)")
 
