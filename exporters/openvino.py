@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from edgevl.errors import ExportError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, quiet, refuse_unfused
-from edgevl.exporters.openvino_ir import OV_LOGGERS, SDPA_OP, convert_tower, count_sdpa, static_shapes
+from edgevl.exporters.openvino_ir import OV_LOGGERS, SDPA_OP, convert_tower, count_sdpa, static_input_shapes
 from edgevl.exporters.openvino_quant import calibration_feeds, compress_weights, quantize_int8, weight_levels
 from edgevl.models.spec import Component, ModelSpec, TowerSpec
 from edgevl.registry import register_exporter
@@ -121,7 +121,7 @@ class OpenVinoExporter(Exporter):
         if options.static_shapes:
             notes.append(
                 "static input shapes: "
-                + ", ".join(f"{n}{dims}" for n, dims in static_shapes(tower, options.static_shapes).items())
+                + ", ".join(f"{n}{dims}" for n, dims in static_input_shapes(tower, options.static_shapes).items())
             )
         return ExportedArtifact(
             target=self.name,

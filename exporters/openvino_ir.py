@@ -34,7 +34,7 @@ def _input_spec(tower: TowerSpec) -> list[tuple]:
     return spec
 
 
-def static_shapes(tower: TowerSpec, static: dict[str, int]) -> dict[str, list[int]]:
+def static_input_shapes(tower: TowerSpec, static: dict[str, int]) -> dict[str, list[int]]:
     """Named dynamic axes -> sizes, per input; an axis `static` does not name stays dynamic (-1),
     and sizes for axes this tower lacks (`seq` for an image tower) are ignored."""
     return {
@@ -68,5 +68,5 @@ def convert_tower(tower: TowerSpec, static_shapes: Optional[dict[str, int]] = No
     for sig, port in zip(tower.inputs, model.inputs):
         port.get_tensor().set_names({sig.name})
     if static_shapes and any(isinstance(d, str) and d in static_shapes for sig in tower.inputs for d in sig.shape):
-        model.reshape({name: ov.PartialShape(dims) for name, dims in static_shapes(tower, static_shapes).items()})
+        model.reshape({name: ov.PartialShape(dims) for name, dims in static_input_shapes(tower, static_shapes).items()})
     return model
