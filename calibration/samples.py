@@ -31,13 +31,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
 SPLITS = ("calibration", "gate", "parity")
 PROMPT_TEMPLATE = "a photo of a {}."
+# The gate split also reads its labels in these phrasings: the gate judges a candidate by its
+# worst text, and a few short captions are too few for that minimum to hold on the held-out
+# split's texts. Parity reads only PROMPT_TEMPLATE.
+GATE_TEMPLATES = ("a picture of a {}.", "an image of the {}.", "a close-up photo of a {}.", "a {} in a photo.")
 
 # Package -> its licence and where its images come from.
 SOURCES: dict[str, str] = {
@@ -240,6 +244,8 @@ class ParitySet:
     captions: list[str]
     labels: list[str]
     split: str = "parity"
+    # More texts of the same photos, checked beside the captions (not zero-shot classes).
+    extra_texts: list[str] = field(default_factory=list)
 
     @property
     def prompts(self) -> list[str]:
@@ -247,8 +253,9 @@ class ParitySet:
 
     @property
     def texts(self) -> list[str]:
-        """Every text the text tower is checked on: the captions, then the label prompts."""
-        return self.captions + self.prompts
+        """Every text the text tower is checked on: the captions and extra texts, then the label
+        prompts (last: zero-shot agreement reads them as the classes)."""
+        return self.captions + self.extra_texts + self.prompts
 
 
 def bundled_split(split: str, max_photos: int | None = None) -> ParitySet:
@@ -262,7 +269,11 @@ def bundled_split(split: str, max_photos: int | None = None) -> ParitySet:
             images.append(view)
             names.append(f"{sample.name}#{i}")
     labels = list(dict.fromkeys(s.label for s in samples))
-    return ParitySet(images, names, [s.caption for s in samples], labels, split)
+    return ParitySet(images, names, [s.caption for s in samples], labels, split, _extra_texts(split, labels))
+
+
+def _extra_texts(split: str, labels: list[str]) -> list[str]:
+    return [template.format(label) for template in GATE_TEMPLATES for label in labels] if split == "gate" else []
 
 
 def bundled_parity_set(max_photos: int | None = None) -> ParitySet:
@@ -289,10 +300,12 @@ def content_hash(file_hashes: list[str], texts: list[str]) -> str:
 
 
 def split_texts(split: str) -> list[str]:
-    """Every text a split feeds the text tower. Gate and parity: captions then label prompts.
-    Calibration adds the everyday captions of `datasets.EXTRA_CAPTIONS` in front."""
+    """Every text a split feeds the text tower. Gate and parity: captions (the gate's labels in
+    `GATE_TEMPLATES` after them), then label prompts. Calibration adds the everyday captions of
+    `datasets.EXTRA_CAPTIONS` in front."""
     samples = bundled_samples(split)
-    texts = [s.caption for s in samples] + [PROMPT_TEMPLATE.format(s.label) for s in samples]
+    labels = list(dict.fromkeys(s.label for s in samples))
+    texts = [s.caption for s in samples] + _extra_texts(split, labels) + [PROMPT_TEMPLATE.format(s.label) for s in samples]
     if split == "calibration":
         from edgevl.calibration.datasets import EXTRA_CAPTIONS
 

@@ -49,18 +49,23 @@ def rank_layers(model: Any, transformer: bool) -> list[tuple[str, str]]:
 
     Convolutional towers: every convolution, depthwise included, in depth order (a float prefix:
     per-layer sensitivity of a CNN falls with depth, the stem being the most sensitive).
-    Transformer towers: the weighted MatMuls, FFN down-projections first (fed by Gelu, their
-    inputs carry the outlier channels per-tensor int8 cannot hold), then the last projection
-    (the embedding the parity check compares), then the rest in graph order.
+    Transformer towers: a ViT's patch-embedding convolution first (it reads raw pixels and its
+    error reaches every token), then the attention ops (NNCF quantizes their Q and K inputs),
+    then the weighted MatMuls, FFN down-projections first (fed by
+    Gelu, their inputs carry the outlier channels per-tensor int8 cannot hold), then the last
+    projection (the embedding the parity check compares), then the rest in graph order.
     """
+    convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
     if not transformer:
-        convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
         return [(op.get_friendly_name(), f"convolution {i + 1} of {len(convs)} in depth order "
                  "(the earliest convolutions are the most sensitive)") for i, op in enumerate(convs)]
     matmuls = weight_matmuls(model)
     down = [op for op in matmuls if _producer(op.inputs()[0]).get_type_name() == "Gelu"]
-    ranked = [(op.get_friendly_name(), "FFN down-projection (input after Gelu carries outlier channels)")
-              for op in down]
+    ranked = [(op.get_friendly_name(), "patch-embedding convolution (reads raw pixels)") for op in convs]
+    ranked += [(op.get_friendly_name(), "attention (int8 Q and K inputs: per-tensor scales over every head)")
+               for op in model.get_ordered_ops() if op.get_type_name() == "ScaledDotProductAttention"]
+    ranked += [(op.get_friendly_name(), "FFN down-projection (input after Gelu carries outlier channels)")
+               for op in down]
     if matmuls and matmuls[-1] not in down:
         ranked.append((matmuls[-1].get_friendly_name(), "last projection (writes the embedding)"))
     seen = {name for name, _ in ranked}
@@ -144,6 +149,7 @@ def quantize_int8(
     """
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     from edgevl.compress.gate import gate_cosine_floor, gate_data, run_gate
     from edgevl.ops.attention import attention_blocks
@@ -154,7 +160,12 @@ def quantize_int8(
     why = dict(ranked)
     names = [sig.name for sig in tower.inputs]
     overflow_fix = OverflowFix.ENABLE if options.cpu_isa == "any" else OverflowFix.DISABLE
-    kwargs: dict[str, Any] = {"advanced_parameters": AdvancedQuantizationParameters(overflow_fix=overflow_fix)}
+    advanced: dict[str, Any] = {"overflow_fix": overflow_fix}
+    if transformer:
+        # Activation ranges from the calibration set's extremes: NNCF's default averages
+        # per-sample ranges, which clips the held-out photos' outlier tokens in ViT and text towers.
+        advanced["activations_range_estimator_params"] = RangeEstimatorParametersSet.MINMAX
+    kwargs: dict[str, Any] = {"advanced_parameters": AdvancedQuantizationParameters(**advanced)}
     if transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
 
@@ -181,6 +192,7 @@ def quantize_int8(
         "calibration_samples": len(samples),
         "cpu_isa": options.cpu_isa,
         "overflow_fix": str(overflow_fix.value),
+        "activation_ranges": "min-max over the calibration set" if transformer else "NNCF default",
         "weight_levels_max": max(levels.values(), default=0),
         "fake_quantize": fq,
         "float_layers": {name: {"why": reason} for name, reason in result.float_layers.items()},

@@ -1,0 +1,126 @@
+"""Small Hugging Face CLIP and SigLIP checkpoints trained on the bundled photos, for tests and
+benchmarks of the checkpoint families users bring.
+
+Random weights put every zero-shot score within a few 1e-3 of the others, so any rounding flips
+the picks and agreement measures ties, not the artifact. A few hundred steps of contrastive
+training (InfoNCE, both directions) on the bundled photos and their captions and label prompts
+make the picks decisive, as a trained model's are. The training reads every split, the parity
+split included: the checkpoint plays a trained model, and the int8 calibration and gate still
+never see the parity split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+TEMPERATURE = 0.05
+
+
+def word_tokenizer(folder: Path, bos: int, eos: int, pad: int, size: int) -> None:
+    """Save a word-level tokenizer over the bundled captions and prompts (ids below `size`, the
+    special ids as given) into `folder`, so the text tower reads real sentences of real lengths."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from edgevl.calibration.samples import SPLITS, split_texts
+
+    words = sorted({w for split in SPLITS for t in split_texts(split) for w in t.lower().replace(".", " ").split()})
+    vocab = {"<unk>": 0, "<pad>": pad, **{w: i + 2 for i, w in enumerate(words[: size - 2])}}
+    vocab.update({"<bos>": bos, "<eos>": eos})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", bos), ("<eos>", eos)])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>"}))
+
+
+def _bundled_pairs(preprocess: "object", tokenize: "object") -> tuple["object", dict, dict]:
+    """(pixel values [photos, views, 3, H, W], caption tokens, label-prompt tokens), one caption
+    and one prompt per photo, over every bundled split."""
+    import torch
+
+    from edgevl.calibration.samples import SPLITS, VIEWS_PER_PHOTO, bundled_split
+    from edgevl.preprocess import preprocess_images
+
+    pixels, captions, prompts = [], [], []
+    for split in SPLITS:
+        ps = bundled_split(split)
+        pixels.append(preprocess_images(ps.images, preprocess))
+        captions += ps.captions
+        prompts += [p for p in ps.prompts]
+    if len(prompts) != len(captions):
+        raise RuntimeError("the bundled splits share a label between photos; one prompt per photo is needed")
+    pix = torch.from_numpy(np.concatenate(pixels)).view(len(captions), VIEWS_PER_PHOTO, *pixels[0].shape[1:])
+    as_torch = lambda feeds: {k: torch.from_numpy(v) for k, v in feeds.items()}  # noqa: E731
+    return pix, as_torch(tokenize(captions)), as_torch(tokenize(prompts))
+
+
+def train_contrastive(model: "object", preprocess: "object", tokenize: "object", steps: int = 200,
+                      lr: float = 2e-3, seed: int = 0) -> list[float]:
+    """Train a transformers CLIP/SigLIP model in place with the symmetric InfoNCE loss on the
+    bundled photos (one random view each per step) against their captions and label prompts in
+    turn; returns the loss every step."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    pix, captions, prompts = _bundled_pairs(preprocess, tokenize)
+    n = pix.shape[0]
+    labels = torch.arange(n)
+
+    def embed(out: "object") -> "torch.Tensor":
+        return F.normalize(out if torch.is_tensor(out) else out.pooler_output, dim=-1)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    losses = []
+    model.train()
+    for step in range(steps):
+        texts = prompts if step % 2 == 0 else captions
+        image = embed(model.get_image_features(pixel_values=pix[labels, torch.randint(0, pix.shape[1], (n,))]))
+        text = embed(model.get_text_features(**{k: v for k, v in texts.items() if k in ("input_ids", "attention_mask")}))
+        logits = image @ text.T / TEMPERATURE
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def tiny_checkpoint(kind: str, folder: Path, text: Optional[dict] = None, vision: Optional[dict] = None,
+                    steps: int = 200, seed: int = 1) -> Path:
+    """A small `CLIPModel` or `SiglipModel` (`kind` "clip" / "siglip") of the given text and
+    vision configs, with a word-level tokenizer, trained by `train_contrastive` and saved as a
+    user's checkpoint folder (safetensors)."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    from edgevl.models.hf_clip import load_hf_clip
+    from edgevl.models.spec import LoadOptions
+
+    text = {**dict(vocab_size=1024, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=3,
+                   max_position_embeddings=32), **(text or {})}
+    vision = {**dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=3, image_size=48,
+                     patch_size=16), **(vision or {})}
+    vocab = text["vocab_size"]
+    bos, eos, pad = vocab - 2, vocab - 1, 1
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "clip":
+        model = CLIPModel(CLIPConfig(text_config=dict(text, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad),
+                                     vision_config=vision, projection_dim=32))
+    elif kind == "siglip":
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    else:
+        raise ValueError(f"kind {kind!r} is not a tiny checkpoint kind; use 'clip' or 'siglip'")
+    model.save_pretrained(folder)
+    word_tokenizer(folder, bos=bos, eos=eos, pad=pad, size=vocab - 2)
+    spec = load_hf_clip(str(folder), LoadOptions())  # the preprocessing and tokenizer edgevl will use
+    train_contrastive(model, spec.preprocess, spec.tokenize, steps=steps)
+    model.save_pretrained(folder)
+    return folder
