@@ -43,6 +43,14 @@ def weight_matmuls(model: Any) -> list[Any]:
     return out
 
 
+def _in_numbered_block(friendly_name: str) -> bool:
+    """Whether an op converted from PyTorch sits in a repeated encoder block: its module path
+    (OpenVINO keeps it in the friendly name, `__module.encoder.layers.3.mlp...`) has a numeric
+    part, as every ModuleList entry does."""
+    path = friendly_name.split("/", 1)[0]
+    return any(part.isdigit() for part in path.split("."))
+
+
 def rank_layers(model: Any, transformer: bool) -> list[tuple[str, str]]:
     """The order in which the accuracy gate keeps layers float, with the reason for each rank;
     computed once from the float graph.
@@ -50,25 +58,28 @@ def rank_layers(model: Any, transformer: bool) -> list[tuple[str, str]]:
     Convolutional towers: every convolution, depthwise included, in depth order (a float prefix:
     per-layer sensitivity of a CNN falls with depth, the stem being the most sensitive).
     Transformer towers: a ViT's patch-embedding convolution first (it reads raw pixels and its
-    error reaches every token), then the attention ops (NNCF quantizes their Q and K inputs),
-    then the weighted MatMuls, FFN down-projections first (fed by
-    Gelu, their inputs carry the outlier channels per-tensor int8 cannot hold), then the last
-    projection (the embedding the parity check compares), then the rest in graph order.
+    error reaches every token), then the tail outside the numbered encoder blocks (projection,
+    attention-pooling head, text head: they write the embedding the parity check compares),
+    then the attention ops (NNCF quantizes their Q and K inputs), then the FFN down-projections
+    (fed by Gelu, their inputs carry the outlier channels per-tensor int8 cannot hold), then the
+    rest in graph order.
     """
     convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
     if not transformer:
         return [(op.get_friendly_name(), f"convolution {i + 1} of {len(convs)} in depth order "
                  "(the earliest convolutions are the most sensitive)") for i, op in enumerate(convs)]
     matmuls = weight_matmuls(model)
-    down = [op for op in matmuls if _producer(op.inputs()[0]).get_type_name() == "Gelu"]
     ranked = [(op.get_friendly_name(), "patch-embedding convolution (reads raw pixels)") for op in convs]
+    attention = [op for op in model.get_ordered_ops() if op.get_type_name() == "ScaledDotProductAttention"]
+    ranked += [(op.get_friendly_name(), "head or projection after the encoder blocks (writes the embedding)")
+               for op in model.get_ordered_ops() if (op in matmuls or op in attention)
+               and not _in_numbered_block(op.get_friendly_name())]
     ranked += [(op.get_friendly_name(), "attention (int8 Q and K inputs: per-tensor scales over every head)")
-               for op in model.get_ordered_ops() if op.get_type_name() == "ScaledDotProductAttention"]
+               for op in attention]
     ranked += [(op.get_friendly_name(), "FFN down-projection (input after Gelu carries outlier channels)")
-               for op in down]
-    if matmuls and matmuls[-1] not in down:
-        ranked.append((matmuls[-1].get_friendly_name(), "last projection (writes the embedding)"))
-    seen = {name for name, _ in ranked}
+               for op in matmuls if _producer(op.inputs()[0]).get_type_name() == "Gelu"]
+    seen: set[str] = set()
+    ranked = [(n, why) for n, why in ranked if not (n in seen or seen.add(n))]
     ranked += [(op.get_friendly_name(), "weighted MatMul, graph order") for op in matmuls
                if op.get_friendly_name() not in seen]
     return ranked
