@@ -26,42 +26,34 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STEPS = 150  # projection-only contrastive steps for the ViT-B/32 checkpoint
 Run = Callable[[dict], np.ndarray]
 
 
 def vitb32_checkpoint(folder: Path) -> Path:
     """`CLIPModel(CLIPConfig())` (ViT-B/32 image tower, 12-block causal text tower) with seeded
-    random weights and a word-level tokenizer over the bundled texts, saved as a user's
-    checkpoint folder (safetensors). Random weights: its zero-shot picks mean nothing; the
-    figures measure what int8 changes against this same network in fp32."""
+    random tower weights, a word-level tokenizer over the bundled texts, and its two projections
+    trained contrastively on the bundled photos (`edgevl.models.tiny`) so that zero-shot picks
+    are decisive; saved as a user's checkpoint folder (safetensors)."""
     import torch
     from transformers import CLIPConfig, CLIPModel
+
+    from edgevl.models.hf_clip import load_hf_clip
+    from edgevl.models.spec import LoadOptions
+    from edgevl.models.tiny import train_contrastive, word_tokenizer
 
     if (folder / "model.safetensors").is_file():
         return folder
     torch.manual_seed(0)
     config = CLIPConfig()
-    CLIPModel(config).save_pretrained(folder)
+    model = CLIPModel(config)
+    model.save_pretrained(folder)
     text = config.text_config
     word_tokenizer(folder, bos=text.bos_token_id, eos=text.eos_token_id, pad=text.pad_token_id, size=4096)
+    spec = load_hf_clip(str(folder), LoadOptions())
+    train_contrastive(model, spec.preprocess, spec.tokenize, steps=STEPS, trainable=("visual_projection", "text_projection"))
+    model.save_pretrained(folder)
     return folder
-
-
-def word_tokenizer(folder: Path, bos: int, eos: int, pad: int, size: int) -> None:
-    """A word-level tokenizer over the bundled captions and prompts, so that the text tower reads
-    real sentences of real lengths (end-of-text pooling included)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    from edgevl.calibration.samples import SPLITS, split_texts
-
-    words = sorted({w for split in SPLITS for t in split_texts(split) for w in t.lower().replace(".", " ").split()})
-    vocab = {"<unk>": 0, "<pad>": pad, **{w: i + 2 for i, w in enumerate(words[: size - 2])}}
-    vocab.update({"<bos>": bos, "<eos>": eos})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", bos), ("<eos>", eos)])
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>"}))
 
 
 def best_seconds(runs: dict[str, Run], feed: dict, rounds: int, iters: int) -> dict[str, float]:
@@ -214,7 +206,8 @@ def main() -> None:
         if name == "vitb32":
             source = str(vitb32_checkpoint(tmp / "clip-vit-b32-random"))
             note = ("Hugging Face `CLIPModel(CLIPConfig())`: ViT-B/32 image tower, 12-block causal text tower, "
-                    "**random weights** (seed 0), word-level tokenizer over the bundled texts.")
+                    "**random tower weights** (seed 0), projections trained contrastively on the bundled photos "
+                    f"({STEPS} steps), word-level tokenizer over the bundled texts.")
         else:
             source, note = None, "The embedded default model (EfficientNet-Lite0 image tower, all-MiniLM-L6-v2 text tower)."
         spec = resolve_model(source, LoadOptions())

@@ -60,10 +60,11 @@ def _bundled_pairs(preprocess: "object", tokenize: "object") -> tuple["object", 
 
 
 def train_contrastive(model: "object", preprocess: "object", tokenize: "object", steps: int = 200,
-                      lr: float = 2e-3, seed: int = 0) -> list[float]:
+                      lr: float = 2e-3, seed: int = 0, trainable: Optional[tuple[str, ...]] = None) -> list[float]:
     """Train a transformers CLIP/SigLIP model in place with the symmetric InfoNCE loss on the
     bundled photos (one random view each per step) against their captions and label prompts in
-    turn; returns the loss every step."""
+    turn; returns the loss every step. `trainable`: train only the parameters whose names start
+    with one of these prefixes (e.g. the projections of a model too large to train here)."""
     import torch
     import torch.nn.functional as F
 
@@ -75,7 +76,12 @@ def train_contrastive(model: "object", preprocess: "object", tokenize: "object",
     def embed(out: "object") -> "torch.Tensor":
         return F.normalize(out if torch.is_tensor(out) else out.pooler_output, dim=-1)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    params = [p for name, p in model.named_parameters() if trainable is None or name.startswith(trainable)]
+    for p in model.parameters():
+        p.requires_grad_(trainable is None)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     losses = []
     model.train()
     for step in range(steps):
