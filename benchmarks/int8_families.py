@@ -26,7 +26,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).resolve().parent / "results"
-STEPS = 150  # projection-only contrastive steps for the ViT-B/32 checkpoint
+STEPS = 300  # projection-only contrastive steps for the ViT-B/32 checkpoint
 Run = Callable[[dict], np.ndarray]
 
 
@@ -40,7 +40,7 @@ def vitb32_checkpoint(folder: Path) -> Path:
 
     from edgevl.models.hf_clip import load_hf_clip
     from edgevl.models.spec import LoadOptions
-    from edgevl.models.tiny import train_contrastive, word_tokenizer
+    from edgevl.models.tiny import train_clip_projections, word_tokenizer
 
     if (folder / "model.safetensors").is_file():
         return folder
@@ -51,7 +51,7 @@ def vitb32_checkpoint(folder: Path) -> Path:
     text = config.text_config
     word_tokenizer(folder, bos=text.bos_token_id, eos=text.eos_token_id, pad=text.pad_token_id, size=4096)
     spec = load_hf_clip(str(folder), LoadOptions())
-    train_contrastive(model, spec.preprocess, spec.tokenize, steps=STEPS, trainable=("visual_projection", "text_projection"))
+    train_clip_projections(model, spec.preprocess, spec.tokenize, steps=STEPS)
     model.save_pretrained(folder)
     return folder
 

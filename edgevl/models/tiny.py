@@ -51,7 +51,7 @@ def _bundled_pairs(preprocess: "object", tokenize: "object") -> tuple["object", 
         ps = bundled_split(split)
         pixels.append(preprocess_images(ps.images, preprocess))
         captions += ps.captions
-        prompts += [p for p in ps.prompts]
+        prompts += ps.prompts
     if len(prompts) != len(captions):
         raise RuntimeError("the bundled splits share a label between photos; one prompt per photo is needed")
     pix = torch.from_numpy(np.concatenate(pixels)).view(len(captions), VIEWS_PER_PHOTO, *pixels[0].shape[1:])
@@ -60,42 +60,79 @@ def _bundled_pairs(preprocess: "object", tokenize: "object") -> tuple["object", 
 
 
 def train_contrastive(model: "object", preprocess: "object", tokenize: "object", steps: int = 200,
-                      lr: float = 2e-3, seed: int = 0, trainable: Optional[tuple[str, ...]] = None) -> list[float]:
+                      lr: float = 2e-3, seed: int = 0) -> list[float]:
     """Train a transformers CLIP/SigLIP model in place with the symmetric InfoNCE loss on the
     bundled photos (one random view each per step) against their captions and label prompts in
-    turn; returns the loss every step. `trainable`: train only the parameters whose names start
-    with one of these prefixes (e.g. the projections of a model too large to train here)."""
+    turn; returns the loss every step."""
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(seed)
     pix, captions, prompts = _bundled_pairs(preprocess, tokenize)
     n = pix.shape[0]
     labels = torch.arange(n)
-
-    def embed(out: "object") -> "torch.Tensor":
-        return F.normalize(out if torch.is_tensor(out) else out.pooler_output, dim=-1)
-
-    params = [p for name, p in model.named_parameters() if trainable is None or name.startswith(trainable)]
-    for p in model.parameters():
-        p.requires_grad_(trainable is None)
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     losses = []
     model.train()
     for step in range(steps):
         texts = prompts if step % 2 == 0 else captions
-        image = embed(model.get_image_features(pixel_values=pix[labels, torch.randint(0, pix.shape[1], (n,))]))
-        text = embed(model.get_text_features(**{k: v for k, v in texts.items() if k in ("input_ids", "attention_mask")}))
-        logits = image @ text.T / TEMPERATURE
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        image = _pooled(model.get_image_features(pixel_values=pix[labels, torch.randint(0, pix.shape[1], (n,))]))
+        text = _pooled(model.get_text_features(**_text_inputs(texts)))
+        loss = _info_nce(image, text)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
     model.eval()
     return losses
+
+
+def train_clip_projections(model: "object", preprocess: "object", tokenize: "object", steps: int = 300,
+                           lr: float = 2e-3, seed: int = 0) -> list[float]:
+    """`train_contrastive` for a `CLIPModel` too large to train here: the towers stay as they are
+    and only `visual_projection` and `text_projection` learn, on tower outputs computed once."""
+    import torch
+
+    torch.manual_seed(seed)
+    pix, captions, prompts = _bundled_pairs(preprocess, tokenize)
+    n, views = pix.shape[:2]
+    with torch.no_grad():
+        image_feats = torch.cat([model.vision_model(pixel_values=chunk).pooler_output
+                                 for chunk in pix.flatten(0, 1).split(16)]).view(n, views, -1)
+        text_feats = [model.text_model(**_text_inputs(t)).pooler_output for t in (prompts, captions)]
+    params = [*model.visual_projection.parameters(), *model.text_projection.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    labels = torch.arange(n)
+    losses = []
+    for step in range(steps):
+        image = model.visual_projection(image_feats[labels, torch.randint(0, views, (n,))])
+        loss = _info_nce(image, model.text_projection(text_feats[step % 2]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _text_inputs(tokens: dict) -> dict:
+    return {k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+
+
+def _pooled(out: "object") -> "object":
+    """The embedding from a transformers `get_*_features` result (a tensor, or an output object
+    holding it as `pooler_output`)."""
+    import torch
+
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+def _info_nce(image: "object", text: "object") -> "object":
+    """Symmetric InfoNCE of matching rows (CLIP's loss) at a fixed temperature."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T / TEMPERATURE
+    labels = torch.arange(logits.shape[0])
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 def tiny_checkpoint(kind: str, folder: Path, text: Optional[dict] = None, vision: Optional[dict] = None,
