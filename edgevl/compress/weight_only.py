@@ -64,6 +64,9 @@ def block4_sqnr(model: "object", layers: list, rows: dict[str, np.ndarray], grou
     for l in layers:
         w = numpy_helper.to_array(inits[l.weight]).astype(np.float32)
         k = w.shape[0] - w.shape[0] % group_size
+        if k == 0:  # fewer input channels than one block: nothing of this layer goes to 4 bits
+            err[l.name] = float("inf")
+            continue
         blocks = w[:k].reshape(-1, group_size, w.shape[1])
         sc = np.abs(blocks).max(1, keepdims=True) / 7
         sc[sc == 0] = 1
@@ -87,8 +90,12 @@ def _weight_only(ctx: QuantContext, cfg: WeightOnlyConfig) -> tuple["object", di
     # Rank layers by how much 4-bit blocks hurt their output on calibration activations.
     stats = collect_stats(model, sorted({l.activation for l in layers}), ctx.feeds[:16], "minmax")
     err = block4_sqnr(model, layers, stats.rows, cfg.group_size)
-    # int8w has nothing to raise: one candidate, judged by the gate.
+    # int8w has nothing to raise: one candidate, judged by the gate. int4w raises MatMuls worst
+    # first, then keeps the 4-bit embedding tables float (their error is not measured per layer).
+    tables = [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in initializers(model)]
     order = [n for n, _ in sorted(err.items(), key=lambda kv: kv[1])] if cfg.bits == 4 else []
+    if cfg.bits == 4 and cfg.embeddings:
+        order += tables
 
     def build(raise_to_8: dict[str, str]) -> tuple["object", dict[str, int]]:
         m = onnx.ModelProto.FromString(model.SerializeToString())
@@ -96,16 +103,17 @@ def _weight_only(ctx: QuantContext, cfg: WeightOnlyConfig) -> tuple["object", di
             out, _ = weight_only_nbits(m, 8, cfg.group_size, include_gather=False)
             return out, nbits_counts(out)
         out, _ = weight_only_nbits(m, 4, cfg.group_size, include_gather=cfg.embeddings, exclude=list(raise_to_8))
-        if raise_to_8:
+        if set(raise_to_8) - set(tables):
             out, _ = weight_only_nbits(out, 8, 128, include_gather=False, exclude=[
                 l.name for l in layers if l.name not in raise_to_8])
         return out, nbits_counts(out)
 
     def reason(name: str, rank: int) -> str:
+        if name in tables:
+            return "embedding table kept float by the accuracy gate"
         return f"raised to 8-bit by the accuracy gate (4-bit local SQNR {err[name]:.1f} dB)"
 
-    fix = ("every MatMul is at 8 bits, so the 4-bit embedding tables are at fault: set embeddings=False"
-           if cfg.bits == 4 else "export this tower fp32, or raise --max-drop")
+    fix = "export this tower fp32, or raise --max-drop"
     qmodel, raised, (counts,), gate_report = gate_loop(
         ctx, order, err, cfg.max_drop, build, reason, precision=precision, all_float_fix=fix,
     )

@@ -260,3 +260,18 @@ def test_int8_export_passes_parity_with_most_layers_int8(kind, tmp_path, capsys)
             n_float = quant["float_layer_count"]
             n_int8 = quant["gate"]["ranked_layers"] - n_float
         assert n_int8 >= 10 and n_int8 >= n_float, (target, component, n_int8, n_float)
+
+
+@pytest.mark.parametrize("family, component", FAMILIES)
+@pytest.mark.parametrize("precision", ["int8w", "int4w"])
+def test_weight_only_precisions_keep_the_tower_close(towers, family, component, precision):
+    """int8w / int4w (MatMulNBits) through the gate on every family's towers: the graph holds the
+    weight-only op and the gate split's figures meet the tolerance table's row."""
+    from edgevl.tolerances import tolerance_for
+
+    _, fp32, feeds, gate = towers(family, component)
+    row = tolerance_for("onnx", precision)
+    qmodel, recipe, _ = Q.quantize_model(fp32, Q.PRECISION_CONFIGS[precision](), feeds, component, gate, row.cosine_min)
+    assert sum(n.op_type == "MatMulNBits" for n in qmodel.graph.node) >= 10
+    figures = measure(gate, qmodel)
+    assert figures["cosine_min"] >= row.cosine_min, figures
