@@ -57,6 +57,23 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number; give seconds, e.g. 3") from None
+    if not 0.0 < number <= 3600.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value} is outside (0, 3600] seconds; give e.g. 3")
+    return number
+
+
+def _batches(value: str) -> list[int]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items or not all(v.isdigit() and 1 <= int(v) <= 1024 for v in items):
+        raise argparse.ArgumentTypeError(f"bad batch sizes {value!r}; give comma-separated integers in 1..1024, e.g. 1,8")
+    return sorted({int(v) for v in items})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="edgevl",
@@ -98,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "(makes the artifact depend on the building machine; timings go to the manifest)")
     export.add_argument("--keep-failed", action="store_true", help="publish the artifacts even if parity fails (exit code stays 3)")
     export.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    profile = sub.add_parser(
+        "profile",
+        help="time, size and accuracy of every artifact of an export, against this machine's peak",
+        description="Measure every artifact of an `edgevl export` folder that can run here, each in its own "
+        "process (load time, latency p50/p90/p99, throughput, peak memory, FLOP/s against this machine's GEMM "
+        "peak), and write profile.json, report.md and report.html. Exit codes: 0 ok, 2 bad input.",
+    )
+    profile.add_argument("folder", type=Path, metavar="DIR", help="an export folder (holds manifest.json)")
+    profile.add_argument("--budget", type=_seconds, default=3.0, metavar="S",
+                         help="seconds of timed runs per artifact, shared by its batch sizes and text lengths; default 3")
+    profile.add_argument("--out", type=Path, default=None, help="where the reports go; default: DIR")
+    profile.add_argument("--batch", type=_batches, default=[1, 8], metavar="N,...",
+                         help="batch sizes timed; default 1,8 (batch 1 is always timed)")
+    profile.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     sub.add_parser("models", help="list registered models")
     sub.add_parser("targets", help="list targets and whether their SDK is installed")
@@ -181,6 +213,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    from edgevl.profile.html import page
+    from edgevl.profile.run import HTML_NAME, MARKDOWN_NAME, PROFILE_NAME, check_out, profile_export, write_outputs
+    from edgevl.profile.tables import markdown, terminal_table
+    from edgevl.progress import Progress
+
+    out = args.out if args.out is not None else args.folder
+    check_out(out)
+    batches = sorted({1, *args.batch})
+    profile = profile_export(args.folder, args.budget, batches, Progress(enabled=not args.quiet))
+    write_outputs(out, {
+        PROFILE_NAME: json.dumps(profile, indent=1, allow_nan=False) + "\n",
+        MARKDOWN_NAME: markdown(profile),
+        HTML_NAME: page(profile),
+    })
+    print(terminal_table(profile))
+    print(f"wrote {out / PROFILE_NAME}, {out / MARKDOWN_NAME}, {out / HTML_NAME}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -197,6 +251,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_models()
         if args.command == "targets":
             return _cmd_targets()
+        if args.command == "profile":
+            return _cmd_profile(args)
         return _cmd_export(args)
     except EdgevlError as exc:
         print(f"edgevl: error: {exc}", file=sys.stderr)

@@ -1,0 +1,35 @@
+"""Flags for artifacts slower than their fp32 sibling (same target and component) on this
+machine, with the likely reason, so a user is told before shipping a slower precision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgevl.profile.machine import CpuInfo
+
+# Precisions whose matrix products run as u8 x s8 integer dot products (weights and activations).
+W8A8 = ("int8",)
+
+
+def reason(precision: str, cpu: CpuInfo) -> str:
+    if precision in W8A8 and not cpu.int8_dot:
+        isa = ", ".join(cpu.flags) or "no SIMD flags read"
+        return (f"int8 on a CPU without VNNI/AMX ({isa}): int8 dot products take the u8*s8 "
+                "int16-pair path (vpmaddubsw + vpmaddwd), no faster than fp32 FMA, so the "
+                "quantize/dequantize work is a net cost; ship fp32 to such CPUs, or int8 to VNNI/AMX ones")
+    return (f"{precision} overhead (quantize/dequantize) exceeds its gain at this size on this CPU")
+
+
+def flag_slower(artifacts: list[dict[str, Any]], cpu: CpuInfo) -> None:
+    """Set `slower_than_fp32` on each measured non-fp32 artifact slower than its measured fp32
+    sibling: {sibling path, latency ratio (>1), reason}; None when it is not slower."""
+    fp32 = {(a["target"], a["component"]): a for a in artifacts
+            if a["precision"] == "fp32" and a.get("latency")}
+    for a in artifacts:
+        a.setdefault("slower_than_fp32", None)
+        sibling = fp32.get((a["target"], a["component"]))
+        if a["precision"] == "fp32" or sibling is None or not a.get("latency"):
+            continue
+        ratio = a["latency"]["p50_s"] / sibling["latency"]["p50_s"]
+        if ratio > 1.0:
+            a["slower_than_fp32"] = {"sibling": sibling["path"], "ratio": ratio, "reason": reason(a["precision"], cpu)}
