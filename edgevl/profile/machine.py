@@ -125,7 +125,7 @@ def probe_peak(size: int = PROBE_SIZE) -> Peak:
         int8, int8_source = best_rate(int8_run, flops), "ONNX Runtime MatMulInteger u8 x s8"
     source = max(rates, key=rates.get)
     return Peak(fp32=rates[source], int8=int8, bf16=None, fp32_source=source, int8_source=int8_source,
-                bf16_source="not measured: edgevl has no bf16 artifact on CPU runtimes it times here",
+                bf16_source="not measured: the probe times fp32 and int8; bf16 artifacts are set against the fp32 peak",
                 size=size)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from edgevl.profile.verdicts import NOISE_RATIO
+
 COLUMNS = ("artifact", "p50 ms", "p90 ms", "p99 ms", "b8 items/s", "load s", "RSS MiB", "size MB",
            "GFLOP", "GFLOP/s", "% peak", "min cos", "top-1 (strict)")
 
@@ -50,7 +52,9 @@ def notes(profile: dict[str, Any]) -> list[str]:
             lines.append(f"{label(a)}: {a['status']}: {a['reason']}")
         flag = a.get("slower_than_fp32")
         if flag:
-            lines.append(f"SLOWER than fp32 ({flag['ratio']:.2f}x the latency of {flag['sibling']}): {label(a)}: {flag['reason']}")
+            noise = f", within {NOISE_RATIO - 1:.0%}: may be noise" if flag["within_noise"] else ""
+            lines.append(f"SLOWER than fp32 ({flag['ratio']:.2f}x the p50 latency of {flag['sibling']}{noise}): "
+                         f"{label(a)}: {flag['reason']}")
     return lines
 
 

@@ -7,6 +7,9 @@ from typing import Any
 
 from edgevl.profile.machine import CpuInfo
 
+# Latency ratios up to this are flagged as "within noise": timings on a shared machine scatter by
+# a few percent between runs.
+NOISE_RATIO = 1.05
 # Precisions whose matrix products run as u8 x s8 integer dot products (weights and activations).
 W8A8 = ("int8",)
 
@@ -22,7 +25,8 @@ def reason(precision: str, cpu: CpuInfo) -> str:
 
 def flag_slower(artifacts: list[dict[str, Any]], cpu: CpuInfo) -> None:
     """Set `slower_than_fp32` on each measured non-fp32 artifact slower than its measured fp32
-    sibling: {sibling path, latency ratio (>1), reason}; None when it is not slower."""
+    sibling: {sibling path, p50 latency ratio (>1), within_noise (ratio <= NOISE_RATIO), reason};
+    None when it is not slower."""
     fp32 = {(a["target"], a["component"]): a for a in artifacts
             if a["precision"] == "fp32" and a.get("latency")}
     for a in artifacts:
@@ -32,4 +36,5 @@ def flag_slower(artifacts: list[dict[str, Any]], cpu: CpuInfo) -> None:
             continue
         ratio = a["latency"]["p50_s"] / sibling["latency"]["p50_s"]
         if ratio > 1.0:
-            a["slower_than_fp32"] = {"sibling": sibling["path"], "ratio": ratio, "reason": reason(a["precision"], cpu)}
+            a["slower_than_fp32"] = {"sibling": sibling["path"], "ratio": ratio, "within_noise": ratio <= NOISE_RATIO,
+                                     "reason": reason(a["precision"], cpu)}

@@ -87,6 +87,13 @@ def test_html_is_self_contained_with_one_svg_per_plot(profiled):
     for plot_id in PLOT_IDS:
         assert f'id="{plot_id}"' in html
     assert "<script" not in html and "src=" not in html and "href=" not in html and "@import" not in html
+    import re
+    import xml.etree.ElementTree as ET
+
+    for svg in re.findall(r"<svg .*?</svg>", html, re.S):  # each plot is well-formed SVG with marks drawn
+        root = ET.fromstring(svg)
+        marks = [e for e in root.iter() if e.tag.rsplit("}", 1)[-1] in ("rect", "circle")]
+        assert marks, root.get("id")
 
 
 def test_peak_is_cached_with_the_cpu_facts(profiled, edgevl_cache):
@@ -139,7 +146,7 @@ def test_slower_int8_is_flagged_with_the_likely_reason(flags, expected):
     fp32, int8, int8w = records
     assert fp32["slower_than_fp32"] is None and int8w["slower_than_fp32"] is None
     assert int8["slower_than_fp32"]["ratio"] == pytest.approx(1.8) and expected in int8["slower_than_fp32"]["reason"]
-    assert int8["slower_than_fp32"]["sibling"] == "fp32.xml"
+    assert int8["slower_than_fp32"]["sibling"] == "fp32.xml" and not int8["slower_than_fp32"]["within_noise"]
 
 
 def test_missing_folder_is_one_line_error(tmp_path):
