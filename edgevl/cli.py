@@ -217,14 +217,17 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     import json
 
     from edgevl.profile.html import page
-    from edgevl.profile.run import HTML_NAME, MARKDOWN_NAME, PROFILE_NAME, check_out, profile_export, write_outputs
+    from edgevl.profile.run import (
+        HTML_NAME, MARKDOWN_NAME, PROFILE_NAME, check_out, profile_export, read_manifest, write_outputs,
+    )
     from edgevl.profile.tables import markdown, terminal_table
     from edgevl.progress import Progress
 
+    manifest = read_manifest(args.folder)
     out = args.out if args.out is not None else args.folder
     check_out(out)
     batches = sorted({1, *args.batch})
-    profile = profile_export(args.folder, args.budget, batches, Progress(enabled=not args.quiet))
+    profile = profile_export(args.folder, manifest, args.budget, batches, Progress(enabled=not args.quiet))
     write_outputs(out, {
         PROFILE_NAME: json.dumps(profile, indent=1, allow_nan=False) + "\n",
         MARKDOWN_NAME: markdown(profile),

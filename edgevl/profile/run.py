@@ -49,13 +49,14 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def check_out(out: Path) -> None:
+    """The reports' folder (--out, default the export folder) must be a folder edgevl can write."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; pass a folder")
     parent = out if out.exists() else out.resolve().parent
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: folder {parent} is not writable; choose a folder you can write to")
+        raise InputError(f"cannot write the reports: folder {parent} is not writable; pass --out with a folder you can write to")
 
 
 def _reference(configs: list[dict]) -> Optional[dict]:
@@ -123,8 +124,9 @@ def _borrow_flops(records: list[dict[str, Any]], peak: Peak) -> None:
             _rate(r, peak)
 
 
-def profile_export(folder: Path, budget_s: float, batches: list[int], progress: Progress) -> dict[str, Any]:
-    manifest = read_manifest(folder)
+def profile_export(folder: Path, manifest: dict[str, Any], budget_s: float, batches: list[int],
+                   progress: Progress) -> dict[str, Any]:
+    """The profile of the export in `folder` (its manifest read by `read_manifest`)."""
     cpu = cpu_info()
     with progress.step("GEMM peak of this machine (cached per CPU)") as details:
         peak, cached = load_or_probe_peak(cpu)

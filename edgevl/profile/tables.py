@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from edgevl.profile.verdicts import NOISE_RATIO
 
-COLUMNS = ("artifact", "p50 ms", "p90 ms", "p99 ms", "b8 items/s", "load s", "RSS MiB", "size MB",
+COLUMNS = ("artifact", "p50 ms", "p90 ms", "p99 ms", "b8 items/s", "load s", "RSS MiB", "threads", "size MB",
            "GFLOP", "GFLOP/s", "% peak", "min cos", "top-1 (strict)")
 
 
@@ -36,6 +36,7 @@ def row(a: dict[str, Any]) -> list[str]:
     return [
         label(a), ms("p50_s"), ms("p90_s"), ms("p99_s"), _f(_batch8(a), ".1f"), _f(a.get("load_s"), ".2f"),
         _f(a["peak_rss_bytes"] / 2**20 if a.get("peak_rss_bytes") else None, ".0f"),
+        str(a.get("process_threads") or "-"),
         _f(a["bytes"] / 1e6 if a.get("bytes") else None, ".1f"),
         _f(a["flops"] / 1e9 if a.get("flops") else None, ".3f"),
         _f(a["achieved_flops_per_s"] / 1e9 if a.get("achieved_flops_per_s") else None, ".1f"),
