@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time int8 against float on this machine and keep float what is not faster "
                         "(makes the artifact depend on the building machine; timings go to the manifest)")
     export.add_argument("--keep-failed", action="store_true", help="publish the artifacts even if parity fails (exit code stays 3)")
+    export.add_argument("--profile", type=_seconds, nargs="?", const=3.0, default=None, metavar="S",
+                        help="after the export, run `edgevl profile OUT --budget S` (default 3 s per artifact) "
+                        "and fold its summary into manifest.json")
     export.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     profile = sub.add_parser(
@@ -209,18 +212,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
         figures = format_parity(a.parity) if a.verified == "runtime" else "not verified"
         print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
               f"{a.fused_attention + a.unfused_attention}  {figures}")
+    if args.profile is not None:
+        from edgevl.profile.run import profile_into_export
+        from edgevl.profile.tables import terminal_table
+
+        profile = profile_into_export(outcome.out, args.profile, [1, 8], Progress(enabled=not args.quiet))
+        print(terminal_table(profile))
+        print(f"wrote {outcome.out / 'profile.json'}, report.md, report.html")
     print(f"wrote {outcome.out / 'manifest.json'}")
     return 0
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    import json
-
-    from edgevl.profile.html import page
     from edgevl.profile.run import (
-        HTML_NAME, MARKDOWN_NAME, PROFILE_NAME, check_out, profile_export, read_manifest, write_outputs,
+        HTML_NAME, MARKDOWN_NAME, PROFILE_NAME, check_out, profile_export, read_manifest, report_files, write_outputs,
     )
-    from edgevl.profile.tables import markdown, terminal_table
+    from edgevl.profile.tables import terminal_table
     from edgevl.progress import Progress
 
     manifest = read_manifest(args.folder)
@@ -228,11 +235,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     check_out(out)
     batches = sorted({1, *args.batch})
     profile = profile_export(args.folder, manifest, args.budget, batches, Progress(enabled=not args.quiet))
-    write_outputs(out, {
-        PROFILE_NAME: json.dumps(profile, indent=1, allow_nan=False) + "\n",
-        MARKDOWN_NAME: markdown(profile),
-        HTML_NAME: page(profile),
-    })
+    write_outputs(out, report_files(profile))
     print(terminal_table(profile))
     print(f"wrote {out / PROFILE_NAME}, {out / MARKDOWN_NAME}, {out / HTML_NAME}")
     return 0

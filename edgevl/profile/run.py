@@ -184,3 +184,41 @@ def write_outputs(out: Path, files: dict[str, str]) -> None:
             tmp.unlink(missing_ok=True)
         raise OutputWriteError(f"cannot write the profile into {out} ({exc.strerror or exc}); "
                                "free disk space or pass another --out") from exc
+
+
+def report_files(profile: dict[str, Any]) -> dict[str, str]:
+    """profile.json, report.md and report.html, as text."""
+    from edgevl.profile.html import page
+    from edgevl.profile.tables import markdown
+
+    return {PROFILE_NAME: json.dumps(profile, indent=1, allow_nan=False) + "\n",
+            MARKDOWN_NAME: markdown(profile), HTML_NAME: page(profile)}
+
+
+def manifest_summary(profile: dict[str, Any]) -> dict[str, Any]:
+    """What `edgevl export --profile` folds into manifest.json under "profile": the machine, its
+    peak, and per artifact path the headline figures (the full record is in profile.json)."""
+    keys = ("status", "peak_rss_bytes", "achieved_flops_per_s", "fraction_of_peak")
+    artifacts = {}
+    for a in profile["artifacts"]:
+        entry = {k: a.get(k) for k in keys}
+        entry["p50_s"] = (a.get("latency") or {}).get("p50_s")
+        entry["p99_s"] = (a.get("latency") or {}).get("p99_s")
+        flag = a.get("slower_than_fp32")
+        entry["slower_than_fp32"] = flag["ratio"] if flag else None
+        artifacts[a["path"]] = entry
+    return {"report": PROFILE_NAME, "cpu_model": profile["machine"]["cpu_model"],
+            "isa_flags": profile["machine"]["isa_flags"], "peak_fp32_flops_per_s": profile["peak"]["fp32_flops_per_s"],
+            "peak_int8_ops_per_s": profile["peak"]["int8_ops_per_s"], "budget_s": profile["settings"]["budget_s"],
+            "artifacts": artifacts}
+
+
+def profile_into_export(folder: Path, budget_s: float, batches: list[int], progress: Progress) -> dict[str, Any]:
+    """`edgevl export --profile`: profile the just-published export and write the three reports
+    and the manifest with its "profile" summary into it, renamed into place together."""
+    manifest = read_manifest(folder)
+    profile = profile_export(folder, manifest, budget_s, batches, progress)
+    files = report_files(profile)
+    files[MANIFEST_NAME] = json.dumps(dict(manifest, profile=manifest_summary(profile)), indent=2, allow_nan=False) + "\n"
+    write_outputs(folder, files)
+    return profile

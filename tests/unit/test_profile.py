@@ -34,8 +34,10 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("profile") / "export"
-    code, _, err = _run(["export", "--target", "onnx,openvino", "--components", "text", "--out", str(out), "-q"])
+    code, stdout, err = _run(["export", "--target", "onnx,openvino", "--components", "text", "--out", str(out),
+                              "--profile", "0.2", "-q"])
     assert code == 0, err
+    assert "[1/2]" not in err and "GEMM peak" not in err and "p50 ms" in stdout  # -q: no progress lines; the table prints
     return out
 
 
@@ -51,7 +53,7 @@ def profiled(export_dir, tmp_path_factory) -> dict:
 def test_writes_the_three_reports_and_the_terminal_table(profiled, export_dir):
     out = profiled["out"]
     assert sorted(p.name for p in out.iterdir()) == ["profile.json", "report.html", "report.md"]
-    assert not (export_dir / "profile.json").exists()  # --out, not DIR
+    assert json.loads((export_dir / "profile.json").read_text())["settings"]["budget_s"] == 0.2  # from export --profile
     table = profiled["stdout"]
     assert "p50 ms" in table and "text onnx fp32" in table and "text openvino fp32" in table
     # One progress line per artifact on stderr, none on stdout.
@@ -79,6 +81,18 @@ def test_every_artifact_is_profiled_with_consistent_figures(profiled, export_dir
     # Two graphs of one tower, counted by two readers (ONNX and OpenVINO IR), give the same FLOPs.
     assert openvino["flops"] == pytest.approx(onnx["flops"], rel=0.01)
     assert openvino["runtime_options"] == {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def test_export_profile_folds_the_summary_into_the_manifest(export_dir):
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    profile = json.loads((export_dir / "profile.json").read_text())
+    summary = manifest["profile"]
+    assert summary["report"] == "profile.json" and summary["peak_fp32_flops_per_s"] == profile["peak"]["fp32_flops_per_s"]
+    assert set(summary["artifacts"]) == {a["path"] for a in manifest["artifacts"]}
+    for a in profile["artifacts"]:
+        assert summary["artifacts"][a["path"]]["p50_s"] == a["latency"]["p50_s"] > 0
+    assert {p.name for p in export_dir.iterdir()} >= {"report.md", "report.html"}
+    assert not [p.name for p in export_dir.iterdir() if "edgevl-tmp" in p.name]
 
 
 def test_html_is_self_contained_with_one_svg_per_plot(profiled):
