@@ -30,6 +30,10 @@ import numpy as np
 
 MATMUL_OPS = ("MatMul", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
 CONV_OPS = ("Conv", "ConvInteger", "QLinearConv")
+# Nodes that make a graph compute in low precision (counted as `int8_nodes`, not as FLOPs).
+LOW_PRECISION_ONNX = ("QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul",
+                      "QLinearConv", "QAttention", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits")
+LOW_PRECISION_OV_TYPES = ("i8", "u8", "i4", "u4")
 # Input index of the second operand per ONNX matmul op (QLinearMatMul interleaves scales).
 B_INDEX = {"QLinearMatMul": 3}
 CONV_W_INDEX = {"QLinearConv": 3}
@@ -41,6 +45,7 @@ class FlopCount:
     by_op: dict[str, float] = field(default_factory=dict)
     uncounted: list[str] = field(default_factory=list)  # op types whose shapes were unknown
     source: str = ""
+    int8_nodes: int = 0  # quantize / integer-matmul nodes (ONNX), FakeQuantize and 8/4-bit constants (OpenVINO)
 
     def add(self, op: str, flops: float) -> None:
         self.total += flops
@@ -48,7 +53,7 @@ class FlopCount:
 
     def to_json(self) -> dict:
         return {"total": self.total, "by_op": self.by_op, "uncounted": sorted(set(self.uncounted)),
-                "source": self.source}
+                "source": self.source, "int8_nodes": self.int8_nodes}
 
 
 def matmul_flops(a: Sequence[int], b: Sequence[int], transpose_a: bool = False, transpose_b: bool = False) -> float:
@@ -110,6 +115,7 @@ def count_onnx(path: Path, input_shapes: dict[str, list[int]], feeds: Optional[d
         count = FlopCount(source=f"ONNX graph {path.name} (shapes from one ONNX Runtime run)")
         for node in model.graph.node:
             _count_onnx_node(node, shapes, count)
+    count.int8_nodes = sum(1 for node in model.graph.node if node.op_type in LOW_PRECISION_ONNX)
     return count
 
 
@@ -222,6 +228,9 @@ def count_openvino(path: Path, input_shapes: dict[str, list[int]]) -> FlopCount:
     count = FlopCount(source=f"OpenVINO IR {path.name}")
     for node in model.get_ordered_ops():
         _count_openvino_node(node, count)
+        op = node.get_type_name()
+        if op == "FakeQuantize" or (op == "Constant" and node.get_element_type().get_type_name() in LOW_PRECISION_OV_TYPES):
+            count.int8_nodes += 1
     return count
 
 

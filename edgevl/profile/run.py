@@ -95,6 +95,7 @@ def _record(item: Plan, result: Optional[dict], peak: Peak) -> dict[str, Any]:
         counted = result["flops_batch1"].get(str(reference.get("seq") or 0), {})
         record["flops"] = counted.get("total")
         record["flops_detail"] = counted
+        record["int8_nodes"] = counted.get("int8_nodes")
     _rate(record, peak)
     return record
 

@@ -3,7 +3,7 @@ machine, with the likely reason, so a user is told before shipping a slower prec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from edgevl.profile.machine import CpuInfo
 
@@ -14,7 +14,12 @@ NOISE_RATIO = 1.05
 W8A8 = ("int8",)
 
 
-def reason(precision: str, cpu: CpuInfo) -> str:
+def reason(precision: str, cpu: CpuInfo, int8_nodes: Optional[int] = None) -> str:
+    """The likely cause of a slower `precision` artifact; `int8_nodes`: its graph's count of
+    quantize / integer nodes (0: nothing in it runs in low precision)."""
+    if precision != "fp32" and int8_nodes == 0:
+        return (f"the {precision} artifact holds no low-precision node (the accuracy gate kept every "
+                "layer float), so it computes what fp32 computes: the difference is graph layout or noise")
     if precision in W8A8 and not cpu.int8_dot:
         isa = ", ".join(cpu.flags) or "no SIMD flags read"
         return (f"int8 on a CPU without VNNI/AMX ({isa}): int8 dot products take the u8*s8 "
@@ -37,4 +42,4 @@ def flag_slower(artifacts: list[dict[str, Any]], cpu: CpuInfo) -> None:
         ratio = a["latency"]["p50_s"] / sibling["latency"]["p50_s"]
         if ratio > 1.0:
             a["slower_than_fp32"] = {"sibling": sibling["path"], "ratio": ratio, "within_noise": ratio <= NOISE_RATIO,
-                                     "reason": reason(a["precision"], cpu)}
+                                     "reason": reason(a["precision"], cpu, a.get("int8_nodes"))}

@@ -71,6 +71,7 @@ def test_every_artifact_is_profiled_with_consistent_figures(profiled, export_dir
         lat = a["latency"]
         assert 0 < lat["p50_s"] <= lat["p90_s"] <= lat["p99_s"] and lat["runs"] >= 3
         assert lat["batch"] == 1 and lat["seq"] == 32  # the default model's context length
+        assert a["int8_nodes"] == 0  # fp32 graphs
         assert a["flops"] > 0 and a["peak_rss_bytes"] > 0 and a["load_s"] > 0 and a["process_threads"] >= 1
         assert 0 < a["achieved_flops_per_s"] <= a["peak_flops_per_s"] and a["peak_kind"] == "fp32"
         assert a["achieved_flops_per_s"] == pytest.approx(a["flops"] / lat["p50_s"])
@@ -161,6 +162,13 @@ def test_slower_int8_is_flagged_with_the_likely_reason(flags, expected):
     assert fp32["slower_than_fp32"] is None and int8w["slower_than_fp32"] is None
     assert int8["slower_than_fp32"]["ratio"] == pytest.approx(1.8) and expected in int8["slower_than_fp32"]["reason"]
     assert int8["slower_than_fp32"]["sibling"] == "fp32.xml" and not int8["slower_than_fp32"]["within_noise"]
+
+
+def test_a_slower_int8_artifact_without_int8_nodes_is_told_apart():
+    cpu = CpuInfo(model="test cpu", flags=("avx2",), logical_cores=2, usable_cores=2, mhz=None)
+    records = [_record("fp32", 0.010), dict(_record("int8", 0.012), int8_nodes=0)]
+    flag_slower(records, cpu)
+    assert "holds no low-precision node" in records[1]["slower_than_fp32"]["reason"]
 
 
 def test_missing_folder_is_one_line_error(tmp_path):
