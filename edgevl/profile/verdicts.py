@@ -18,8 +18,8 @@ def reason(precision: str, cpu: CpuInfo, int8_nodes: Optional[int] = None) -> st
     """The likely cause of a slower `precision` artifact; `int8_nodes`: its graph's count of
     quantize / integer nodes (0: nothing in it runs in low precision)."""
     if precision != "fp32" and int8_nodes == 0:
-        return (f"the {precision} artifact holds no low-precision node (the accuracy gate kept every "
-                "layer float), so it computes what fp32 computes: the difference is graph layout or noise")
+        return (f"the {precision} artifact holds no low-precision node (every layer was kept float, "
+                "e.g. by the accuracy gate), so it computes what fp32 computes: the difference is graph layout or noise")
     if precision in W8A8 and not cpu.int8_dot:
         isa = ", ".join(cpu.flags) or "no SIMD flags read"
         return (f"int8 on a CPU without VNNI/AMX ({isa}): int8 dot products take the u8*s8 "
