@@ -57,6 +57,23 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number; give seconds, e.g. 3") from None
+    if not 0.0 < number <= 3600.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value} is outside (0, 3600] seconds; give e.g. 3")
+    return number
+
+
+def _batches(value: str) -> list[int]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items or not all(v.isdigit() and 1 <= int(v) <= 1024 for v in items):
+        raise argparse.ArgumentTypeError(f"bad batch sizes {value!r}; give comma-separated integers in 1..1024, e.g. 1,8")
+    return sorted({int(v) for v in items})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="edgevl",
@@ -97,7 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time int8 against float on this machine and keep float what is not faster "
                         "(makes the artifact depend on the building machine; timings go to the manifest)")
     export.add_argument("--keep-failed", action="store_true", help="publish the artifacts even if parity fails (exit code stays 3)")
+    export.add_argument("--profile", type=_seconds, nargs="?", const=3.0, default=None, metavar="S",
+                        help="after the export, run `edgevl profile OUT --budget S` (default 3 s per artifact) "
+                        "and fold its summary into manifest.json")
     export.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    profile = sub.add_parser(
+        "profile",
+        help="time, size and accuracy of every artifact of an export, against this machine's peak",
+        description="Measure every artifact of an `edgevl export` folder that can run here, each in its own "
+        "process (load time, latency p50/p90/p99, throughput, peak memory, FLOP/s against this machine's GEMM "
+        "peak), and write profile.json, report.md and report.html. Exit codes: 0 ok, 2 bad input.",
+    )
+    profile.add_argument("folder", type=Path, metavar="DIR", help="an export folder (holds manifest.json)")
+    profile.add_argument("--budget", type=_seconds, default=3.0, metavar="S",
+                         help="seconds of timed runs per artifact, shared by its batch sizes and text lengths; default 3")
+    profile.add_argument("--out", type=Path, default=None, help="where the reports go; default: DIR")
+    profile.add_argument("--batch", type=_batches, default=[1, 8], metavar="N,...",
+                         help="batch sizes timed; default 1,8 (batch 1 is always timed)")
+    profile.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     sub.add_parser("models", help="list registered models")
     sub.add_parser("targets", help="list targets and whether their SDK is installed")
@@ -177,7 +212,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
         figures = format_parity(a.parity) if a.verified == "runtime" else "not verified"
         print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
               f"{a.fused_attention + a.unfused_attention}  {figures}")
+    if args.profile is not None:
+        from edgevl.profile.run import profile_into_export
+        from edgevl.profile.tables import terminal_table
+
+        profile = profile_into_export(outcome.out, args.profile, [1, 8], Progress(enabled=not args.quiet))
+        print(terminal_table(profile))
+        print(f"wrote {outcome.out / 'profile.json'}, report.md, report.html")
     print(f"wrote {outcome.out / 'manifest.json'}")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from edgevl.profile.run import (
+        HTML_NAME, MARKDOWN_NAME, PROFILE_NAME, check_out, profile_export, read_manifest, report_files, write_outputs,
+    )
+    from edgevl.profile.tables import terminal_table
+    from edgevl.progress import Progress
+
+    manifest = read_manifest(args.folder)
+    out = args.out if args.out is not None else args.folder
+    check_out(out)
+    batches = sorted({1, *args.batch})
+    profile = profile_export(args.folder, manifest, args.budget, batches, Progress(enabled=not args.quiet))
+    write_outputs(out, report_files(profile))
+    print(terminal_table(profile))
+    print(f"wrote {out / PROFILE_NAME}, {out / MARKDOWN_NAME}, {out / HTML_NAME}")
     return 0
 
 
@@ -197,6 +257,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_models()
         if args.command == "targets":
             return _cmd_targets()
+        if args.command == "profile":
+            return _cmd_profile(args)
         return _cmd_export(args)
     except EdgevlError as exc:
         print(f"edgevl: error: {exc}", file=sys.stderr)
