@@ -23,18 +23,27 @@ from edgevl.profile.timing import time_calls
 from edgevl.registry import RUNTIMES
 
 
-def current_rss_bytes() -> Optional[int]:
+def _proc_status_bytes(field: str) -> Optional[int]:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
 
 
+def current_rss_bytes() -> Optional[int]:
+    return _proc_status_bytes("VmRSS")
+
+
 def peak_rss_bytes() -> int:
-    """This process's peak resident set (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """This process's peak resident set. Linux: VmHWM, which belongs to this program's address
+    space (ru_maxrss survives exec, so a child started by a large parent reports the parent's
+    peak); elsewhere ru_maxrss (KiB on Linux, bytes on macOS)."""
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

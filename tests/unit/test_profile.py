@@ -218,3 +218,14 @@ def test_report_opens_in_headless_chromium_with_its_plots(profiled, tmp_path):
 
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 5  # not a blank page
+
+
+def test_child_peak_rss_is_its_own_not_its_parents():
+    """ru_maxrss survives exec on Linux: a child of a large parent would report the parent's peak."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(400 * 2**20, dtype=np.uint8)  # 400 MiB resident in this process
+    code = "from edgevl.profile.child import peak_rss_bytes; print(peak_rss_bytes())"
+    peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert ballast.sum() > 0 and peak < 200 * 2**20
