@@ -78,11 +78,11 @@ def rank_layers(model: Any, transformer: bool) -> list[tuple[str, str]]:
                for op in attention]
     ranked += [(op.get_friendly_name(), "FFN down-projection (input after Gelu carries outlier channels)")
                for op in matmuls if _producer(op.inputs()[0]).get_type_name() == "Gelu"]
-    seen: set[str] = set()
-    ranked = [(n, why) for n, why in ranked if not (n in seen or seen.add(n))]
-    ranked += [(op.get_friendly_name(), "weighted MatMul, graph order") for op in matmuls
-               if op.get_friendly_name() not in seen]
-    return ranked
+    ranked += [(op.get_friendly_name(), "weighted MatMul, graph order") for op in matmuls]
+    first_reason: dict[str, str] = {}
+    for name, why in ranked:  # a layer keeps its first (highest) rank
+        first_reason.setdefault(name, why)
+    return list(first_reason.items())
 
 
 def compiled_run(model: Any, input_names: list[str]) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
