@@ -119,8 +119,8 @@ def _assert_saturation_safe(quant: dict, path: Path) -> None:
     assert sat["outputs_differing_without_vnni"] == 0
 
 
-# At the default --max-drop the gate keeps the default text tower float (7-bit int8 flips
-# near-tie zero-shot picks on the gate split); 0.05 keeps some layers int8 to exercise that path.
+# The loosest agreement drop the gate is asked for: whether it keeps any of the default text
+# tower's layers int8 is the gate's decision (the test checks either outcome).
 INT8_TEXT = ["export", "--precision", "int8", "--components", "text", "--max-drop", "0.05", "-q"]
 
 
@@ -177,7 +177,10 @@ def test_int8_text_tower_through_the_cli(int8_text_export):
     assert len(recipe["layers"]) == quant["quantized_layers"]
     assert set(recipe["float_layers"]) == set(quant["float_layers"])
     assert not list((out / "onnx" / "int8").glob(".*fp32*")), "the intermediate fp32 graph was left behind"
-    _assert_saturation_safe(quant, out / art["path"])
+    if quant["quantized_layers"]:
+        _assert_saturation_safe(quant, out / art["path"])
+    else:
+        assert quant["saturation"]["int8_gemms"] == 0 and not _int8_weights(out / art["path"])
 
 
 def test_int8_image_tower_through_the_cli(tmp_path):
