@@ -71,8 +71,9 @@ def rank_layers(model: Any, transformer: bool) -> list[tuple[str, str]]:
     matmuls = weight_matmuls(model)
     ranked = [(op.get_friendly_name(), "patch-embedding convolution (reads raw pixels)") for op in convs]
     attention = [op for op in model.get_ordered_ops() if op.get_type_name() == "ScaledDotProductAttention"]
+    rankable = {op.get_friendly_name() for op in (*matmuls, *attention)}
     ranked += [(op.get_friendly_name(), "head or projection after the encoder blocks (writes the embedding)")
-               for op in model.get_ordered_ops() if (op in matmuls or op in attention)
+               for op in model.get_ordered_ops() if op.get_friendly_name() in rankable
                and not _in_numbered_block(op.get_friendly_name())]
     ranked += [(op.get_friendly_name(), "attention (int8 Q and K inputs: per-tensor scales over every head)")
                for op in attention]

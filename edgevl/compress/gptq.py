@@ -38,6 +38,20 @@ def input_hessians(
     return hessians
 
 
+def upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
+    """U, upper triangular with a positive diagonal, such that U^T U = H^-1 (H symmetric positive
+    definite): the factor `cholesky(inv(H)).T`, from one Cholesky factorisation and one triangular
+    inverse instead of a general inverse and a second factorisation. With P the reversal
+    permutation and P H P = L L^T, H^-1 = (P L^-1 P)^T (P L^-1 P), and P L^-1 P is upper."""
+    from scipy.linalg import lapack
+
+    lower = np.linalg.cholesky(np.ascontiguousarray(h[::-1, ::-1]))
+    inverse, info = lapack.dtrtri(lower, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"triangular inverse failed (LAPACK dtrtri info {info})")
+    return np.ascontiguousarray(inverse[::-1, ::-1])
+
+
 def gptq_int8(
     weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, damp: float = 0.01, block: int = 128,
     qmax: int = 127,
@@ -55,7 +69,7 @@ def gptq_int8(
     w[dead, :] = 0.0
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
     # Upper Cholesky factor of H^-1: row i holds how row i's error spreads to rows after it.
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T
+    hinv = upper_cholesky_of_inverse(h)
     scale = np.where(scale > 0, scale, 1.0).astype(np.float64)
     q = np.zeros_like(w)
     for b0 in range(0, k, block):

@@ -36,10 +36,11 @@ def _smoothing_factors(
     inits = initializers(model)
     factors: dict[str, np.ndarray] = {}
     searched: dict[str, dict] = {}
+    layers = linear_nodes(model)
     for t, amax in stats.channel_absmax.items():
         if t not in smoothed:
             continue
-        ws = [numpy_helper.to_array(inits[l.weight]).astype(np.float32) for l in linear_nodes(model) if l.activation == t]
+        ws = [numpy_helper.to_array(inits[l.weight]).astype(np.float32) for l in layers if l.activation == t]
         alpha = cfg.alpha
         if cfg.alpha_search:
             choice = choose_alpha(stats.samples_of[t], ws, cfg.alpha_search, per_sample_range, weight_qmax)

@@ -92,7 +92,8 @@ def _weight_only(ctx: QuantContext, cfg: WeightOnlyConfig) -> tuple["object", di
     err = block4_sqnr(model, layers, stats.rows, cfg.group_size)
     # int8w has nothing to raise: one candidate, judged by the gate. int4w raises MatMuls worst
     # first, then keeps the 4-bit embedding tables float (their error is not measured per layer).
-    tables = [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in initializers(model)]
+    weights = initializers(model)
+    tables = [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in weights]
     order = [n for n, _ in sorted(err.items(), key=lambda kv: kv[1])] if cfg.bits == 4 else []
     if cfg.bits == 4 and cfg.embeddings:
         order += tables

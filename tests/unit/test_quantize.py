@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -387,3 +388,16 @@ def test_embedding_fusion_is_refused_for_clips_two_lookups(tiny_clip_dir):
     prepared, _ = prepare(onnx.load(str(path)))
     same, why_not = fuse_embed_layernorm(prepared, [])
     assert same is prepared and why_not.startswith("no LayerNormalization over the sum of three"), why_not
+
+
+def test_gptq_inverse_factor_equals_the_cholesky_of_the_inverse():
+    """GPTQ's factor of H^-1 (one Cholesky + a triangular inverse) is `cholesky(inv(H)).T`."""
+    from edgevl.compress.gptq import upper_cholesky_of_inverse
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 96))
+    h = x.T @ x + 0.01 * np.eye(96)
+    u = upper_cholesky_of_inverse(h)
+    assert np.array_equal(u, np.triu(u)) and np.all(np.diag(u) > 0)
+    np.testing.assert_allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(u.T @ u @ h, np.eye(96), atol=1e-8)
