@@ -55,3 +55,28 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory) -> Path:
     return make_tiny_checkpoint("siglip", tmp_path_factory.mktemp("ckpt") / "tiny-siglip")
+
+
+@pytest.fixture(scope="session")
+def default_export_fp32(tmp_path_factory) -> Path:
+    """The embedded default model exported once per run to ONNX and OpenVINO, fp32 (~45 s on 2
+    cores), for the apps' tests."""
+    from edgevl.cli import main
+
+    out = tmp_path_factory.mktemp("default-fp32") / "out"
+    assert main(["export", "--target", "onnx,openvino", "--out", str(out), "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_export(tmp_path_factory) -> Path:
+    """A small CLIP trained on the bundled photos (`edgevl.models.tiny`), exported to ONNX and
+    OpenVINO at int8 with most layers int8, for the apps' int8 tests."""
+    from edgevl.cli import main
+    from edgevl.models.tiny import tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-int8")
+    ckpt = tiny_checkpoint("clip", root / "ckpt")
+    assert main(["export", str(ckpt), "--target", "onnx,openvino", "--precision", "int8", "--out",
+                 str(root / "out"), "-q"]) == 0
+    return root / "out"
