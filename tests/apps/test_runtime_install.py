@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,11 @@ def test_installs_without_torch_and_classifies(default_export_fp32, vectors, pho
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    wheels = tmp_path / "wheels"
+    wheels, source = tmp_path / "wheels", tmp_path / "source"
+    # Built from a copy: a build writes build/ and *.egg-info beside the sources.
+    shutil.copytree(REPO / "apps" / "runtime", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "-q", "-w", str(wheels), str(REPO / "apps" / "runtime")], capture_output=True, text=True)
+                            "-q", "-w", str(wheels), str(source)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     wheel = next(wheels.glob("edgevl_runtime-*.whl"))
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

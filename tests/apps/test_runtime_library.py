@@ -15,7 +15,7 @@ from conftest import crop_of
 from edgevl_runtime import EdgeModel, ImageIndex, LabelBank, classify
 from edgevl_runtime.preprocess import crop_rgb, normalise
 
-pytestmark = pytest.mark.slow  # exports the default model (fp32, two targets) and a tiny CLIP (int8)
+pytestmark = pytest.mark.slow  # uses the session's default-model export (fp32, two targets) and tiny CLIP int8 export
 RUNTIMES = ["onnxruntime", "openvino"]
 
 
@@ -103,9 +103,12 @@ def _tiny_reference(export) -> tuple[list, list[str], np.ndarray]:
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_int8_classify_and_search_top1_equal_the_reference(tiny_int8_export, runtime, tmp_path):
-    images, labels, scores = _tiny_reference(tiny_int8_export)
-    model = EdgeModel(tiny_int8_export, runtime=runtime, precision="int8")
+def test_int8_classify_and_search_top1_equal_the_reference(tiny_int8_exports, runtime, tmp_path):
+    """int8 on both runtimes, on a CLIP whose towers are mostly int8 (the default model's gate keeps
+    its text tower float): the int8 family test's export, shared through the session."""
+    export = tiny_int8_exports("clip")
+    images, labels, scores = _tiny_reference(export)
+    model = EdgeModel(export, runtime=runtime, precision="int8")
     assert {a.precision for a in model.artifacts.values()} == {"int8"}
     rankings = classify(model, images, labels, LabelBank(model, folder=tmp_path))
     # Tie-aware, as parity: a pick within 1e-3 of the reference's best agrees; then all decisive picks equal it.

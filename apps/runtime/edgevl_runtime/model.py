@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from edgevl_runtime.backends import Session, installed, load
+from edgevl_runtime.backends import Session, check_options, installed, load
 from edgevl_runtime.errors import BadInput, NoArtifact
 from edgevl_runtime.manifest import TARGET_RUNTIME, Artifact, artifacts, check_files, choose, read_manifest
 from edgevl_runtime.preprocess import ImageLike, Preprocess, pixel_values
@@ -38,6 +38,7 @@ class EdgeModel:
         self.artifacts: dict[str, Artifact] = {c: choose(found, c, self.runtime, precision) for c in COMPONENTS}
         for artifact in self.artifacts.values():
             check_files(artifact, verify_sha256)
+            check_options(artifact, threads)
         self.preprocess = Preprocess.load(self.folder / "preprocess.json")
         self.tokenizer = Tokenizer(self.folder / "tokenizer" / "tokenizer.json", self.preprocess.context_length,
                                    self.preprocess.pad_token_id, self.preprocess.text_inputs)
