@@ -24,10 +24,29 @@ LABELS = ("cat", "dog", "car", "coffee", "rocket")
 TEMPLATE = "a photo of a {}."
 CAPTIONS = ("A ginger cat lying on a rug.", "A space rocket on its launch pad, ready for lift-off!")
 SAMPLES = 24  # tensor values recorded per photo, at seeded positions
+# Pillow's resampling on a small patch of the first photo, down and up, for ports of it that
+# cannot decode the photos themselves (the Swift package's tests).
+PATCH = (120, 80, 157, 109)  # left, top, right, bottom: 37 x 29 pixels
+RESAMPLE_SIZES = ((16, 21), (53, 41))
 
 
 def _floats(values: np.ndarray) -> list[float]:
     return [round(float(v), 7) for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def resample_checks(photo: Path) -> dict:
+    from PIL import Image
+
+    with Image.open(photo) as im:
+        patch = im.convert("RGB").crop(PATCH)
+    filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+               "lanczos": Image.Resampling.LANCZOS}
+    encode = lambda im: base64.b64encode(np.asarray(im, dtype=np.uint8).tobytes()).decode()  # noqa: E731
+    return {
+        "source_size": list(patch.size), "source_rgb_base64": encode(patch),
+        "outputs": [{"interpolation": name, "size": list(size), "rgb_base64": encode(patch.resize(size, flt))}
+                    for name, flt in filters.items() for size in RESAMPLE_SIZES],
+    }
 
 
 def build() -> dict:
@@ -78,6 +97,7 @@ def build() -> dict:
         "template": TEMPLATE,
         "labels": list(LABELS),
         "images": images,
+        "resample_checks": resample_checks(data / PHOTOS[0]),
         "texts": [
             {"text": text, "n_tokens": int(feeds["attention_mask"][i].sum()),
              "input_ids": feeds["input_ids"][i].tolist(),

@@ -20,7 +20,7 @@ def test_vectors_equal_a_fresh_run_of_the_reference(vectors):
     spec.loader.exec_module(generate)
     fresh = generate.build()
     assert VECTORS.stat().st_size < 1_000_000
-    for key in ("model", "preprocess", "template", "labels"):
+    for key in ("model", "preprocess", "template", "labels", "resample_checks"):
         assert fresh[key] == vectors[key], key
     assert len(vectors["images"]) == 3 and len(vectors["texts"]) == len(vectors["labels"]) + 2
     for new, old in zip(fresh["images"], vectors["images"]):
