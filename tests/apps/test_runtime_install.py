@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from appvectors import REPO
 
 pytestmark = pytest.mark.slow  # builds a venv and a wheel (~15 s) and uses the default export
 DEPENDENCIES = ("numpy", "PIL", "tokenizers", "onnxruntime")

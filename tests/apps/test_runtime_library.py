@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import crop_of
+from appvectors import crop_of
 
 from edgevl_runtime import EdgeModel, ImageIndex, LabelBank, classify
 from edgevl_runtime.preprocess import crop_rgb, normalise

@@ -9,7 +9,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import REPO, VECTORS
+from appvectors import REPO, VECTORS
 
 pytestmark = pytest.mark.slow  # loads the default model and runs its reference (~15 s)
 

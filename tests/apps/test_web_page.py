@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, crop_of
+from appvectors import REPO, crop_of
 
 WEB = REPO / "apps" / "web"
 
