@@ -72,8 +72,8 @@ def tiny_siglip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_export_fp32(tmp_path_factory) -> Path:
-    """The embedded default model exported once per run to ONNX and OpenVINO, fp32 (~45 s on 2
-    cores), for the apps' tests."""
+    """The embedded default model exported once per run to ONNX and OpenVINO, fp32, shared by the
+    default-model tests and the apps' tests."""
     from edgevl.cli import main
 
     out = tmp_path_factory.mktemp("default-fp32") / "out"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from appvectors import REPO
 
-pytestmark = pytest.mark.slow  # builds a venv and a wheel (~15 s) and uses the default export
+pytestmark = pytest.mark.slow  # builds a venv and a wheel, and uses the default export
 DEPENDENCIES = ("numpy", "PIL", "tokenizers", "onnxruntime")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from appvectors import REPO, VECTORS
 
-pytestmark = pytest.mark.slow  # loads the default model and runs its reference (~15 s)
+pytestmark = pytest.mark.slow  # loads the default model and runs its PyTorch reference
 
 
 def test_vectors_equal_a_fresh_run_of_the_reference(vectors):
