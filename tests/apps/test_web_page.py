@@ -7,7 +7,9 @@ packages (`make setup` runs `npm ci`) are missing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -41,31 +43,47 @@ class _Handler(SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         if path.startswith("/export/"):
             rel = path.split("?", 1)[0][len("/export/"):]
-            target = (self.export / rel).resolve()
-            return str(target) if self.export.resolve() in target.parents else str(self.export / "missing")
+            # Lexical containment: the export's files may be symlinks, but no path climbs out.
+            target = Path(os.path.normpath(self.export / rel))
+            return str(target) if self.export in target.parents else str(self.export / "missing")
         return super().translate_path(path)
 
     def log_message(self, *args) -> None:
         pass
 
 
-@pytest.fixture()
-def served(default_export_fp32):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, export=default_export_fp32))
+@contextlib.contextmanager
+def _serve(export: Path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, export=Path(os.path.abspath(export))))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
-@pytest.mark.slow  # uses the default model's export (shared with the runtime library's tests)
-def test_page_classifies_a_real_photo_like_the_reference(served, vectors, photos, tmp_path):
+@pytest.fixture()
+def served(default_export_fp32):
+    with _serve(default_export_fp32) as url:
+        yield url
+
+
+def _browser_or_skip() -> tuple[str, object]:
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed on this machine (apt-get install chromium)")
     _need_npm_packages()
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    return chromium, pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+STATUS = "document.getElementById('status').textContent"
+
+
+@pytest.mark.slow  # uses the default model's export (shared with the runtime library's tests)
+def test_page_classifies_a_real_photo_like_the_reference(served, vectors, photos, tmp_path):
+    chromium, playwright = _browser_or_skip()
     entry, photo = vectors["images"][0], photos[0]  # chelsea.png: PNG, so no JPEG decoder differences
     console: list[str] = []
     with playwright.sync_playwright() as p:
@@ -74,7 +92,7 @@ def test_page_classifies_a_real_photo_like_the_reference(served, vectors, photos
         page.on("console", lambda m: console.append(m.text))
         page.on("pageerror", lambda e: console.append(str(e)))
         page.goto(f"{served}/index.html?export=/export/")
-        status = "document.getElementById('status').textContent"
+        status = STATUS
         page.wait_for_function(f"{status}.startsWith('ready') || {status}.startsWith('error')", timeout=120_000)
         assert page.text_content("#status").startswith("ready"), (page.text_content("#status"), console)
         page.fill("#labels", ", ".join(vectors["labels"]))
@@ -105,6 +123,33 @@ def test_page_classifies_a_real_photo_like_the_reference(served, vectors, photos
 
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 5  # not a blank page
+
+
+@pytest.mark.slow  # uses the default model's export (shared with the runtime library's tests)
+def test_page_refuses_a_newer_manifest_and_changed_bytes(default_export_fp32, tmp_path):
+    chromium, playwright = _browser_or_skip()
+    copy = tmp_path / "copy"
+    shutil.copytree(default_export_fp32, copy, copy_function=os.symlink)
+    manifest_path = copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    cases = {
+        "manifest_version 2.0 is newer than this page reads": dict(manifest, manifest_version="2.0"),
+        "sha256 differs from the manifest": dict(manifest, artifacts=[
+            dict(a, sha256="0" * 64) if (a["target"], a["component"]) == ("onnx", "image") else a
+            for a in manifest["artifacts"]]),
+    }
+    with _serve(copy) as url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        for needle, edited in cases.items():
+            manifest_path.unlink()
+            manifest_path.write_text(json.dumps(edited))
+            page = browser.new_page()
+            page.goto(f"{url}/index.html?export=/export/")
+            page.wait_for_function(f"{STATUS}.startsWith('ready') || {STATUS}.startsWith('error')", timeout=120_000)
+            assert needle in page.text_content("#status"), page.text_content("#status")
+            assert page.is_disabled("#run")
+            page.close()
+        browser.close()
 
 
 def test_js_resampler_equals_pillow(vectors, photos, tmp_path):
