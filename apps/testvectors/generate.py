@@ -22,7 +22,11 @@ OUT = Path(__file__).with_name("default.json")
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")  # scikit-image's bundled data folder
 LABELS = ("cat", "dog", "car", "coffee", "rocket")
 TEMPLATE = "a photo of a {}."
-CAPTIONS = ("A ginger cat lying on a rug.", "A space rocket on its launch pad, ready for lift-off!")
+# The last caption is longer than the default model's 32-token context: it checks truncation.
+CAPTIONS = ("A ginger cat lying on a rug.", "A space rocket on its launch pad, ready for lift-off!",
+            "A tabby cat with green eyes and long white whiskers looks straight at the camera from a "
+            "warm living room, while a cup of coffee, a toy car and a small model rocket sit on the "
+            "wooden table behind it.")
 SAMPLES = 24  # tensor values recorded per photo, at seeded positions
 # Pillow's resampling on a small patch of the first photo, down and up, for ports of it that
 # cannot decode the photos themselves (the Swift package's tests).

@@ -179,3 +179,23 @@ def test_js_resampler_equals_pillow(vectors, photos, tmp_path):
     results = json.loads(proc.stdout)
     assert len(results) == len(cases) == 18
     assert [r for r in results if r["differing"]] == []
+
+
+@pytest.mark.slow  # uses the default model's export (its tokenizer), shared with the other apps tests
+def test_js_tokenizer_equals_the_reference(default_export_fp32, vectors, tmp_path):
+    """The page's text encoding (tokenizers.js over the export's tokenizer.json, truncated and padded
+    by zeroshot.js) gives the reference's ids and masks for every vector text, the one longer than
+    the context length included."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed on this machine (apt-get install nodejs)")
+    _need_npm_packages()
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps([t["text"] for t in vectors["texts"]]))
+    proc = subprocess.run([node, str(WEB / "test" / "tokenize_check.mjs"), str(default_export_fp32), str(texts)],
+                          capture_output=True, text=True, timeout=120, cwd=WEB)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert max(t["n_tokens"] for t in vectors["texts"]) == vectors["preprocess"]["context_length"]
+    assert [r["input_ids"] for r in rows] == [t["input_ids"] for t in vectors["texts"]]
+    assert [r["attention_mask"] for r in rows] == [t["attention_mask"] for t in vectors["texts"]]
