@@ -5,28 +5,41 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.edgevl-installed
 OUT    ?= out/demo
+WEB    := apps/web
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean browser
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt apps/runtime/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q --no-deps -e apps/runtime
 	touch $(STAMP)
 
-setup: $(STAMP)
+## The browser page's packages from its lock file (npm ci), and Debian's chromium where it is
+## missing and this user may install it; otherwise the browser tests skip and say why.
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package-lock.json
+	@if command -v npm >/dev/null; then cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the browser page's tests will skip (apt-get install npm)"; fi
+
+browser: $(WEB)/node_modules/.package-lock.json
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+	  || echo "chromium not found and not installable here: the browser tests will skip (apt-get install chromium)"
+
+setup: $(STAMP) browser
 
 ## Export the embedded default model to ONNX and verify it on real photos and captions.
 demo: $(STAMP)
 	$(VENV)/bin/edgevl export --target onnx --out $(OUT) --force
 
 ## The whole test suite (real ONNX Runtime, OpenVINO, real weights and photos).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -ra
 
 ## Everything but the end-to-end exports of real models.
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: $(STAMP)
@@ -34,4 +47,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/openvino_int8.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache $(WEB)/node_modules

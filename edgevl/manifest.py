@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
+# MAJOR.MINOR of the manifest's layout: readers (apps/runtime, apps/web) refuse a newer major
+# version; a minor bump only adds fields that readers may ignore.
+MANIFEST_VERSION = "1.0"
 VERIFIED_VALUES = ("runtime", "reference-interpreter", "not-run")
 
 
@@ -64,6 +67,7 @@ class Manifest:
 
     def to_json(self) -> dict:
         data = {
+            "manifest_version": MANIFEST_VERSION,
             "edgevl_version": self.edgevl_version,
             "model": self.model,
             "artifacts": [a.to_json() for a in self.artifacts],

@@ -47,6 +47,19 @@ def edgevl_cache(tmp_path_factory) -> Path:
         os.environ["EDGEVL_CACHE"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory) -> Path:
+    """edgevl-runtime's label banks go to a folder private to this test run, never ~/.cache."""
+    cache = tmp_path_factory.mktemp("edgevl-runtime-cache")
+    previous = os.environ.get("EDGEVL_RUNTIME_CACHE")
+    os.environ["EDGEVL_RUNTIME_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("EDGEVL_RUNTIME_CACHE", None)
+    else:
+        os.environ["EDGEVL_RUNTIME_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     return make_tiny_checkpoint("clip", tmp_path_factory.mktemp("ckpt") / "tiny-clip")
@@ -55,3 +68,46 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory) -> Path:
     return make_tiny_checkpoint("siglip", tmp_path_factory.mktemp("ckpt") / "tiny-siglip")
+
+
+@pytest.fixture(scope="session")
+def default_export_fp32(tmp_path_factory) -> Path:
+    """The embedded default model exported once per run to ONNX and OpenVINO, fp32, shared by the
+    default-model tests and the apps' tests."""
+    from edgevl.cli import main
+
+    out = tmp_path_factory.mktemp("default-fp32") / "out"
+    assert main(["export", "--target", "onnx,openvino", "--out", str(out), "-q"]) == 0
+    return out
+
+
+# Tiny trained checkpoints' shapes for the int8 exports: head widths 8, 12 and 16, CLIP towers
+# of different widths (shapes the other tiny fixtures do not use).
+TINY_INT8_SHAPES = {
+    "clip": (dict(num_attention_heads=3), dict(hidden_size=40, intermediate_size=80, num_attention_heads=5)),
+    "siglip": (dict(num_attention_heads=4), dict(intermediate_size=72, num_attention_heads=3)),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_exports(tmp_path_factory):
+    """kind ("clip" / "siglip") -> a small checkpoint trained on the bundled photos
+    (`edgevl.models.tiny`) exported once per run to ONNX and OpenVINO at int8 (both towers, the
+    default --max-drop): the int8 family test and the apps' int8 tests share it."""
+    from edgevl.cli import main
+    from edgevl.models.tiny import tiny_checkpoint
+
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            root = tmp_path_factory.mktemp(f"tiny-int8-{kind}")
+            text, vision = TINY_INT8_SHAPES[kind]
+            ckpt = tiny_checkpoint(kind, root / f"tiny-{kind}", text=text, vision=vision)
+            code = main(["export", str(ckpt), "--target", "onnx,openvino", "--precision", "int8",
+                         "--out", str(root / "out"), "--quiet"])
+            assert code == 0, f"tiny {kind} int8 export failed with exit code {code}"
+            built[kind] = root / "out"
+        return built[kind]
+
+    return get

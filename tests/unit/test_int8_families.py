@@ -225,27 +225,14 @@ def test_ctrl_c_in_the_gate_is_not_swallowed_and_leaves_nothing_behind(towers, t
     assert list(tmp_path.iterdir()) == []
 
 
-# Shapes the shared fixtures do not use: head widths 8, 12 and 16, CLIP towers of different widths.
-SHAPES = {
-    "clip": (dict(num_attention_heads=3), dict(hidden_size=40, intermediate_size=80, num_attention_heads=5)),
-    "siglip": (dict(num_attention_heads=4), dict(intermediate_size=72, num_attention_heads=3)),
-}
-
-
 @pytest.mark.slow  # reason: trains a tiny checkpoint (~20-60 s), then exports and quantises both towers on two runtimes
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
-def test_int8_export_passes_parity_with_most_layers_int8(kind, tmp_path, capsys):
+def test_int8_export_passes_parity_with_most_layers_int8(kind, tiny_int8_exports):
     """Both towers, ONNX Runtime and OpenVINO, the default --max-drop: parity passes (min cosine
     >= 0.99, tie-aware agreement) with at least half the linear layers int8. The checkpoint is
-    trained on the bundled photos (`edgevl.models.tiny`): random weights tie every zero-shot pick."""
-    from edgevl.cli import main
-    from edgevl.models.tiny import tiny_checkpoint
-
-    text, vision = SHAPES[kind]
-    ckpt = tiny_checkpoint(kind, tmp_path / f"tiny-{kind}", text=text, vision=vision)
-    out = tmp_path / "out"
-    code = main(["export", str(ckpt), "--target", "onnx,openvino", "--precision", "int8", "--out", str(out), "--quiet"])
-    assert code == 0, capsys.readouterr()
+    trained on the bundled photos (`edgevl.models.tiny`): random weights tie every zero-shot pick.
+    The export is the session's (tests/conftest.py), shared with the apps' int8 tests."""
+    out = tiny_int8_exports(kind)
     manifest = json.loads((out / "manifest.json").read_text())
     arts = {(a["target"], a["component"]): a for a in manifest["artifacts"] if a["precision"] == "int8"}
     assert set(arts) == {(t, c) for t in ("onnx", "openvino") for c in ("image", "text")}

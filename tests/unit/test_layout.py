@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # Source folder -> the package name it installs as (pyproject's package-dir mapping).
 PACKAGES = {"edgevl": "edgevl", "exporters": "edgevl.exporters", "runtimes": "edgevl.runtimes",
-            "calibration": "edgevl.calibration"}
+            "calibration": "edgevl.calibration", "apps/runtime/edgevl_runtime": "edgevl_runtime"}
 
 
 def _modules() -> dict[str, Path]:
@@ -72,7 +72,7 @@ MAX_MODULE_LINES = 400
 
 
 def test_no_module_is_over_the_line_limit():
-    """Every module in the four source folders is at most MAX_MODULE_LINES long: past that a
+    """Every module in the source folders (apps/runtime included) is at most MAX_MODULE_LINES long: past that a
     module holds more than one job and is split along a seam."""
     long = sorted(
         f"{path.relative_to(REPO)} has {n} lines (limit {MAX_MODULE_LINES})"
