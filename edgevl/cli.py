@@ -155,7 +155,8 @@ def _cmd_targets() -> int:
         missing = exporter.missing_modules()
         state = "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgevl[{exporter.extra}]'"
         print(f"{name:10s} precisions {','.join(exporter.precisions):28s} {state}")
-    print("coreml     not implemented yet")
+        if getattr(exporter, "verification", ""):
+            print(f"{'':10s} {exporter.verification}")
     print("tensorrt   not implemented yet (TensorRT cannot be installed on these machines)")
     return 0
 
