@@ -210,7 +210,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     with _quiet_libraries(args.quiet):
         outcome = run_export(request, Progress(enabled=not args.quiet))
     for a in outcome.manifest.artifacts:
-        figures = format_parity(a.parity) if a.verified == "runtime" else "not verified"
+        figures = {"runtime": format_parity(a.parity),
+                   "reference-interpreter": f"{format_parity(a.parity)} (reference interpreter)"}.get(
+                       a.verified, "not verified")
         print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
               f"{a.fused_attention + a.unfused_attention}  {figures}")
     if args.profile is not None:

@@ -74,11 +74,19 @@ def input_types(tower: TowerSpec, example: tuple, static_batch: Optional[int] = 
     return types
 
 
-def pass_pipeline() -> Any:
+FP16_PASS = "common::add_fp16_cast"
+
+
+def pass_pipeline(probe: bool = False) -> Any:
+    """coremltools' default pipeline less `_DROPPED_PASSES`. `probe`: only the passes before the
+    fp16 pass, so the program's var names are the ones the fp16 pass's op selector sees."""
     import coremltools as ct
 
     pipeline = ct.PassPipeline.DEFAULT
-    pipeline.remove_passes(list(_DROPPED_PASSES))
+    if probe:
+        names = pipeline.passes
+        pipeline.remove_passes(names[names.index(FP16_PASS):])
+    pipeline.remove_passes([p for p in _DROPPED_PASSES if p in pipeline.passes])
     return pipeline
 
 
@@ -87,9 +95,11 @@ def convert_tower(
     fp16: bool,
     keep_fp32: Optional[Callable[[Any], bool]] = None,
     static_batch: Optional[int] = None,
+    probe: bool = False,
 ) -> Any:
-    """Trace and convert one tower. `fp16`: compute in fp16 (Core ML's default) except the ops
-    `keep_fp32(op)` selects; otherwise fp32 throughout."""
+    """Trace and convert one tower to an `MLModel`. `fp16`: compute in fp16 (Core ML's default)
+    except the ops `keep_fp32(op)` selects; otherwise fp32 throughout. `probe`: return the fp32
+    MIL program as it stands when the fp16 pass would run (see `pass_pipeline`), in memory."""
     import torch
 
     with silent():  # its import warns about untested torch / scikit-learn versions
@@ -111,11 +121,11 @@ def convert_tower(
                 traced,
                 inputs=input_types(tower, example, static_batch),
                 outputs=[ct.TensorType(name=tower.output.name)],
-                convert_to="mlprogram",
+                convert_to="milinternal" if probe else "mlprogram",
                 minimum_deployment_target=ct.target.iOS18,
                 compute_precision=precision,
-                pass_pipeline=pass_pipeline(),
-                skip_model_load=True,
+                pass_pipeline=pass_pipeline(probe),
+                **({} if probe else {"skip_model_load": True}),
             )
     except Exception as exc:  # the frontend raises many types; surface one clear line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

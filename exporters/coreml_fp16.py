@@ -1,6 +1,7 @@
 """The fp16 guard: which ops of a tower must stay fp32 in a Core ML fp16 program.
 
-1. The tower converts to an fp32 program, which edgevl's reference interpreter runs on the gate
+1. The tower converts to an fp32 MIL program (stopped where coremltools' fp16 pass would run, so
+   its op names are the ones that pass's op selector sees), which edgevl's reference interpreter runs on the gate
    split (real images / captions; never the held-out parity split), recording each op's largest
    magnitude. An op whose values exceed fp16's range (65504) would give inf in fp16: it stays fp32.
 2. The fp16 program (those ops fp32, via coremltools' `FP16ComputePrecision(op_selector=...)`)
@@ -28,23 +29,40 @@ ESCALATION = (1 / 16, 1 / 256, 1 / 4096)
 MAX_LISTED = 50
 
 
-def op_magnitudes(path: Path, feeds: dict[str, np.ndarray], batch: int = 16) -> dict[str, float]:
-    """Largest |value| of every float op output of the program at `path` on `feeds`."""
-    from edgevl.runtimes.mil_interpreter import load_interpreter
+def _peak(value: Any) -> float:
+    value = np.asarray(value)
+    if value.dtype.kind != "f" or not value.size:
+        return 0.0
+    return float(np.max(np.abs(value))) if np.all(np.isfinite(value)) else float("inf")
 
-    interpreter = load_interpreter(path)
+
+def _input_vars(op: Any) -> list:
+    found = []
+    for var in op.inputs.values():
+        found.extend(var if isinstance(var, (list, tuple)) else [var])
+    return found
+
+
+def op_magnitudes(program: Any, feeds: dict[str, np.ndarray], batch: int = 16) -> dict[str, float]:
+    """For every non-const op of a MIL program, keyed by its first output's name: the largest
+    |value| among its float inputs and outputs on `feeds`. An input counts because the fp16
+    program casts an fp32 value to fp16 before an fp16 op reads it, so a layer norm reading an
+    overflowing sum overflows although its own output is small."""
+    from edgevl.runtimes.mil_interpreter import MilInterpreter
+
+    interpreter = MilInterpreter(program)
+    values: dict[str, float] = {}  # var name -> peak
     peaks: dict[str, float] = {}
 
     def observe(op: Any, outputs: tuple) -> None:
         if op.op_type == "const":
             return
         for var, value in zip(op.outputs, outputs):
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
-                finite = np.abs(value[np.isfinite(value)]) if not np.all(np.isfinite(value)) else np.abs(value)
-                peak = float(finite.max()) if finite.size else float("inf")
-                if not np.all(np.isfinite(value)):
-                    peak = float("inf")
-                peaks[var.name] = max(peaks.get(var.name, 0.0), peak)
+            values[var.name] = max(values.get(var.name, 0.0), _peak(value))
+        touched = [values.get(v.name, _peak(v.val) if v.val is not None else 0.0) for v in _input_vars(op)]
+        touched += [values[v.name] for v in op.outputs]
+        name = op.outputs[0].name
+        peaks[name] = max(peaks.get(name, 0.0), *touched)
 
     n = next(iter(feeds.values())).shape[0]
     for i in range(0, n, batch):
@@ -67,7 +85,7 @@ def gate_parity(path: Path, spec: ModelSpec, tower: TowerSpec, tolerance_key: tu
 
 
 def _keep(names: set[str]) -> Any:
-    return lambda op: any(v.name in names for v in op.outputs)
+    return lambda op: bool(op.outputs) and op.outputs[0].name in names
 
 
 def guarded_fp16(
@@ -78,11 +96,8 @@ def guarded_fp16(
 
     feeds = build_split_data(spec, "gate").feeds(tower.component)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        fp32_path = Path(tmp) / "fp32.mlpackage"
-        fp32 = convert_tower(tower, fp16=False, static_batch=static_batch)
-        with silent():
-            fp32.save(str(fp32_path))
-        peaks = op_magnitudes(fp32_path, feeds)
+        # The probe's var names are those the fp16 pass's op selector sees (`pass_pipeline`).
+        peaks = op_magnitudes(convert_tower(tower, fp16=False, static_batch=static_batch, probe=True), feeds)
         thresholds = (FP16_MAX,) + tuple(FP16_MAX * f for f in ESCALATION) + (0.0,)
         for i, threshold in enumerate(thresholds):
             kept = {n for n, p in peaks.items() if p > threshold} if threshold > 0 else set(peaks)

@@ -86,52 +86,51 @@ class MilInterpreter:
         env: dict[str, Any] = {n: np.asarray(feeds[n]).astype(self.input_dtypes[n]) for n in self.input_names}
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for op in self.function.operations:
-                outputs = self._run_op(op, env)
+                outputs = execute_op(op, env)
                 for var, value in zip(op.outputs, outputs):
                     env[var.name] = value
                 if observe is not None:
                     observe(op, outputs)
         return {n: np.asarray(env[n]) for n in self.output_names}
 
-    def _run_op(self, op: Any, env: dict[str, Any]) -> tuple:
-        if op.op_type == "const":
-            return (self._const(op.outputs[0]),)
-        kernel = KERNELS.get(op.op_type)
-        if kernel is None:
-            raise UnsupportedOpError(
-                f"MIL op {op.op_type!r} (op {op.name!r}) has no kernel in edgevl's reference interpreter"
-            )
-        args = {name: self._value(var, env) for name, var in op.inputs.items()}
-        result = kernel(args)
-        results = result if isinstance(result, tuple) else (result,)
-        return tuple(self._declared(np.asarray(r), var) for r, var in zip(results, op.outputs))
 
-    def _value(self, var: Any, env: dict[str, Any]) -> Any:
-        if isinstance(var, (list, tuple)):
-            return [self._value(v, env) for v in var]
-        value = env[var.name] if var.name in env else self._const(var)
-        if isinstance(value, np.ndarray) and value.dtype == np.float16:
-            return value.astype(np.float32)  # compute wide, round the result (see module doc)
-        if isinstance(value, np.floating) and value.dtype == np.float16:
-            return np.float32(value)
+def execute_op(op: Any, env: dict[str, Any]) -> tuple:
+    """Run one MIL op on the values in `env` (var name -> value; constants come from the op's
+    inputs); its outputs, rounded to the dtypes the program declares."""
+    if op.op_type == "const":
+        return (_const(op.outputs[0]),)
+    kernel = KERNELS.get(op.op_type)
+    if kernel is None:
+        raise UnsupportedOpError(
+            f"MIL op {op.op_type!r} (op {op.name!r}) has no kernel in edgevl's reference interpreter"
+        )
+    args = {name: _value(var, env) for name, var in op.inputs.items()}
+    result = kernel(args)
+    results = result if isinstance(result, tuple) else (result,)
+    return tuple(_declared(np.asarray(r), var) for r, var in zip(results, op.outputs))
+
+
+def _value(var: Any, env: dict[str, Any]) -> Any:
+    if isinstance(var, (list, tuple)):
+        return [_value(v, env) for v in var]
+    value = env[var.name] if var.name in env else _const(var)
+    if isinstance(value, (np.ndarray, np.floating)) and value.dtype == np.float16:
+        return value.astype(np.float32)  # compute wide, round the result (see module doc)
+    return value
+
+
+def _const(var: Any) -> Any:
+    value = var.val
+    if value is None:
+        raise UnsupportedOpError(f"value {var.name!r} is neither computed nor constant")
+    if isinstance(value, (str, bool)) or (isinstance(value, np.ndarray) and value.dtype.kind in "OUS"):
         return value
+    return np.asarray(value).astype(_np_dtype(var))
 
-    @staticmethod
-    def _const(var: Any) -> Any:
-        value = var.val
-        if value is None:
-            raise UnsupportedOpError(f"value {var.name!r} is neither computed nor constant")
-        if isinstance(value, (str, bool)):
-            return value
-        if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
-            return value
-        return np.asarray(value).astype(_np_dtype(var)) if hasattr(var, "dtype") and not isinstance(
-            value, str) else value
 
-    @staticmethod
-    def _declared(value: np.ndarray, var: Any) -> np.ndarray:
-        dtype = _np_dtype(var)
-        return value if value.dtype == dtype else value.astype(dtype)
+def _declared(value: np.ndarray, var: Any) -> np.ndarray:
+    dtype = _np_dtype(var)
+    return value if value.dtype == dtype else value.astype(dtype)
 
 
 def load_interpreter(path: Path) -> MilInterpreter:
