@@ -24,7 +24,7 @@ from __future__ import annotations
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from edgevl.errors import ExportError, InputError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, refuse_unfused
@@ -51,23 +51,39 @@ def count_sdpa(model: Any) -> int:
     return op_types(model).count(SDPA_OP)
 
 
+def output_layer(model: Any) -> Optional[str]:
+    """Name of the last `linear` / `conv` / `matmul` op: the tower's output projection, whose
+    weight error goes straight into the embedding; weight compression leaves it fp16."""
+    names = [op.name for op in model._mil_program.functions["main"].operations
+             if op.op_type in ("linear", "conv", "matmul")]
+    return names[-1] if names else None
+
+
 def compress_weights(model: Any, precision: str) -> tuple[Any, dict]:
-    """int8w / palettize4 graph passes on a converted model (no macOS needed)."""
+    """int8w / palettize4 graph passes on a converted model (no macOS needed). They compress the
+    weights of linear / matmul layers and embedding tables, as the other targets' weight-only
+    precisions do; conv weights (EfficientNet's, with batch norms folded in) stay fp16: per
+    output channel they lost too much zero-shot agreement on the default model's image tower."""
     with silent():
         import coremltools.optimize.coreml as cto
 
+    last = output_layer(model)
+    skip = {last: None} if last else {}
     if precision == "int8w":
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                          weight_threshold=MIN_COMPRESSED_WEIGHTS)
+        config = cto.OptimizationConfig(global_config=op, op_type_configs={"conv": None}, op_name_configs=skip)
         with silent():
-            model = cto.linear_quantize_weights(model, cto.OptimizationConfig(global_config=op))
-        return model, {"scheme": "linear_symmetric int8, per output channel", "min_weights": MIN_COMPRESSED_WEIGHTS}
-    op = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel",
-                                group_size=PALETTE_GROUP, weight_threshold=MIN_COMPRESSED_WEIGHTS)
+            model = cto.linear_quantize_weights(model, config)
+        return model, {"scheme": "linear_symmetric int8, per output channel", "min_weights": MIN_COMPRESSED_WEIGHTS,
+                       "kept_fp16": sorted(skip) + ["every conv"]}
+    grouped = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel",
+                                     group_size=PALETTE_GROUP, weight_threshold=MIN_COMPRESSED_WEIGHTS)
+    config = cto.OptimizationConfig(global_config=grouped, op_type_configs={"conv": None}, op_name_configs=skip)
     with silent():
-        model = cto.palettize_weights(model, cto.OptimizationConfig(global_config=op))
-    return model, {"scheme": f"k-means palettization, 4 bits, one table per {PALETTE_GROUP} output channels",
-                   "min_weights": MIN_COMPRESSED_WEIGHTS}
+        model = cto.palettize_weights(model, config)
+    return model, {"scheme": f"k-means palettization, 4 bits, a table per {PALETTE_GROUP} output channels",
+                   "min_weights": MIN_COMPRESSED_WEIGHTS, "kept_fp16": sorted(skip) + ["every conv"]}
 
 
 @register_exporter("coreml")

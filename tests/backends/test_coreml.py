@@ -109,3 +109,51 @@ def test_fp16_guard_keeps_a_planted_overflow_fp32(tiny_clip_dir, tmp_path):
     assert set(report["overflowing_ops"]) <= set(report["kept_fp32"])
     guarded = parity(model, "guarded")
     assert guarded.passed and guarded.cosine_min >= 0.999 and guarded.top1_agreement == 1.0
+
+
+def test_targets_says_how_core_ml_is_verified(capsys):
+    assert main(["targets"]) == 0
+    assert "exports; verified by the reference interpreter here, by Core ML on macOS" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # four tiny towers converted and compressed: ~55 s
+def test_compressed_precisions_hold_compressed_weights_and_are_judged_by_their_rows(tiny_clip_dir, tmp_path, capsys):
+    """int8w and palettize4 packages carry the decompression ops the interpreter runs; each is
+    judged by its own tolerance row (palettize4's 16 values per table are coarse for these tiny
+    random towers, so its verdict is whatever the row says; int8w passes)."""
+    from edgevl.runtimes.mil_interpreter import load_interpreter
+    from edgevl.tolerances import tolerance_for
+
+    out = tmp_path / "out"
+    code = main(["export", str(tiny_clip_dir), "--target", "coreml", "--precision", "int8w,palettize4",
+                 "--out", str(out), "--keep-failed", "-q"])
+    assert code in (0, 3), capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    decompress = {"int8w": "constexpr_blockwise_shift_scale", "palettize4": "constexpr_lut_to_dense"}
+    for art in manifest["artifacts"]:
+        ops = load_interpreter(out / art["path"]).op_types()
+        assert ops.count(decompress[art["precision"]]) >= 4 and art["verified"] == VERIFIED
+        assert art["passes"]["compression"]["kept_fp16"], "the output projection stays fp16"
+        row, parity = tolerance_for("coreml", art["precision"], 0.01), art["parity"]
+        assert parity["cosine_min"] is not None and art["bytes"] > 0
+        assert parity["passed"] == (parity["cosine_min"] >= row.cosine_min
+                                    and parity["top1_agreement"] >= row.top1_agreement
+                                    and parity["sqnr_db"] >= row.sqnr_db)
+        if art["precision"] == "int8w":
+            assert parity["passed"]
+
+
+@pytest.mark.slow  # the default model in fp32 and fp16, both towers, interpreted: minutes on 2 cores
+def test_default_model_fp32_and_fp16(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["export", "--target", "coreml", "--precision", "fp32,fp16", "--out", str(out), "-q"])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    floors = {"fp32": 0.9999, "fp16": 0.999}
+    for art in manifest["artifacts"]:
+        assert art["verified"] == VERIFIED
+        blocks = 6 if art["component"] == "text" else 0  # MiniLM's six layers; a CNN has none
+        assert art["fused_attention"] == sdpa_count(out / art["path"]) == blocks
+        parity = art["parity"]
+        assert parity["passed"] and parity["cosine_min"] >= floors[art["precision"]]
+        assert parity["top1_agreement"] == 1.0
