@@ -82,12 +82,10 @@ def pass_pipeline(probe: bool = False) -> Any:
     fp16 pass, so the program's var names are the ones the fp16 pass's op selector sees."""
     import coremltools as ct
 
-    pipeline = ct.PassPipeline.DEFAULT
+    names = ct.PassPipeline.DEFAULT.passes
     if probe:
-        names = pipeline.passes
-        pipeline.remove_passes(names[names.index(FP16_PASS):])
-    pipeline.remove_passes([p for p in _DROPPED_PASSES if p in pipeline.passes])
-    return pipeline
+        names = names[: names.index(FP16_PASS)]
+    return ct.PassPipeline(pass_names=[n for n in names if n not in _DROPPED_PASSES], pipeline_name="edgevl")
 
 
 def convert_tower(

@@ -33,6 +33,9 @@ def register_attention_converter() -> None:
     if _registered:
         return
     from coremltools.converters.mil import Builder as mb
+
+    # `_get_inputs` is what coremltools' own guide to custom-op converters uses to read a node's
+    # inputs; its registry is read to leave an existing converter in place.
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs
     from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
 
@@ -108,12 +111,13 @@ def _register_where(mb: Any, get_inputs: Any, register: Any, original: Any) -> N
         if not types.is_bool(cond.dtype):
             cond = mb.cast(x=cond, dtype="bool")
         if max(a.rank, b.rank) < cond.rank:
-            # Broadcast a branch to the condition's shape (fill_like: iOS17+, the target is iOS18).
+            # Broadcast branch `a` to the condition's shape (fill_like: iOS17+, the target is
+            # iOS18); `select` then broadcasts `b` against it.
             if a.rank == 0 and a.val is not None:
                 a = mb.fill_like(ref_tensor=cond, value=a.val)
             else:
-                zero = mb.fill_like(ref_tensor=cond, value=a.dtype.__name__ and 0.0)
-                a = mb.add(x=mb.cast(x=zero, dtype=types.builtin_to_string(a.dtype)), y=a)
+                zeros = mb.cast(x=mb.fill_like(ref_tensor=cond, value=0.0), dtype=types.builtin_to_string(a.dtype))
+                a = mb.add(x=zeros, y=a)
         context.add(mb.select(cond=cond, a=a, b=b, name=node.name))
 
     register(where, override=True)

@@ -69,6 +69,13 @@ def _gather(a: dict[str, Any]) -> np.ndarray:
     return np.take(x, indices, axis=axis)
 
 
+def _gather_along_axis(a: dict[str, Any]) -> np.ndarray:
+    x, indices = np.asarray(a["x"]), np.asarray(a["indices"]).astype(np.int64)
+    axis = int(a.get("axis", 0))
+    indices = np.where(indices < 0, indices + x.shape[axis], indices)
+    return np.take_along_axis(x, indices, axis=axis)
+
+
 def _gather_nd(a: dict[str, Any]) -> np.ndarray:
     x, indices = np.asarray(a["x"]), np.asarray(a["indices"]).astype(np.int64)
     if int(a.get("batch_dims", 0)):
@@ -187,6 +194,7 @@ TENSOR_OPS: dict[str, Kernel] = {
     "slice_by_size": _slice_by_size,
     "gather": _gather,
     "gather_nd": _gather_nd,
+    "gather_along_axis": _gather_along_axis,
     "concat": _concat,
     "stack": lambda a: np.stack([np.asarray(v) for v in a["values"]], axis=int(a["axis"])),
     "split": _split,

@@ -53,6 +53,8 @@ CASES = {
     "slice_by_index": lambda: mb.slice_by_index(x=_f(4, 6, 5), begin=[1, 0, 2], end=[3, 6, 5], stride=[1, 2, 1],
                                                 end_mask=[False, True, False], squeeze_mask=[False, False, False]),
     "gather": lambda: mb.gather(x=_f(7, 3), indices=np.array([[0, 6], [-1, 2]], np.int32), axis=0),
+    "gather_along_axis": lambda: mb.gather_along_axis(x=_f(3, 5), indices=np.array([[0, 4], [1, -1], [2, 3]], np.int32),
+                                                      axis=1),
     "tile": lambda: mb.tile(x=_f(2, 3), reps=[2, 1]),
     "select": lambda: mb.select(cond=_f(3, 4) > 0, a=_f(3, 4), b=_f(3, 4)),
     "expand_dims": lambda: mb.expand_dims(x=_f(3, 4), axes=[0, -1]),
