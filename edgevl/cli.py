@@ -155,7 +155,8 @@ def _cmd_targets() -> int:
         missing = exporter.missing_modules()
         state = "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgevl[{exporter.extra}]'"
         print(f"{name:10s} precisions {','.join(exporter.precisions):28s} {state}")
-    print("coreml     not implemented yet")
+        if getattr(exporter, "verification", ""):
+            print(f"{'':10s} {exporter.verification}")
     print("tensorrt   not implemented yet (TensorRT cannot be installed on these machines)")
     return 0
 
@@ -209,7 +210,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     with _quiet_libraries(args.quiet):
         outcome = run_export(request, Progress(enabled=not args.quiet))
     for a in outcome.manifest.artifacts:
-        figures = format_parity(a.parity) if a.verified == "runtime" else "not verified"
+        figures = {"runtime": format_parity(a.parity),
+                   "reference-interpreter": f"{format_parity(a.parity)} (reference interpreter)"}.get(
+                       a.verified, "not verified")
         print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
               f"{a.fused_attention + a.unfused_attention}  {figures}")
     if args.profile is not None:

@@ -16,6 +16,16 @@ VERIFIED_VALUES = ("runtime", "reference-interpreter", "not-run")
 
 
 def sha256_of(path: Path) -> str:
+    """A file's sha256; for a folder artifact (a Core ML `.mlpackage`), the sha256 of the lines
+    "<sha256 of file>  <path relative to the folder>\n" over its files in sorted path order
+    (`sha256sum` of every file, sorted, as `cd PKG && find . -type f | sort | xargs sha256sum`
+    prints without the "./")."""
+    if Path(path).is_dir():
+        lines = "".join(
+            f"{sha256_of(f)}  {f.relative_to(path).as_posix()}\n"
+            for f in sorted(Path(path).rglob("*"), key=lambda p: p.relative_to(path).as_posix()) if f.is_file()
+        )
+        return hashlib.sha256(lines.encode()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

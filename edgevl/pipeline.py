@@ -95,6 +95,8 @@ def validate(request: ExportRequest) -> list[Exporter]:
     _check_static_axes(request.static_shapes)
     exporters: list[Exporter] = [EXPORTERS.get(t)() for t in request.targets]
     for precision in request.precisions:
+        for exporter in exporters:
+            exporter.check_not_refused(precision)
         unsupported = [e.name for e in exporters if precision not in e.precisions]
         if unsupported:
             valid = sorted({p for e in exporters for p in e.precisions})
@@ -166,7 +168,7 @@ def _verify(
     tolerance = tolerance_for(artifact.target, artifact.precision, max_drop)
     label = f"{artifact.target}/{artifact.precision}/{artifact.component}"
     result = verify_outputs(data, artifact.component, candidate, tolerance, f"{label} {tower.output.name}")
-    return "runtime", result.to_json(), result.failures
+    return loaded.verified, result.to_json(), result.failures
 
 
 def run_export(
@@ -243,8 +245,9 @@ def run_export(
                         with progress.step(f"verifying with {artifact.runtime or 'no runtime'}") as details:
                             verified, parity, misses = _verify(artifact, data, spec, request.static_shapes,
                                                                request.max_drop)
-                            if verified == "runtime":
-                                details.append(format_parity(parity, long=True))
+                            if verified != "not-run":
+                                by = " (reference interpreter)" if verified == "reference-interpreter" else ""
+                                details.append(format_parity(parity, long=True) + by)
                             else:
                                 details.append("not run: no runtime for this target on this machine")
                         failures += misses

@@ -57,6 +57,7 @@ EXPORTERS: Registry = Registry(
     {
         "onnx": "edgevl.exporters.onnx",
         "openvino": "edgevl.exporters.openvino",
+        "coreml": "edgevl.exporters.coreml",
     },
 )
 RUNTIMES: Registry = Registry(
@@ -64,6 +65,7 @@ RUNTIMES: Registry = Registry(
     {
         "onnxruntime": "edgevl.runtimes.onnxruntime",
         "openvino": "edgevl.runtimes.openvino",
+        "coreml": "edgevl.runtimes.coreml",
     },
 )
 

@@ -47,10 +47,16 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("openvino", "int8"): _INT8,
     ("openvino", "int8w"): _WEIGHT_ONLY_INT8,
     ("openvino", "int4w"): _INT4,
+    # Core ML: judged by edgevl's reference interpreter off macOS, by Core ML on macOS.
+    ("coreml", "fp32"): _FP32,
+    ("coreml", "fp16"): _HALF,
+    ("coreml", "int8w"): _WEIGHT_ONLY_INT8,
+    # 16 weight values per tensor (k-means): coarser than int4 groups of 128.
+    ("coreml", "palettize4"): _INT4,
 }
 
 
-QUANTIZED_PRECISIONS = ("int8", "int8w", "int4w")
+QUANTIZED_PRECISIONS = ("int8", "int8w", "int4w", "palettize4")
 
 
 def tolerance_for(target: str, precision: str, max_drop: Optional[float] = None) -> Tolerance:

@@ -124,6 +124,12 @@ class Exporter(ABC):
 
     # Extra modules a precision needs beyond `requires` (e.g. a quantization toolkit).
     precision_requires: dict[str, tuple[str, ...]] = {}
+    # Precisions the target knows but cannot build here, with the reason (said when asked for).
+    refused: dict[str, str] = {}
+
+    def check_not_refused(self, precision: str) -> None:
+        if precision in self.refused:
+            raise InputError(f"target {self.name!r} cannot build precision {precision!r}: {self.refused[precision]}")
 
     def missing_modules(self, precision: Optional[str] = None) -> list[str]:
         modules = self.requires + self.precision_requires.get(precision or "", ())
@@ -141,6 +147,7 @@ class Exporter(ABC):
     def export(
         self, spec: ModelSpec, component: Component, out_dir: Path, options: ExportOptions
     ) -> ExportedArtifact:
+        self.check_not_refused(options.precision)
         if options.precision not in self.precisions:
             raise InputError(
                 f"target {self.name!r} does not support precision {options.precision!r}; "

@@ -19,6 +19,9 @@ from edgevl.errors import MissingBackendError
 class LoadedModel(ABC):
     input_names: list[str]
     output_names: list[str]
+    # What ran the artifact, as the manifest's `verified` records it: "runtime" (the target's own
+    # runtime) or "reference-interpreter" (a labelled reference, e.g. Core ML off macOS).
+    verified: str = "runtime"
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

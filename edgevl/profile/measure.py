@@ -18,7 +18,7 @@ from edgevl.registry import EXPORTERS, RUNTIMES
 # Targets edgevl names but cannot run on this kind of machine, and why.
 NO_SDK = {
     "tensorrt": "TensorRT: no SDK on this machine (needs an NVIDIA GPU and CUDA)",
-    "coreml": "Core ML: no SDK on this machine (runs on Apple devices only)",
+    "coreml": "Core ML runs on Apple devices only; here a reference interpreter checks its numbers, not its speed",
 }
 # Seconds a child may take beyond its timing budget (imports, load/compile, FLOP counting).
 CHILD_OVERHEAD_S = 300.0

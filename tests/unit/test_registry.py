@@ -18,7 +18,7 @@ def test_duplicate_name_is_an_error():
 
 
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(UnknownNameError, match="unknown target 'tflite'; choose one of: onnx, openvino"):
+    with pytest.raises(UnknownNameError, match="unknown target 'tflite'; choose one of: coreml, onnx, openvino"):
         EXPORTERS.get("tflite")
 
 
