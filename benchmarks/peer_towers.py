@@ -42,7 +42,7 @@ def onnx_attention_ops(path: Path) -> int:
     return sum("Attention" in node.op_type for node in model.graph.node)
 
 
-def ort_tower(name: str, path: Path, precision: str, inputs: tuple[str, ...]) -> Tower:
+def ort_tower(name: str, path: Path, precision: str) -> Tower:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -65,11 +65,10 @@ def edgevl_towers(export: Path, component: str, tmp: Path) -> list[Tower]:
         name = f"edgevl {a['target']} {a['precision']}"
         path = export / a["path"]
         if a["target"] == "onnx":
-            towers.append(ort_tower(name, path, a["precision"], ()))
+            towers.append(ort_tower(name, path, a["precision"]))
         elif a["target"] == "openvino":
             towers.append(ov_tower(name, ov.Core().read_model(str(path)), a["precision"],
                                    a.get("runtime_options") or {}, tmp))
-        towers[-1].notes["parity_cosine_min"] = a["parity"]["cosine_min"]
     return towers
 
 
@@ -90,7 +89,7 @@ def plain_runtime_towers(fp32_onnx: Path, component: str, feeds: list[dict], tmp
                      weight_type=QuantType.QInt8)
     ov_fp32 = ov.convert_model(str(fp32_onnx))
     ov_int8 = nncf.quantize(ov_fp32, nncf.Dataset(feeds))
-    return [ort_tower("ORT quantize_dynamic per-channel", dyn, "int8", ()),
+    return [ort_tower("ORT quantize_dynamic per-channel", dyn, "int8"),
             ov_tower("OpenVINO convert_model + NNCF int8", ov_int8, "int8", {}, tmp)]
 
 
@@ -101,7 +100,7 @@ def optimum_towers(folder: Path, component: str, tmp: Path) -> list[Tower]:
                                         ("int8-pt", "model_quantized.onnx", "optimum ORTQuantizer int8 per-tensor", "int8"),
                                         ("int8-pc", "model_quantized.onnx", "optimum ORTQuantizer int8 per-channel", "int8")):
         path = extract_onnx_tower(folder / sub / file, component, tmp / f"optimum-{sub}-{component}.onnx")
-        towers.append(ort_tower(label, path, precision, ()))
+        towers.append(ort_tower(label, path, precision))
     return towers
 
 
@@ -150,10 +149,10 @@ def measure_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
             if not (args.peers / venv / "bin" / "python").is_file():
                 missing.append(f"{venv}: no venv at {args.peers / venv} (run benchmarks/peers_setup.sh)")
                 continue
-            if extra:
-                calib = bundled()
-                np.savez(extra[0], **{k: np.concatenate([f[k] for f in calib.feeds(spec, c)])
-                                      for c in ("image", "text") for k in spec.tower(c).input_names})
+            if extra:  # each tower's calibration feeds, preprocessed / tokenized once
+                feeds = {c: bundled().feeds(spec, c) for c in ("image", "text")}
+                np.savez(extra[0], **{k: np.concatenate([f[k] for f in feeds[c]])
+                                      for c in feeds for k in spec.tower(c).input_names})
             peers[venv] = run_peer(args.peers / venv, script, [source, str(tmp / venv), *extra])
     else:
         missing.append("optimum / optimum-intel: they export Hugging Face transformers checkpoints; the default "
