@@ -90,8 +90,11 @@ def _keep(names: set[str]) -> Any:
 
 def guarded_fp16(
     spec: ModelSpec, tower: TowerSpec, static_batch: Optional[int], workdir: Path,
+    convert: Optional[TowerSpec] = None,
 ) -> tuple[Any, dict]:
-    """The fp16 model of `tower` with the guard applied, and the guard's report."""
+    """The fp16 model of `tower` with the guard applied, and the guard's report. `convert`: the
+    same tower with other weights (compressed ones): the guard decides on `tower`, the model
+    returned is `convert` with the same ops kept fp32."""
     from edgevl.paritydata import build_split_data
 
     feeds = build_split_data(spec, "gate").feeds(tower.component)
@@ -109,6 +112,8 @@ def guarded_fp16(
             result = gate_parity(candidate, spec, tower, ("coreml", "fp16"))
             if result.passed:
                 break
+    if convert is not None:
+        model = convert_tower(convert, fp16=True, keep_fp32=_keep(kept) if kept else None, static_batch=static_batch)
     overflow = sorted(n for n, p in peaks.items() if p > FP16_MAX)
     report = {
         "kept_fp32": sorted(kept)[:MAX_LISTED],

@@ -133,7 +133,9 @@ def test_compressed_precisions_hold_compressed_weights_and_are_judged_by_their_r
     for art in manifest["artifacts"]:
         ops = load_interpreter(out / art["path"]).op_types()
         assert ops.count(decompress[art["precision"]]) >= 4 and art["verified"] == VERIFIED
-        assert art["passes"]["compression"]["kept_fp16"], "the output projection stays fp16"
+        compression = art["passes"]["compression"]
+        assert compression["kept_fp16_always"][0] == "projection", "the output projection stays fp16"
+        assert compression["gate_passed"] and compression["compressed_layers"] >= 4
         row, parity = tolerance_for("coreml", art["precision"], 0.01), art["parity"]
         assert parity["cosine_min"] is not None and art["bytes"] > 0
         assert parity["passed"] == (parity["cosine_min"] >= row.cosine_min
