@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--components", type=_csv, default=("image", "text"), help="towers to export; default: image,text")
     export.add_argument("--onnx-flavor", choices=("standard", "ort"), default="standard",
                         help="ONNX attention op: standard `Attention` (opset 23) or ORT's com.microsoft.MultiHeadAttention")
+    export.add_argument("--coreml-input", choices=("image", "tensor"), default="image",
+                        help="Core ML image tower input: a Core ML image (RGB 0-255, normalisation folded in) "
+                             "or the normalised float tensor; default: image")
     export.add_argument("--allow-unfused", action="store_true", help="do not fail when an attention block is not fused")
     export.add_argument("--allow-pickle", action="store_true",
                         help="accept a pickle checkpoint (pytorch_model.bin), loaded with torch.load(weights_only=True)")
@@ -206,6 +209,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         max_drop=args.max_drop,
         cpu_isa=args.cpu_isa,
         speed_guard=args.speed_guard,
+        coreml_input=args.coreml_input,
     )
     with _quiet_libraries(args.quiet):
         outcome = run_export(request, Progress(enabled=not args.quiet))

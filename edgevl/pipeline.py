@@ -46,6 +46,7 @@ class ExportRequest:
     max_drop: float = 0.01
     cpu_isa: str = "any"
     speed_guard: bool = False
+    coreml_input: str = "image"
 
 
 @dataclass
@@ -231,6 +232,7 @@ def run_export(
                         max_drop=request.max_drop,
                         cpu_isa=request.cpu_isa,
                         speed_guard=request.speed_guard,
+                        coreml_input=request.coreml_input,
                         progress=lambda line: progress.info(f"  {line}"),
                     )
                     for component in request.components:

@@ -22,6 +22,7 @@ from edgevl.errors import InputError, MissingBackendError, UnfusedAttentionError
 from edgevl.models.spec import Component, ModelSpec
 
 ONNX_FLAVORS = ("standard", "ort")
+COREML_INPUTS = ("image", "tensor")
 # The dynamic axes edgevl's towers declare (TensorSig shapes); --static-shapes may fix these only.
 STATIC_AXES = ("batch", "seq")
 
@@ -46,6 +47,9 @@ class ExportOptions:
         speed_guard: let int8 exporters time int8 against float on the building machine and
             keep float what is not faster. Off by default: a timing makes the artifact depend
             on the machine that builds it. When on, the timings are recorded in the manifest.
+        coreml_input: the Core ML image tower's input: "image" (a Core ML image, RGB pixels
+            0-255, the preprocessing's normalisation folded into the model) or "tensor" (the
+            normalised float tensor the other targets take).
         progress: called with one line per step of long work inside an export (the int8
             accuracy gate's tries); None = silent.
     """
@@ -58,12 +62,17 @@ class ExportOptions:
     max_drop: float = 0.01
     cpu_isa: str = "any"
     speed_guard: bool = False
+    coreml_input: str = "image"
     progress: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop < 1.0:
             raise InputError(f"--max-drop {self.max_drop} must be in [0, 1)")
         check_cpu_isa(self.cpu_isa)
+        if self.coreml_input not in COREML_INPUTS:
+            raise InputError(
+                f"unknown Core ML input {self.coreml_input!r}; use one of: {', '.join(COREML_INPUTS)}"
+            )
         if self.onnx_flavor not in ONNX_FLAVORS:
             raise InputError(
                 f"unknown ONNX flavour {self.onnx_flavor!r}; use one of: {', '.join(ONNX_FLAVORS)}"

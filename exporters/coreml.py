@@ -3,6 +3,11 @@ batch, every attention block ONE `scaled_dot_product_attention` op. On macOS Cor
 it; elsewhere edgevl's numpy reference interpreter does (`runtimes/coreml.py`), and the manifest
 says which (`verified`: "runtime" or "reference-interpreter").
 
+The image tower takes a Core ML image (RGB pixels 0-255) with the preprocessing's normalisation
+folded into the model (`--coreml-input tensor`: the normalised float tensor instead); the
+manifest's runtime options carry the folded scale and biases, which the runtime uses to turn a
+normalised tensor back into pixels.
+
 Conversion is `coreml_convert`'s job (with `coreml_ops`' attention converter), the fp16 guard
 `coreml_fp16`'s; this module is the exporter.
 
@@ -29,7 +34,7 @@ from typing import Any, Optional
 from edgevl.errors import ExportError, InputError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, refuse_unfused
 from edgevl.exporters.coreml_compress import plan_compression, write_compressed
-from edgevl.exporters.coreml_convert import convert_tower, op_types, silent
+from edgevl.exporters.coreml_convert import ImageInput, convert_tower, op_types, silent
 from edgevl.exporters.coreml_ops import SDPA_OP
 from edgevl.models.spec import Component, ModelSpec
 from edgevl.registry import register_exporter
@@ -75,14 +80,17 @@ class CoreMLExporter(Exporter):
         unrouted = unrouted_blocks(module, lambda: module(**tower.example_inputs))
 
         passes: dict[str, Any] = {"conversion": "torch.jit.trace -> coremltools ML Program (iOS18)"}
-        plan = None
+        plan, image_input = None, None
+        if component == "image" and options.coreml_input == "image":
+            image_input = ImageInput.from_normalisation(spec.preprocess.mean, spec.preprocess.std)
         if precision == "fp32":
-            model = convert_tower(tower, fp16=False, static_batch=static_batch)
+            model = convert_tower(tower, fp16=False, static_batch=static_batch, image_input=image_input)
         elif precision in ("int8w", "palettize4"):
             compressed, plan = plan_compression(spec, tower, precision, options.progress or (lambda _m: None))
-            model, passes["fp16_guard"] = guarded_fp16(spec, tower, static_batch, out_dir, convert=compressed)
+            model, passes["fp16_guard"] = guarded_fp16(spec, tower, static_batch, out_dir, convert=compressed,
+                                                       image_input=image_input)
         else:
-            model, passes["fp16_guard"] = guarded_fp16(spec, tower, static_batch, out_dir)
+            model, passes["fp16_guard"] = guarded_fp16(spec, tower, static_batch, out_dir, image_input=image_input)
         fused = count_sdpa(model)
         unfused = max(len(blocks) - fused, 0)
         unfused_blocks = list(unrouted) if unfused else []
@@ -112,6 +120,8 @@ class CoreMLExporter(Exporter):
         options_out: dict[str, Any] = {}
         if component == "text":
             options_out["pad_token_id"] = int(spec.preprocess.pad_token_id)
+        if image_input is not None:
+            options_out["image_input"] = image_input.to_json()
         return ExportedArtifact(
             target=self.name,
             precision=precision,

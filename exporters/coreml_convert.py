@@ -5,13 +5,18 @@ frontend is not tested on x86_64) with edgevl's attention op kept as one node, w
 `coreml_ops` converts to ONE `scaled_dot_product_attention` per block. Inputs: the image as a
 float tensor `[batch, 3, H, W]`, the text as int32 token ids (and mask) at the context length;
 the batch is flexible (`ct.RangeDim`). Shapes other than the batch are fixed by the trace.
+With `ImageInput` the image tower takes a Core ML image instead (RGB pixels 0-255), the
+preprocessing's normalisation folded into the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
 
 from edgevl.errors import ExportError
 from edgevl.exporters.base import quiet
@@ -33,11 +38,39 @@ def silent() -> Iterator[None]:
         yield
 
 
-def _wrapped(tower: TowerSpec) -> Any:
-    """The tower with positional inputs, token ids taken as int32 (the tower wants int64)."""
+@dataclass(frozen=True)
+class ImageInput:
+    """A Core ML image input that reproduces `(pixel / 255 - mean_c) / std_c`.
+
+    Core ML applies `scale * pixel + bias_c` with ONE scale for the three channels, so the
+    per-channel std is split: the image type takes `scale = 1 / (255 * s)` and
+    `bias_c = -mean_c / s` with `s` the mean of the stds, and the model multiplies channel c by
+    `channel_factor_c = s / std_c` (left out where every factor is 1)."""
+
+    scale: float
+    bias: tuple[float, float, float]
+    channel_factor: tuple[float, float, float]
+
+    @classmethod
+    def from_normalisation(cls, mean: tuple, std: tuple) -> "ImageInput":
+        s = float(np.mean(std))
+        return cls(scale=1.0 / (255.0 * s), bias=tuple(-float(m) / s for m in mean),
+                   channel_factor=tuple(s / float(d) for d in std))
+
+    def to_json(self) -> dict:
+        return {"color_layout": "RGB", "pixel_range": [0, 255], "scale": self.scale,
+                "bias": list(self.bias), "channel_factor": list(self.channel_factor)}
+
+
+def _wrapped(tower: TowerSpec, image_input: Optional[ImageInput] = None) -> Any:
+    """The tower with positional inputs, token ids taken as int32 (the tower wants int64); with
+    `image_input`, the image first multiplied by its per-channel factors."""
     import torch
 
     names = tower.input_names
+    factor = None
+    if image_input is not None and any(abs(f - 1.0) > 1e-12 for f in image_input.channel_factor):
+        factor = torch.tensor(image_input.channel_factor, dtype=torch.float32).reshape(1, 3, 1, 1)
 
     class Positional(torch.nn.Module):
         def __init__(self, module: torch.nn.Module) -> None:
@@ -46,6 +79,8 @@ def _wrapped(tower: TowerSpec) -> Any:
 
         def forward(self, *args: torch.Tensor) -> torch.Tensor:
             feeds = {n: (x.long() if x.dtype == torch.int32 else x) for n, x in zip(names, args)}
+            if factor is not None:
+                feeds[names[0]] = feeds[names[0]] * factor
             return self.module(**feeds)
 
     return Positional(tower.module.eval()).eval()
@@ -61,14 +96,19 @@ def _example(tower: TowerSpec) -> tuple:
     )
 
 
-def input_types(tower: TowerSpec, example: tuple, static_batch: Optional[int] = None) -> list:
+def input_types(
+    tower: TowerSpec, example: tuple, static_batch: Optional[int] = None, image_input: Optional[ImageInput] = None,
+) -> list:
     import coremltools as ct
-    import numpy as np
 
     types = []
     for sig, x in zip(tower.inputs, example):
         batch: Any = static_batch or ct.RangeDim(lower_bound=1, upper_bound=MAX_BATCH, default=1)
         shape = ct.Shape(shape=(batch,) + tuple(int(d) for d in x.shape[1:]))
+        if image_input is not None and tower.component == "image":
+            types.append(ct.ImageType(name=sig.name, shape=shape, scale=image_input.scale,
+                                      bias=list(image_input.bias), color_layout=ct.colorlayout.RGB))
+            continue
         dtype = np.int32 if "int" in str(x.dtype) else np.float32
         types.append(ct.TensorType(name=sig.name, shape=shape, dtype=dtype))
     return types
@@ -94,10 +134,12 @@ def convert_tower(
     keep_fp32: Optional[Callable[[Any], bool]] = None,
     static_batch: Optional[int] = None,
     probe: bool = False,
+    image_input: Optional[ImageInput] = None,
 ) -> Any:
     """Trace and convert one tower to an `MLModel`. `fp16`: compute in fp16 (Core ML's default)
     except the ops `keep_fp32(op)` selects; otherwise fp32 throughout. `probe`: return the fp32
-    MIL program as it stands when the fp16 pass would run (see `pass_pipeline`), in memory."""
+    MIL program as it stands when the fp16 pass would run (see `pass_pipeline`), in memory.
+    `image_input`: the image tower takes a Core ML image (see `ImageInput`)."""
     import torch
 
     with silent():  # its import warns about untested torch / scikit-learn versions
@@ -114,10 +156,10 @@ def convert_tower(
         precision = ct.precision.FLOAT32
     try:
         with silent(), torch.no_grad():
-            traced = torch.jit.trace(_wrapped(tower), example, check_trace=False)
+            traced = torch.jit.trace(_wrapped(tower, image_input), example, check_trace=False)
             model = ct.convert(
                 traced,
-                inputs=input_types(tower, example, static_batch),
+                inputs=input_types(tower, example, static_batch, image_input),
                 outputs=[ct.TensorType(name=tower.output.name)],
                 convert_to="milinternal" if probe else "mlprogram",
                 minimum_deployment_target=ct.target.iOS18,

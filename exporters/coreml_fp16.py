@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgevl.exporters.coreml_convert import convert_tower, silent
+from edgevl.exporters.coreml_convert import ImageInput, convert_tower, silent
 from edgevl.models.spec import ModelSpec, TowerSpec
 
 FP16_MAX = 65504.0
@@ -90,11 +90,12 @@ def _keep(names: set[str]) -> Any:
 
 def guarded_fp16(
     spec: ModelSpec, tower: TowerSpec, static_batch: Optional[int], workdir: Path,
-    convert: Optional[TowerSpec] = None,
+    convert: Optional[TowerSpec] = None, image_input: Optional[ImageInput] = None,
 ) -> tuple[Any, dict]:
     """The fp16 model of `tower` with the guard applied, and the guard's report. `convert`: the
     same tower with other weights (compressed ones): the guard decides on `tower`, the model
-    returned is `convert` with the same ops kept fp32."""
+    returned is `convert` with the same ops kept fp32. `image_input`: the model returned takes a
+    Core ML image (the guard itself runs the tensor-input program: same ops after the inputs)."""
     from edgevl.paritydata import build_split_data
 
     feeds = build_split_data(spec, "gate").feeds(tower.component)
@@ -112,8 +113,9 @@ def guarded_fp16(
             result = gate_parity(candidate, spec, tower, ("coreml", "fp16"))
             if result.passed:
                 break
-    if convert is not None:
-        model = convert_tower(convert, fp16=True, keep_fp32=_keep(kept) if kept else None, static_batch=static_batch)
+    if convert is not None or image_input is not None:
+        model = convert_tower(convert or tower, fp16=True, keep_fp32=_keep(kept) if kept else None,
+                              static_batch=static_batch, image_input=image_input)
     overflow = sorted(n for n, p in peaks.items() if p > FP16_MAX)
     report = {
         "kept_fp32": sorted(kept)[:MAX_LISTED],

@@ -5,6 +5,9 @@ Options (all optional):
     pad_token_id   the text tower's pad id: token ids shorter than the program's fixed length
                    are padded with it (and the attention mask with 0), as the tokenizer does.
     interpreter    True: use the reference interpreter even on macOS.
+    image_input    the export's Core ML image input ({"scale", "bias", "channel_factor"}): the
+                   image feed, a normalised tensor as for the other targets, is turned back into
+                   RGB pixels 0-255, which the package's folded preprocessing normalises again.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def _input_lengths(path: Path) -> dict[str, int]:
 class _CoreMLModel(LoadedModel):
     def __init__(self, path: Path, options: dict[str, Any]) -> None:
         self._pad = options.get("pad_token_id")
+        self._image = options.get("image_input")
         use_interpreter = bool(options.get("interpreter")) or platform.system() != "Darwin"
         self._lengths = _input_lengths(path)
         if use_interpreter:
@@ -81,11 +85,35 @@ class _CoreMLModel(LoadedModel):
             )
         inputs = {n: self._fit(n, np.asarray(feeds[n])) for n in self.input_names}
         inputs = {n: v.astype(np.int32) if v.dtype.kind in "iu" else v.astype(np.float32) for n, v in inputs.items()}
+        if self._image is not None:
+            name = self.input_names[0]
+            inputs[name] = _pixels(inputs[name], self._image)
         if self._interpreter is not None:
             outputs = self._interpreter.run(inputs)
+        elif self._image is not None:
+            outputs = _predict_images(self._model, inputs, self.input_names[0], self.output_names)
         else:
             outputs = self._model.predict(inputs)
         return {n: np.asarray(outputs[n], dtype=np.float32) for n in self.output_names}
+
+
+def _pixels(normalised: np.ndarray, image: dict[str, Any]) -> np.ndarray:
+    """The RGB pixels [batch, 3, H, W] (0-255, float) a normalised image tensor came from:
+    the inverse of `channel_factor_c * (scale * pixel + bias_c)`."""
+    factor = np.asarray(image["channel_factor"], dtype=np.float64).reshape(1, 3, 1, 1)
+    bias = np.asarray(image["bias"], dtype=np.float64).reshape(1, 3, 1, 1)
+    return ((normalised / factor - bias) / float(image["scale"])).astype(np.float32)
+
+
+def _predict_images(model: Any, inputs: dict[str, np.ndarray], name: str, outputs: list[str]) -> dict:
+    """Core ML takes an image input as a PIL image, one per prediction."""
+    from PIL import Image
+
+    rows = []
+    for pixels in inputs[name]:
+        rgb = np.clip(np.round(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        rows.append(model.predict({name: Image.fromarray(rgb, "RGB")}))
+    return {n: np.concatenate([np.asarray(r[n]) for r in rows], axis=0) for n in outputs}
 
 
 @register_runtime("coreml")

@@ -159,3 +159,42 @@ def test_default_model_fp32_and_fp16(tmp_path, capsys):
         parity = art["parity"]
         assert parity["passed"] and parity["cosine_min"] >= floors[art["precision"]]
         assert parity["top1_agreement"] == 1.0
+
+
+def test_image_input_folds_the_normalisation_and_matches_the_tensor_input(tiny_clip_dir, tmp_path, capsys):
+    """The default image input is a Core ML image (RGB 0-255) whose program normalises it as
+    edgevl's preprocessing does: a real photo's pixels through it give the tensor-input
+    package's embedding of the preprocessed photo."""
+    import coremltools as ct
+    from PIL import Image
+    from skimage import data as photos
+
+    from edgevl.preprocess import preprocess_image
+    from edgevl.runtimes.mil_interpreter import load_interpreter
+
+    packages = {}
+    for kind in ("image", "tensor"):
+        out = tmp_path / kind
+        code = main(["export", str(tiny_clip_dir), "--target", "coreml", "--precision", "fp32", "--components",
+                     "image", "--coreml-input", kind, "--out", str(out), "-q"])
+        assert code == 0, capsys.readouterr().err
+        (art,) = json.loads((out / "manifest.json").read_text())["artifacts"]
+        assert art["parity"]["passed"] and art["parity"]["cosine_min"] >= 0.9999
+        packages[kind] = out / art["path"]
+        described = ct.models.MLModel(str(packages[kind]), skip_model_load=True).get_spec().description.input[0]
+        assert described.type.WhichOneof("Type") == ("imageType" if kind == "image" else "multiArrayType")
+        assert ("image_input" in art.get("runtime_options", {})) == (kind == "image")
+    art_options = json.loads((tmp_path / "image" / "manifest.json").read_text())["artifacts"][0]
+    folded = art_options["runtime_options"]["image_input"]
+    assert folded["color_layout"] == "RGB" and folded["pixel_range"] == [0, 255]
+
+    spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
+    size = spec.preprocess.crop
+    photo = Image.fromarray(photos.chelsea()).resize((size, size), Image.BICUBIC)
+    pixels = np.asarray(photo, dtype=np.float32).transpose(2, 0, 1)[None]
+    normalised = preprocess_image(photo, spec.preprocess)[None]
+    from_pixels = load_interpreter(packages["image"]).run({"pixel_values": pixels})["image_embeds"]
+    from_tensor = load_interpreter(packages["tensor"]).run({"pixel_values": normalised})["image_embeds"]
+    np.testing.assert_allclose(from_pixels, from_tensor, rtol=1e-4, atol=1e-5)
+    ops = load_interpreter(packages["image"]).op_types()
+    assert ops[:4].count("mul") >= 1 and "add" in ops[:4], ops[:6]
