@@ -22,6 +22,8 @@ from edgevl.errors import InputError, MissingBackendError, UnfusedAttentionError
 from edgevl.models.spec import Component, ModelSpec
 
 ONNX_FLAVORS = ("standard", "ort")
+# TensorRT attention: the IAttention-ready standard op, or a plugin node for TensorRT < 10.14.
+TRT_ATTENTION = ("native", "plugin")
 # The dynamic axes edgevl's towers declare (TensorSig shapes); --static-shapes may fix these only.
 STATIC_AXES = ("batch", "seq")
 
@@ -46,6 +48,8 @@ class ExportOptions:
         speed_guard: let int8 exporters time int8 against float on the building machine and
             keep float what is not faster. Off by default: a timing makes the artifact depend
             on the machine that builds it. When on, the timings are recorded in the manifest.
+        trt_attention: TensorRT target only: "native" (standard `Attention`, imported as
+            IAttention by TensorRT >= 10.14) or "plugin" (also a plugin-node graph for older TensorRT).
         progress: called with one line per step of long work inside an export (the int8
             accuracy gate's tries); None = silent.
     """
@@ -58,12 +62,17 @@ class ExportOptions:
     max_drop: float = 0.01
     cpu_isa: str = "any"
     speed_guard: bool = False
+    trt_attention: str = "native"
     progress: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop < 1.0:
             raise InputError(f"--max-drop {self.max_drop} must be in [0, 1)")
         check_cpu_isa(self.cpu_isa)
+        if self.trt_attention not in TRT_ATTENTION:
+            raise InputError(
+                f"unknown --trt-attention {self.trt_attention!r}; use one of: {', '.join(TRT_ATTENTION)}"
+            )
         if self.onnx_flavor not in ONNX_FLAVORS:
             raise InputError(
                 f"unknown ONNX flavour {self.onnx_flavor!r}; use one of: {', '.join(ONNX_FLAVORS)}"
