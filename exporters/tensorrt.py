@@ -33,7 +33,7 @@ from edgevl.registry import register_exporter
 VERIFICATION = "exports engine-ready ONNX; verified by ONNX Runtime here, by TensorRT where installed"
 
 
-def _fp16(spec: ModelSpec, component: Component, fp32: "object") -> tuple["object", dict]:
+def fp16_graph(spec: ModelSpec, component: Component, fp32: "object") -> tuple["object", dict]:
     from edgevl.compress.gate import ort_run
     from edgevl.exporters.tensorrt_fp16 import guarded_fp16
     from edgevl.paritydata import build_split_data, run_batched, verify_outputs
@@ -50,7 +50,7 @@ def _fp16(spec: ModelSpec, component: Component, fp32: "object") -> tuple["objec
     return guarded_fp16(fp32, feeds, passes_gate)
 
 
-def _int8(spec: ModelSpec, component: Component, fp32: "object", options: ExportOptions) -> tuple["object", dict]:
+def int8_graph(spec: ModelSpec, component: Component, fp32: "object", options: ExportOptions) -> tuple["object", dict]:
     from edgevl.calibration.datasets import load_calibration
     from edgevl.compress.gate import build_gate_data, gate_cosine_floor
     from edgevl.exporters.tensorrt_qdq import gated_int8
@@ -102,10 +102,10 @@ class TensorRTExporter(Exporter):
         if precision == "fp16":
             from edgevl.exporters.tensorrt_fp16 import ort_fp32_fallbacks
 
-            model, passes["fp16_guard"] = _fp16(spec, component, fp32)
+            model, passes["fp16_guard"] = fp16_graph(spec, component, fp32)
             passes["onnxruntime_fp32_ops"] = ort_fp32_fallbacks(model)
         elif precision == "int8":
-            model, passes["quantization"] = _int8(spec, component, fp32, options)
+            model, passes["quantization"] = int8_graph(spec, component, fp32, options)
             runtime_options["qdq_as_written"] = True
         else:
             model = fp32
