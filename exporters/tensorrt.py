@@ -136,6 +136,8 @@ class TensorRTExporter(Exporter):
         passes["profiles"] = profile
         passes["trtexec"] = {"script": script.name, **lines}
         notes = [f"tensorrt attention: {options.trt_attention}"]
+        if precision == "int8" and not passes["quantization"]["quantized_layers"]:
+            notes.append(f"{component} tower: the accuracy gate kept every layer float; this artifact computes in float")
         if tensorrt_available():
             engine = build_engine(path, out_dir / engine_name, profile)
             files.append(engine)

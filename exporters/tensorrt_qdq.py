@@ -14,7 +14,8 @@ Placement rules (checked by tests/backends/test_tensorrt.py):
       decomposed MatMul-Softmax-MatMul form; a Q/DQ pair there would break the fusion).
 TensorRT only takes zero-point-0 int8 Q/DQ, so activations are symmetric (the ONNX target's
 uint8 asymmetric activations would not build). The accuracy gate is edgevl's (compress/gate.py):
-layers move back to float, worst local SQNR first, until the gate split passes the int8 row.
+layers move back to float until the gate split passes the int8 row, worst local SQNR first in
+transformer towers, a prefix in depth order in convolutional ones (as compress/conv_int8.py).
 ONNX Runtime checks such a graph with its optimisations off, so Q/DQ run as written (the float
 simulation of what TensorRT's int8 kernels compute), free of the CPU's int8 kernels' own rounding.
 """
@@ -170,13 +171,21 @@ def gated_int8(
 ) -> tuple["object", dict]:
     """Calibrate, place Q/DQ, and run edgevl's accuracy gate; returns the int8 graph and the
     report (layers kept float with why, the gate's tries)."""
+    from edgevl.compress.conv_int8 import is_conv_tower
     from edgevl.compress.gate import run_gate
     from edgevl.compress.ort_graph import layer_paths
     from edgevl.compress.qdq import prepare
 
     model, prep = prepare(fp32)
     calibrated = calibrate(model, feeds)
-    order = [n for n, _ in sorted(calibrated.local_sqnr.items(), key=lambda kv: kv[1])]
+    conv_tower = is_conv_tower(model)
+    if conv_tower:
+        # As the ONNX target's conv scheme (compress/conv_int8.py): a float prefix in depth
+        # order. A layer's own int8 error misleads there: an early depthwise conv with a high
+        # local SQNR measured the largest loss of the whole tower.
+        order = [l.name for l in calibrated.layers]
+    else:
+        order = [n for n, _ in sorted(calibrated.local_sqnr.items(), key=lambda kv: kv[1])]
     counts: dict[int, dict] = {}
 
     def build(float_layers: list[str]) -> "object":
@@ -184,6 +193,8 @@ def gated_int8(
         return built
 
     def reason(name: str, rank: int) -> str:
+        if conv_tower:
+            return f"kept float by the accuracy gate (conv {rank} of {len(order)} in depth order)"
         return f"kept float by the accuracy gate (local SQNR {calibrated.local_sqnr[name]:.1f} dB, rank {rank})"
 
     result = run_gate(order, build, qdq_session_runner, gate, cosine_min, max_drop, component, reason,
