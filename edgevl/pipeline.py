@@ -15,7 +15,8 @@ from typing import Optional
 from edgevl import __version__
 from edgevl.errors import InputError, ModelLoadError, OutputWriteError, ParityError
 from edgevl.exporters.base import (
-    STATIC_AXES, ExportedArtifact, Exporter, ExportOptions, check_static_shapes, check_static_sizes,
+    STATIC_AXES, TRT_ATTENTION, ExportedArtifact, Exporter, ExportOptions, check_static_shapes,
+    check_static_sizes,
 )
 from edgevl.fsutil import check_output_dir, publish, staging_dir
 from edgevl.manifest import ArtifactEntry, Manifest, sha256_of
@@ -116,6 +117,8 @@ def validate(request: ExportRequest) -> list[Exporter]:
             "--onnx-flavor ort cannot be combined with --precision int8 on the onnx target; "
             "use --onnx-flavor standard (the default) for int8, or ort for fp32/int8w/int4w"
         )
+    if request.trt_attention not in TRT_ATTENTION:
+        raise InputError(f"unknown trt_attention {request.trt_attention!r}; use one of: {', '.join(TRT_ATTENTION)}")
     if request.trt_attention != "native" and "tensorrt" not in request.targets:
         raise InputError("--trt-attention applies to the tensorrt target only; add --target tensorrt or drop it")
     check_model_name(request.model)

@@ -273,3 +273,53 @@ def test_engines_build_and_match_the_onnx(trt_export, tmp_path):
         want = qdq_session_runner(onnx.load(str(path)))(feeds)
         floor = {"fp16": 0.999, "int8": 0.99}[art["precision"]]
         assert got.shape == want.shape and cosine_per_row(want, got).min() >= floor
+
+
+def _attention_graph(variant: str):
+    """One opset-23 `Attention` node named "blk" in the form `variant` says."""
+    from onnx import TensorProto, helper
+
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    q_shape, q_type, kv_type = [2, 3, 5, 8], f32, f32
+    attrs: dict = {}
+    if variant == "rank":
+        q_shape = [5, 8]
+    elif variant in ("3d", "3d_no_heads"):
+        q_shape = [2, 5, 24]
+        attrs = {"q_num_heads": 3, "kv_num_heads": 3} if variant == "3d" else {}
+    elif variant == "dtype":
+        q_type = f16
+    kv_shape = q_shape if variant != "rank" else [2, 3, 5, 8]
+    inputs = [helper.make_tensor_value_info("q", q_type, q_shape),
+              helper.make_tensor_value_info("k", kv_type, kv_shape),
+              helper.make_tensor_value_info("v", kv_type, kv_shape)]
+    names = ["q", "k", "v"]
+    if variant in ("mask", "mask_type"):
+        inputs.append(helper.make_tensor_value_info("m", TensorProto.INT64 if variant == "mask_type" else f32, [5, 5]))
+        names.append("m")
+    if variant == "past":
+        inputs += [helper.make_tensor_value_info(n, f32, [2, 3, 4, 8]) for n in ("pk", "pv")]
+        names += ["", "pk", "pv"]  # no mask, then past_key and past_value
+    outputs = ["y", "present_k", "present_v"] if variant in ("outputs", "past") else ["y"]
+    node = helper.make_node("Attention", names, outputs, name="blk", **attrs)
+    graph_outputs = [helper.make_tensor_value_info("y", q_type, None)]
+    if variant == "outputs":
+        graph_outputs.append(helper.make_tensor_value_info("present_k", f32, None))
+    graph = helper.make_graph([node], "g", inputs, graph_outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+@pytest.mark.parametrize("variant, words", [
+    ("4d", None), ("3d", None), ("mask", None),
+    ("rank", "ranks"), ("3d_no_heads", "q_num_heads"), ("dtype", "element types"),
+    ("past", "past_key"), ("outputs", "outputs used"), ("mask_type", "attn_mask type"),
+])
+def test_iattention_rules_each_variant(variant, words):
+    breaks = attention_rule_breaks(_attention_graph(variant))
+    assert list(breaks) == ["blk"]
+    if words is None:
+        assert breaks["blk"] == [], breaks
+    else:
+        assert len(breaks["blk"]) >= 1 and any(words in why for why in breaks["blk"]), breaks
+        with pytest.raises(ExportError, match="blk"):
+            check_iattention(_attention_graph(variant), "image")
