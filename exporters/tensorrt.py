@@ -52,7 +52,7 @@ def fp16_graph(spec: ModelSpec, component: Component, fp32: "object") -> tuple["
 
 def int8_graph(spec: ModelSpec, component: Component, fp32: "object", options: ExportOptions) -> tuple["object", dict]:
     from edgevl.calibration.datasets import load_calibration
-    from edgevl.compress.gate import build_gate_data, gate_cosine_floor
+    from edgevl.compress.gate import build_gate_data
     from edgevl.exporters.tensorrt_qdq import gated_int8
     from edgevl.tolerances import tolerance_for
 
@@ -61,8 +61,8 @@ def int8_graph(spec: ModelSpec, component: Component, fp32: "object", options: E
     calib = load_calibration(calibration)
     feeds = calib.feeds(spec, component, limit=64)
     gate = build_gate_data(spec, component, fp32)
-    floor = gate_cosine_floor(tolerance_for("tensorrt", "int8").cosine_min)
-    model, report = gated_int8(fp32, feeds, gate, floor, options.max_drop, component, options.progress)
+    parity_floor = tolerance_for("tensorrt", "int8").cosine_min
+    model, report = gated_int8(fp32, feeds, gate, parity_floor, options.max_drop, component, options.progress)
     report["calibration"] = calib.describe()
     return model, report
 

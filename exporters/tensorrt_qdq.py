@@ -4,7 +4,7 @@ nvidia-modelopt's ONNX quantizer place them for transformers and CNNs.
 Placement rules (checked by tests/backends/test_tensorrt.py):
     * every MatMul (Gemm normalised to MatMul) and Conv with a constant weight gets Q/DQ on its
       activation input (int8, per tensor, symmetric: zero point 0, scale = amax / 127 from the
-      shared calibration split) and DQ on its weight (int8 codes, per output channel,
+      shared calibration split; min-max amax for transformer towers, MSE-fitted for conv ones) and DQ on its weight (int8 codes, per output channel,
       symmetric: MatMul `[K, N]` axis 1, Conv `[O, I, kh, kw]` axis 0), unless the accuracy gate
       kept the layer float;
     * nothing on LayerNormalization, Gelu / Erf chains, Softmax, or the residual Adds (modelopt's
@@ -33,6 +33,10 @@ from edgevl.compress.stats import collect_stats, local_sqnr, output_sqnr
 
 QMAX = 127
 QUANTIZED_OPS = ("MatMul", "Conv")
+# The gate's cosine floor asks for this fraction of the parity floor's distance to 1: half for
+# transformer towers (compress/gate.py's GATE_COSINE_MARGIN), a quarter for convolutional ones,
+# whose symmetric int8 lost more between the gate split and held-out photos (README).
+CONV_GATE_MARGIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -166,19 +170,26 @@ def qdq_session_runner(model: "object") -> Callable[[dict[str, np.ndarray]], np.
 
 
 def gated_int8(
-    fp32: "object", feeds: list[dict[str, np.ndarray]], gate: "object", cosine_min: float, max_drop: float,
-    component: str, progress: Optional[Callable[[str], None]] = None,
+    fp32: "object", feeds: list[dict[str, np.ndarray]], gate: "object", parity_cosine_min: float,
+    max_drop: float, component: str, progress: Optional[Callable[[str], None]] = None,
 ) -> tuple["object", dict]:
-    """Calibrate, place Q/DQ, and run edgevl's accuracy gate; returns the int8 graph and the
-    report (layers kept float with why, the gate's tries)."""
+    """Calibrate, place Q/DQ, and run edgevl's accuracy gate against the floor derived from the
+    parity row's `parity_cosine_min`; returns the int8 graph and the report (layers kept float
+    with why, the gate's tries)."""
     from edgevl.compress.conv_int8 import is_conv_tower
-    from edgevl.compress.gate import run_gate
+    from edgevl.compress.gate import gate_cosine_floor, run_gate
     from edgevl.compress.ort_graph import layer_paths
     from edgevl.compress.qdq import prepare
 
     model, prep = prepare(fp32)
-    calibrated = calibrate(model, feeds)
     conv_tower = is_conv_tower(model)
+    # Min-max ranges for transformer towers (modelopt's default); MSE-fitted ranges for
+    # convolutional ones, where min-max lost more on the default model's EfficientNet-Lite0 at
+    # the same float prefix (README, TensorRT section).
+    observer = "mse" if conv_tower else "minmax"
+    cosine_min = (round(1.0 - CONV_GATE_MARGIN * (1.0 - parity_cosine_min), 6) if conv_tower
+                  else gate_cosine_floor(parity_cosine_min))
+    calibrated = calibrate(model, feeds, observer)
     if conv_tower:
         # As the ONNX target's conv scheme (compress/conv_int8.py): a float prefix in depth
         # order. A layer's own int8 error misleads there: an early depthwise conv with a high
@@ -201,7 +212,8 @@ def gated_int8(
                       progress, precision="int8")
     paths = layer_paths(model)
     report = {
-        "scheme": "int8 Q/DQ: weights per output channel (symmetric), activations per tensor (symmetric, minmax)",
+        "scheme": "int8 Q/DQ: weights per output channel (symmetric), activations per tensor (symmetric)",
+        "observer": observer,
         "layers": len(calibrated.layers),
         **counts[len(result.float_layers)],
         **prep,
