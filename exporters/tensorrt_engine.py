@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-NO_TENSORRT = "TensorRT is not importable on this machine: no engine was built (the engine-ready ONNX and trtexec lines were written)"
+NO_TENSORRT = ("TensorRT with a CUDA GPU is not available on this machine: no engine was built "
+               "(the engine-ready ONNX and trtexec lines were written)")
 
 
 def tensorrt_available() -> bool:

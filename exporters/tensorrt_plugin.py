@@ -9,8 +9,8 @@ torch on the GPU tensors TensorRT hands it; such an engine needs this module imp
 `register_plugins()` called) in the process that runs it.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: tensorrt.plugin reads the registered functions'
+# annotations (TensorDesc, attribute types) as objects.
 import importlib.util
 from typing import Optional
 
