@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--coreml-input", choices=("image", "tensor"), default="image",
                         help="Core ML image tower input: a Core ML image (RGB 0-255, normalisation folded in) "
                              "or the normalised float tensor; default: image")
+    export.add_argument("--trt-attention", choices=("native", "plugin"), default="native",
+                        help="tensorrt target: native (standard Attention, TensorRT >= 10.14 IAttention; default) or "
+                        "plugin (also writes a plugin-node graph for older TensorRT)")
     export.add_argument("--allow-unfused", action="store_true", help="do not fail when an attention block is not fused")
     export.add_argument("--allow-pickle", action="store_true",
                         help="accept a pickle checkpoint (pytorch_model.bin), loaded with torch.load(weights_only=True)")
@@ -160,7 +163,6 @@ def _cmd_targets() -> int:
         print(f"{name:10s} precisions {','.join(exporter.precisions):28s} {state}")
         if getattr(exporter, "verification", ""):
             print(f"{'':10s} {exporter.verification}")
-    print("tensorrt   not implemented yet (TensorRT cannot be installed on these machines)")
     return 0
 
 
@@ -210,15 +212,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         cpu_isa=args.cpu_isa,
         speed_guard=args.speed_guard,
         coreml_input=args.coreml_input,
+        trt_attention=args.trt_attention,
     )
     with _quiet_libraries(args.quiet):
         outcome = run_export(request, Progress(enabled=not args.quiet))
     for a in outcome.manifest.artifacts:
         figures = {"runtime": format_parity(a.parity),
-                   "reference-interpreter": f"{format_parity(a.parity)} (reference interpreter)"}.get(
+                   "reference-interpreter": f"{format_parity(a.parity)} (reference interpreter)",
+                   "onnxruntime": f"{format_parity(a.parity)} (ONNX Runtime, not TensorRT)"}.get(
                        a.verified, "not verified")
         print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
               f"{a.fused_attention + a.unfused_attention}  {figures}")
+    if "tensorrt_engine" in outcome.manifest.extra:
+        print(f"tensorrt: {outcome.manifest.extra['tensorrt_engine']}")
     if args.profile is not None:
         from edgevl.profile.run import profile_into_export
         from edgevl.profile.tables import terminal_table

@@ -12,7 +12,8 @@ MANIFEST_NAME = "manifest.json"
 # MAJOR.MINOR of the manifest's layout: readers (apps/runtime, apps/web) refuse a newer major
 # version; a minor bump only adds fields that readers may ignore.
 MANIFEST_VERSION = "1.0"
-VERIFIED_VALUES = ("runtime", "reference-interpreter", "not-run")
+# "onnxruntime": a TensorRT target's engine-ready ONNX run by ONNX Runtime where TensorRT is absent.
+VERIFIED_VALUES = ("runtime", "reference-interpreter", "onnxruntime", "not-run")
 
 
 def sha256_of(path: Path) -> str:

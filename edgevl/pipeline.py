@@ -15,7 +15,8 @@ from typing import Optional
 from edgevl import __version__
 from edgevl.errors import InputError, ModelLoadError, OutputWriteError, ParityError
 from edgevl.exporters.base import (
-    STATIC_AXES, ExportedArtifact, Exporter, ExportOptions, check_static_shapes, check_static_sizes,
+    STATIC_AXES, TRT_ATTENTION, ExportedArtifact, Exporter, ExportOptions, check_static_shapes,
+    check_static_sizes,
 )
 from edgevl.fsutil import check_output_dir, publish, staging_dir
 from edgevl.manifest import ArtifactEntry, Manifest, sha256_of
@@ -25,6 +26,8 @@ from edgevl.registry import EXPORTERS, MODELS, RUNTIMES
 
 DEFAULT_MODEL = "effnet-minilm"
 COMPONENTS = ("image", "text")
+# How a parity line names what ran the artifact when it was not the target's own runtime.
+VERIFIED_BY = {"reference-interpreter": " (reference interpreter)", "onnxruntime": " (ONNX Runtime, not TensorRT)"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ExportRequest:
     cpu_isa: str = "any"
     speed_guard: bool = False
     coreml_input: str = "image"
+    trt_attention: str = "native"
 
 
 @dataclass
@@ -114,6 +118,10 @@ def validate(request: ExportRequest) -> list[Exporter]:
             "--onnx-flavor ort cannot be combined with --precision int8 on the onnx target; "
             "use --onnx-flavor standard (the default) for int8, or ort for fp32/int8w/int4w"
         )
+    if request.trt_attention not in TRT_ATTENTION:
+        raise InputError(f"unknown trt_attention {request.trt_attention!r}; use one of: {', '.join(TRT_ATTENTION)}")
+    if request.trt_attention != "native" and "tensorrt" not in request.targets:
+        raise InputError("--trt-attention applies to the tensorrt target only; add --target tensorrt or drop it")
     check_model_name(request.model)
     check_output_dir(request.out, request.force)
     for exporter in exporters:
@@ -233,6 +241,7 @@ def run_export(
                         cpu_isa=request.cpu_isa,
                         speed_guard=request.speed_guard,
                         coreml_input=request.coreml_input,
+                        trt_attention=request.trt_attention,
                         progress=lambda line: progress.info(f"  {line}"),
                     )
                     for component in request.components:
@@ -248,12 +257,16 @@ def run_export(
                             verified, parity, misses = _verify(artifact, data, spec, request.static_shapes,
                                                                request.max_drop)
                             if verified != "not-run":
-                                by = " (reference interpreter)" if verified == "reference-interpreter" else ""
+                                by = VERIFIED_BY.get(verified, "")
                                 details.append(format_parity(parity, long=True) + by)
                             else:
                                 details.append("not run: no runtime for this target on this machine")
                         failures += misses
                         manifest.artifacts.append(_entry(artifact, stage, verified, parity))
+                        if artifact.target == "tensorrt" and artifact.passes.get("engine") is None:
+                            from edgevl.exporters.tensorrt_engine import NO_TENSORRT
+
+                            manifest.extra["tensorrt_engine"] = NO_TENSORRT
             doing = "writing manifest.json"
             manifest.write(stage)
             doing = f"moving the export to {request.out}"

@@ -58,6 +58,7 @@ EXPORTERS: Registry = Registry(
         "onnx": "edgevl.exporters.onnx",
         "openvino": "edgevl.exporters.openvino",
         "coreml": "edgevl.exporters.coreml",
+        "tensorrt": "edgevl.exporters.tensorrt",
     },
 )
 RUNTIMES: Registry = Registry(
@@ -66,6 +67,7 @@ RUNTIMES: Registry = Registry(
         "onnxruntime": "edgevl.runtimes.onnxruntime",
         "openvino": "edgevl.runtimes.openvino",
         "coreml": "edgevl.runtimes.coreml",
+        "tensorrt": "edgevl.runtimes.tensorrt",
     },
 )
 

@@ -53,6 +53,10 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("coreml", "int8w"): _WEIGHT_ONLY_INT8,
     # 16 weight values per tensor (k-means): coarser than int4 groups of 128.
     ("coreml", "palettize4"): _INT4,
+    # TensorRT: the engine where TensorRT runs, its engine-ready ONNX on ONNX Runtime elsewhere.
+    ("tensorrt", "fp32"): _FP32,
+    ("tensorrt", "fp16"): _HALF,
+    ("tensorrt", "int8"): _INT8,
 }
 
 

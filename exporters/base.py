@@ -23,6 +23,8 @@ from edgevl.models.spec import Component, ModelSpec
 
 ONNX_FLAVORS = ("standard", "ort")
 COREML_INPUTS = ("image", "tensor")
+# TensorRT attention: the IAttention-ready standard op, or a plugin node for TensorRT < 10.14.
+TRT_ATTENTION = ("native", "plugin")
 # The dynamic axes edgevl's towers declare (TensorSig shapes); --static-shapes may fix these only.
 STATIC_AXES = ("batch", "seq")
 
@@ -50,6 +52,8 @@ class ExportOptions:
         coreml_input: the Core ML image tower's input: "image" (a Core ML image, RGB pixels
             0-255, the preprocessing's normalisation folded into the model) or "tensor" (the
             normalised float tensor the other targets take).
+        trt_attention: TensorRT target only: "native" (standard `Attention`, imported as
+            IAttention by TensorRT >= 10.14) or "plugin" (also a plugin-node graph for older TensorRT).
         progress: called with one line per step of long work inside an export (the int8
             accuracy gate's tries); None = silent.
     """
@@ -63,6 +67,7 @@ class ExportOptions:
     cpu_isa: str = "any"
     speed_guard: bool = False
     coreml_input: str = "image"
+    trt_attention: str = "native"
     progress: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +77,10 @@ class ExportOptions:
         if self.coreml_input not in COREML_INPUTS:
             raise InputError(
                 f"unknown Core ML input {self.coreml_input!r}; use one of: {', '.join(COREML_INPUTS)}"
+            )
+        if self.trt_attention not in TRT_ATTENTION:
+            raise InputError(
+                f"unknown --trt-attention {self.trt_attention!r}; use one of: {', '.join(TRT_ATTENTION)}"
             )
         if self.onnx_flavor not in ONNX_FLAVORS:
             raise InputError(

@@ -17,7 +17,8 @@ from edgevl.registry import EXPORTERS, RUNTIMES
 
 # Targets edgevl names but cannot run on this kind of machine, and why.
 NO_SDK = {
-    "tensorrt": "TensorRT: no SDK on this machine (needs an NVIDIA GPU and CUDA)",
+    "tensorrt": "TensorRT: no SDK on this machine (needs an NVIDIA GPU and CUDA); ONNX Runtime checked the "
+    "engine-ready graph's numbers at export, its speed would not be TensorRT's",
     "coreml": "Core ML runs on Apple devices only; here a reference interpreter checks its numbers, not its speed",
 }
 # Seconds a child may take beyond its timing budget (imports, load/compile, FLOP counting).
@@ -39,9 +40,15 @@ class Plan:
         return f"{e.get('component')} {e.get('target')} {e.get('precision')}"
 
 
+def _tensorrt_runs() -> bool:
+    from edgevl.exporters.tensorrt_engine import tensorrt_available
+
+    return tensorrt_available()
+
+
 def runtime_for(target: str) -> tuple[Optional[str], str]:
     """(runtime name, "") for a target whose runtime is installed, else (None, reason)."""
-    if target in NO_SDK:
+    if target in NO_SDK and not (target == "tensorrt" and _tensorrt_runs()):
         return None, NO_SDK[target]
     try:
         runtime = EXPORTERS.get(target).runtime

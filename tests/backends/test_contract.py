@@ -13,6 +13,7 @@ import platform
 import pytest
 
 from edgevl.cli import main
+from edgevl.exporters.tensorrt_engine import tensorrt_available
 from edgevl.manifest import sha256_of
 from edgevl.models.hf_clip import load_hf_clip
 from edgevl.models.spec import LoadOptions
@@ -21,7 +22,9 @@ from edgevl.registry import EXPORTERS
 
 TARGETS = [t for t in EXPORTERS.names() if not EXPORTERS.get(t)().missing_modules()]
 # Off macOS, Core ML artifacts are run by edgevl's reference interpreter, and say so.
-VERIFIED_BY = {"coreml": "runtime" if platform.system() == "Darwin" else "reference-interpreter"}
+# TensorRT's engine-ready ONNX is run by ONNX Runtime where TensorRT and a GPU are absent.
+VERIFIED_BY = {"coreml": "runtime" if platform.system() == "Darwin" else "reference-interpreter",
+               "tensorrt": "runtime" if tensorrt_available() else "onnxruntime"}
 ENTRY_FIELDS = {"target", "precision", "component", "path", "sha256", "bytes", "fused_attention",
                 "unfused_attention", "verified", "parity", "files", "passes"}
 

@@ -104,6 +104,8 @@ def _no_staging(folder: Path) -> None:
         (["--precision", ""], ("--precision", "empty list")),
         (["--precision", "fp32,fp32"], ("--precision", "fp32", "more than once")),
         (["--onnx-flavor", "fast"], ("--onnx-flavor", "fast", "standard")),
+        (["--trt-attention", "plugin"], ("--trt-attention", "tensorrt target only")),
+        (["--target", "tensorrt", "--trt-attention", "fused"], ("--trt-attention", "fused", "native")),
         (["--frobnicate"], ("unrecognized arguments", "--frobnicate")),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
