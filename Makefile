@@ -37,7 +37,7 @@ demo: $(STAMP)
 
 ## The whole test suite (real ONNX Runtime, OpenVINO, real weights and photos).
 test: $(STAMP) browser
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 ## Everything but the end-to-end exports of real models.
 test-fast: $(STAMP) browser

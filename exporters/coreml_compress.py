@@ -85,36 +85,40 @@ class CompressionPlan:
         }
 
 
-def _output_linear(module: Any, example: dict) -> Optional[str]:
-    """Module path of the last `Linear` the tower calls: its output projection."""
+def _called_layers(module: Any, example: dict) -> list[str]:
+    """Module paths of the `Linear` and `Embedding` layers the tower calls, in call order (a
+    checkpoint can hold layers its tower never runs, such as BERT's pooler)."""
     import torch
 
     names = {m: n for n, m in module.named_modules()}
     called: list[str] = []
     hooks = [m.register_forward_hook(lambda mod, _i, _o: called.append(names[mod]))
-             for m in module.modules() if isinstance(m, torch.nn.Linear)]
+             for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
     try:
         with torch.no_grad():
             module(**example)
     finally:
         for hook in hooks:
             hook.remove()
-    return called[-1] if called else None
+    return list(dict.fromkeys(called))
 
 
 def candidates(tower: TowerSpec) -> tuple[list[Candidate], Optional[str]]:
+    """The compressible layers the tower calls, and its output projection (the last `Linear`
+    called), which is never compressed."""
     import torch
 
-    last = _output_linear(tower.module, tower.example_inputs)
+    called = _called_layers(tower.module, tower.example_inputs)
+    linears = [n for n in called if isinstance(tower.module.get_submodule(n), torch.nn.Linear)]
+    last = linears[-1] if linears else None
     found = []
-    for name, sub in tower.module.named_modules():
-        if name == last or not hasattr(sub, "weight") or sub.weight is None:
-            continue
-        if sub.weight.numel() < MIN_COMPRESSED_WEIGHTS:
+    for name in called:
+        sub = tower.module.get_submodule(name)
+        if name == last or sub.weight.numel() < MIN_COMPRESSED_WEIGHTS:
             continue
         if isinstance(sub, torch.nn.Linear):
             found.append(Candidate(name, embedding=False))
-        elif isinstance(sub, torch.nn.Embedding) and sub.weight.shape[1] % PALETTE_GROUP == 0:
+        elif sub.weight.shape[1] % PALETTE_GROUP == 0:
             found.append(Candidate(name, embedding=True))
     return found, last
 
@@ -263,7 +267,6 @@ def _matching_consts(model: Any, plan: CompressionPlan) -> dict[str, Candidate]:
 def write_compressed(model: Any, plan: CompressionPlan) -> Any:
     """coremltools' int8 / palette ops on the consts that hold the planned layers' weights. The
     weights already sit on the compressed grid, so the passes store them without further loss."""
-    from edgevl.errors import ExportError
     from edgevl.exporters.coreml_convert import silent
 
     with silent():
@@ -271,12 +274,9 @@ def write_compressed(model: Any, plan: CompressionPlan) -> Any:
 
     consts = _matching_consts(model, plan)
     stored = {c.name for c in consts.values()}
-    missing = sorted(c.name for c in plan.compressed if c.name not in stored and not c.embedding)
-    if missing:
-        raise ExportError(f"Core ML {plan.precision}: no program constant holds the weights of "
-                          f"{', '.join(missing[:5])}; the conversion changed them")
-    # A table indexed by constant positions is folded into its lookup's result by the
-    # conversion: its values are the compressed ones, stored dense.
+    # Layers with no constant of their own: a table indexed by constant positions is folded into
+    # its lookup's result, a layer whose output the tower drops (BERT's pooler) is gone. Their
+    # values in the program, if any, are the compressed ones, stored dense.
     plan.folded = sorted(c.name for c in plan.compressed if c.name not in stored)
     if plan.precision == "int8w":
         configs = {name: cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",

@@ -1,5 +1,6 @@
 import CoreGraphics
 import CoreML
+import CoreVideo
 import EdgeVLKit
 import Foundation
 
@@ -30,10 +31,19 @@ final class ZeroShotModel {
         let pre = export.preprocess
         let (rgb, width, height) = Self.rgbBytes(cgImage)
         let crop = try Preprocess.cropRGB(rgb, width: width, height: height, config: pre)
-        let tensor = Preprocess.normalise(crop, side: pre.crop, config: pre)
-        let pixels = try MLMultiArray(shape: [1, 3, NSNumber(value: pre.crop), NSNumber(value: pre.crop)], dataType: .float32)
-        tensor.withUnsafeBufferPointer { src in
-            pixels.withUnsafeMutableBytes { dst, _ in dst.copyMemory(from: UnsafeRawBufferPointer(src)) }
+        let pixels: MLFeatureValue
+        if image.modelDescription.inputDescriptionsByName["pixel_values"]?.type == .image {
+            // The default export (`--coreml-input image`) folds the normalisation into the
+            // package: it takes the cropped RGB pixels as they are.
+            pixels = try MLFeatureValue(cgImage: Self.cgImage(rgb: crop, side: pre.crop), pixelsWide: pre.crop,
+                                        pixelsHigh: pre.crop, pixelFormatType: kCVPixelFormatType_32BGRA, options: nil)
+        } else {
+            let tensor = Preprocess.normalise(crop, side: pre.crop, config: pre)
+            let array = try MLMultiArray(shape: [1, 3, NSNumber(value: pre.crop), NSNumber(value: pre.crop)], dataType: .float32)
+            tensor.withUnsafeBufferPointer { src in
+                array.withUnsafeMutableBytes { dst, _ in dst.copyMemory(from: UnsafeRawBufferPointer(src)) }
+            }
+            pixels = MLFeatureValue(multiArray: array)
         }
         var start = Date()
         let imageOut = try image.prediction(from: MLDictionaryFeatureProvider(dictionary: ["pixel_values": pixels]))
@@ -65,6 +75,23 @@ final class ZeroShotModel {
         let name = model.modelDescription.outputDescriptionsByName.keys.sorted().first!
         let array = out.featureValue(for: name)!.multiArrayValue!
         return (0..<array.count).map { array[$0].floatValue }
+    }
+
+    /// A CGImage of `side` x `side` RGB bytes (opaque, sRGB).
+    static func cgImage(rgb: [UInt8], side: Int) throws -> CGImage {
+        var rgba = [UInt8](repeating: 255, count: side * side * 4)
+        for i in 0..<side * side {
+            rgba[i * 4] = rgb[i * 3]
+            rgba[i * 4 + 1] = rgb[i * 3 + 1]
+            rgba[i * 4 + 2] = rgb[i * 3 + 2]
+        }
+        let provider = CGDataProvider(data: Data(rgba) as CFData)!
+        guard let made = CGImage(width: side, height: side, bitsPerComponent: 8, bitsPerPixel: 32, bytesPerRow: side * 4,
+                                 space: CGColorSpace(name: CGColorSpace.sRGB)!,
+                                 bitmapInfo: CGBitmapInfo(rawValue: CGImageAlphaInfo.noneSkipLast.rawValue),
+                                 provider: provider, decode: nil, shouldInterpolate: false, intent: .defaultIntent)
+        else { throw ExportError.refused("cannot make a \(side)x\(side) image from the crop") }
+        return made
     }
 
     /// RGB bytes of a CGImage drawn into an 8-bit sRGB context (alpha dropped).
