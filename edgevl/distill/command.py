@@ -53,7 +53,10 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from edgevl.distill.sources import check_data_spec
+
     cfg = config_from_args(args)  # bad input fails here, before torch is imported
+    check_data_spec(cfg.data, cfg.heldout)
     from edgevl.distill.trainer import distill_run
 
     try:

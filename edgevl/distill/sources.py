@@ -57,6 +57,31 @@ def _count(spec: str, default: int) -> tuple[str, int]:
     return name, int(n)
 
 
+def check_data_spec(data: str, heldout: Optional[str]) -> None:
+    """Refuse a --data / --heldout that cannot be read, before the teacher loads."""
+    name, _ = _count(data, 0)
+    if name == "fashion-mnist" or (heldout or "").startswith("fashion-mnist"):
+        _fashion_files("train" if name == "fashion-mnist" else "t10k")
+    if data != "bundled" and name != "fashion-mnist":
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise InputError(f"--data {data} does not exist; give 'bundled', 'fashion-mnist[:N]', an image folder "
+                             "or a .jsonl file")
+        if path.is_file() and path.suffix not in (".jsonl", ".json"):
+            raise InputError(f"--data {data} is a {path.suffix or 'plain'} file; give an image folder or a .jsonl file")
+    if heldout is not None and _count(heldout, 0)[0] not in ("bundled-parity", "fashion-mnist-test"):
+        raise InputError(f"--heldout {heldout!r} is unknown; use 'bundled-parity' or 'fashion-mnist-test[:N]'")
+
+
+def _fashion_files(split: str) -> tuple[Path, Path]:
+    images_gz = FASHION_MNIST_DIR / f"{split}-images-idx3-ubyte.gz"
+    labels_gz = FASHION_MNIST_DIR / f"{split}-labels-idx1-ubyte.gz"
+    if not images_gz.is_file() or not labels_gz.is_file():
+        raise InputError(f"fashion-mnist is not installed ({images_gz} is missing); run as root: "
+                         "apt-get update && apt-get install -y dataset-fashion-mnist")
+    return images_gz, labels_gz
+
+
 def load_source(spec: str) -> Source:
     from edgevl.calibration.samples import file_sha256
 
@@ -109,11 +134,7 @@ def load_heldout(spec: Optional[str], data: str) -> HeldOut:
 def _fashion_mnist(split: str, n: int) -> tuple[list, list[int]]:
     from PIL import Image
 
-    images_gz = FASHION_MNIST_DIR / f"{split}-images-idx3-ubyte.gz"
-    labels_gz = FASHION_MNIST_DIR / f"{split}-labels-idx1-ubyte.gz"
-    if not images_gz.is_file() or not labels_gz.is_file():
-        raise InputError(f"fashion-mnist is not installed ({images_gz} is missing); run as root: "
-                         "apt-get update && apt-get install -y dataset-fashion-mnist")
+    images_gz, labels_gz = _fashion_files(split)
     with gzip.open(images_gz) as f:
         raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
     with gzip.open(labels_gz) as f:

@@ -27,7 +27,7 @@ from edgevl.distill.config import DistillConfig
 from edgevl.distill.data import DistillData, build_data, default_cache, evaluate, student_preprocess
 from edgevl.distill.inherit import build_student, student_archs
 from edgevl.distill.losses import total_loss
-from edgevl.distill.sources import load_heldout, load_source
+from edgevl.distill.sources import check_data_spec, load_heldout, load_source
 from edgevl.distill.students import StudentPair, arch_to_json
 from edgevl.errors import InputError
 
@@ -116,6 +116,7 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
     from edgevl.models.spec import LoadOptions
     from edgevl.pipeline import resolve_model
 
+    check_data_spec(cfg.data, cfg.heldout)
     rank, world = _dist()
     _check_divisible(cfg, world)
     if rank == 0:
