@@ -4,6 +4,7 @@ learning, export with fused attention and parity, the teacher-embedding cache, r
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,20 @@ def teacher(tmp_path_factory) -> str:
     agreement measures the student and not ties."""
     from edgevl.models.tiny import tiny_checkpoint
 
-    return str(tiny_checkpoint("clip", tmp_path_factory.mktemp("teacher") / "tiny-clip", steps=80))
+    return str(tiny_checkpoint(
+        "clip", tmp_path_factory.mktemp("teacher") / "tiny-clip", steps=60,
+        text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=3),
+        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32)))
+
+
+def _without_key_bias(name: str, value):  # noqa: ANN001, ANN202 - tensor
+    """The key projection's bias adds the same q·b to every logit of a row, so softmax ignores it
+    and its true gradient is 0: what reaches it is rounding noise, which Adam scales to full
+    lr-sized steps. It is left out of cross-process comparisons; every other weight is compared."""
+    if name.endswith("attn.qkv.bias"):
+        width = value.shape[0] // 3
+        return value[[i for i in range(value.shape[0]) if not width <= i < 2 * width]]
+    return value
 
 
 def _config(teacher: str, out: Path, **kw):  # noqa: ANN202 - DistillConfig
@@ -72,8 +86,6 @@ def test_distilled_student_learns_and_exports_fused_with_parity(teacher, tmp_pat
 
     out = tmp_path / "export"
     assert main(["export", str(tmp_path / "student"), "--target", "onnx", "--out", str(out), "-q"]) == 0
-    import json
-
     manifest = json.loads((out / "manifest.json").read_text())
     assert {a["component"] for a in manifest["artifacts"]} == {"image", "text"}
     for artifact in manifest["artifacts"]:
@@ -151,11 +163,10 @@ def test_two_process_torchrun_matches_one_process(teacher, tmp_path):
     single = distill_run(worker.ddp_config(teacher, tmp_path / "single", cache), quiet=True)
     assert single.cache_hit  # rank 0 filled the cache
     state = single.student.state_dict()
-    moved = max(float((state[n] - rank0[n]).abs().max()) for n in rank0)
     for name, value in rank0.items():
-        torch.testing.assert_close(value, state[name], atol=1e-5, rtol=1e-4)
-    assert moved < 1e-5
-    assert (tmp_path / "ddp" / "student.json").is_file()
+        torch.testing.assert_close(_without_key_bias(name, value), _without_key_bias(name, state[name]),
+                                   atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert json.loads((tmp_path / "ddp" / "student.json").read_text())["world_size"] == 2
 
 
 @pytest.mark.parametrize("argv, message", [
