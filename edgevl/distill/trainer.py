@@ -41,6 +41,7 @@ class DistillResult:
     losses: list[float] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)  # evaluations: {"step", "agreement", ...}
     cache_hit: bool = False
+    data_seconds: float = 0.0  # building the tensors, the teacher's embeddings included on a cache miss
     world_size: int = 1
     student: Optional[StudentPair] = None
 
@@ -131,12 +132,14 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
         return build_data(teacher, source, heldout, cfg.student.resolution, cfg.views, cfg.seed, cfg.text_corpus,
                           cache, say)
 
+    t_data = time.perf_counter()
     if world > 1:  # rank 0 runs the teacher once; the others read its cache
         data = data_for() if rank == 0 else None
         torch.distributed.barrier()
         data = data if data is not None else data_for()
     else:
         data = data_for()
+    data_seconds = time.perf_counter() - t_data
     student = build_student(cfg.student, teacher, cfg.seed).to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     start, metrics = 0, []
@@ -152,7 +155,8 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
 
         model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     student.train()
-    result = DistillResult(str(cfg.out), cfg.steps, cache_hit=data.cache_hit, world_size=world, student=student)
+    result = DistillResult(str(cfg.out), cfg.steps, cache_hit=data.cache_hit, world_size=world, student=student,
+                           data_seconds=data_seconds)
     every = max(1, cfg.steps // 20)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
