@@ -93,7 +93,7 @@ def weights_hash(spec: ModelSpec) -> str:
         for name, tensor in sorted(tower.module.state_dict().items()):
             t = tensor.detach().contiguous().cpu()
             digest.update(f"{tower.component}.{name} {t.dtype} {tuple(t.shape)}\n".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 

@@ -185,9 +185,9 @@ class TextStudent(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         seq = input_ids.shape[1]
         x = self.embed_norm(self.tokens(input_ids) + self.pos[:seq])
-        keep = attention_mask.bool()[:, None, None, :]
-        if self.arch.causal:
-            keep = keep & torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()[None, None]
+        # [batch, 1, seq, seq]: ONNX Attention wants the query axis spelled out, not broadcast.
+        square = torch.ones(seq, seq, dtype=torch.bool, device=x.device)
+        keep = attention_mask.bool()[:, None, None, :] & (square.tril() if self.arch.causal else square)[None, None]
         # Additive float mask (the form every target's fused op takes); the dtype's minimum keeps
         # fully padded rows finite.
         mask = torch.zeros((), dtype=x.dtype).masked_fill(~keep, torch.finfo(x.dtype).min)

@@ -88,8 +88,11 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, data: Distill
     pair_idx = data.view_text[img_idx]
     local_img, local_pair, local_extra = (_shard(x, rank, world) for x in (img_idx, pair_idx, extra_idx))
     text_rows = torch.cat([local_pair, local_extra])
-    s_img, s_txt = model(data.pixels[local_img].to(device), data.ids[text_rows].to(device),
-                         data.mask[text_rows].to(device))
+    # Trim the padding every text of the GLOBAL batch shares (same length on every rank): padded
+    # positions are masked out, so this changes nothing but the work.
+    length = int(data.mask[torch.cat([pair_idx, extra_idx])].sum(-1).max())
+    s_img, s_txt = model(data.pixels[local_img].to(device), data.ids[text_rows, :length].to(device),
+                         data.mask[text_rows, :length].to(device))
     s_img = _gather(s_img, world)
     s_pair = _gather(s_txt[:len(local_pair)], world)
     s_extra = _gather(s_txt[len(local_pair):], world)
