@@ -118,7 +118,7 @@ def markdown(r: dict) -> str:
         f"Student `{r['student']}`. Data: Fashion-MNIST (Debian `dataset-fashion-mnist`), {r['train_images']} "
         f"training images x {r['views']} views; held out: the first {r['heldout_images']} test images (never "
         f"trained on), zero-shot over the 10 class names as \"a photo of a {{class}}.\". {r['steps']} steps, "
-        f"batch {r['batch']}; teacher embeddings computed once ({r['teacher_seconds']:.0f} s) and cached; "
+        f"batch {r['batch']} (ablation rows: {r['ablation_steps']} steps each); teacher embeddings computed once ({r['teacher_seconds']:.0f} s) and cached; "
         f"whole run {r['total_seconds'] / 60:.1f} min.",
         "",
         "## Accuracy on held-out images",
@@ -152,6 +152,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=None, help="teacher-embedding cache folder to reuse; default: a fresh one")
     args = ap.parse_args()
     import torch
 
@@ -164,7 +165,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="edgevl-distill-bench-"))
-    cache = tmp / "cache"
+    cache = args.cache or tmp / "cache"
     student_cfg = parse_student(STUDENT)
     runs, untrained, main_out, teacher_seconds = {}, None, None, 0.0
     for i, (name, stages) in enumerate(ablations().items()):
@@ -175,7 +176,7 @@ def main() -> None:
                             cache_dir=cache)
         log(f"run {name}")
         t0 = time.time()
-        result = distill_run(cfg, log=lambda m: log("  " + m) if "eval" in m or "teacher" in m else None)
+        result = distill_run(cfg, log=lambda m: log("  " + m))
         seconds = time.time() - t0
         if i == 0:
             teacher_seconds = result.data_seconds  # the first run computes the teacher-embedding cache
@@ -203,7 +204,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", "threads": args.threads,
         "date": time.strftime("%Y-%m-%d"), "teacher": "effnet-minilm (EfficientNet-Lite0 + all-MiniLM-L6-v2)",
         "student": STUDENT, "train_images": args.train, "views": args.views, "heldout_images": args.heldout,
-        "steps": steps_main, "batch": args.batch, "teacher_seconds": teacher_seconds,
+        "steps": steps_main, "ablation_steps": args.ablation_steps or steps_main, "batch": args.batch, "teacher_seconds": teacher_seconds,
         "runs": runs, "untrained": untrained, "latency": lat, "student_fused": fused, "student_parity": parity,
         "verdict": verdict, "total_seconds": time.time() - start,
     }

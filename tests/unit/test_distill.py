@@ -68,6 +68,11 @@ def test_inheriting_every_layer_reproduces_the_teacher_text_tower(teacher):
         torch.testing.assert_close(student.text(**feeds), spec.text.module(**feeds), atol=2e-5, rtol=0)
         fewer = build_student(parse_student("vit-micro,text=inherit,text_layers=0"), spec, seed=0).eval()
         assert not torch.allclose(fewer.text(**feeds), spec.text.module(**feeds), atol=1e-3)
+        conv = build_student(parse_student("conv-tiny,resolution=32"), spec, seed=0).eval()
+        embeds = conv.image(torch.randn(2, 3, 32, 32))
+        width = spec.text.module(**feeds).shape[-1]
+        assert embeds.shape == (2, width) and torch.allclose(embeds.norm(dim=-1), torch.ones(2))
+        assert conv.text.arch.depth == 3 and not conv.text.arch.causal  # the fresh text transformer
 
 
 @pytest.mark.slow
