@@ -119,6 +119,7 @@ def test_second_run_reads_cached_teacher_embeddings_without_running_the_teacher(
     assert not other.cache_hit and other.cache_path != first.cache_path and calls
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_reaches_the_uninterrupted_weights(teacher, tmp_path):
     import torch
 
