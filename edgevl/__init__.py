@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from edgevl.models.spec import ModelSpec
 
 __version__ = "0.1.0"
-__all__ = ["export", "load", "quantize_"]
+__all__ = ["distill", "export", "load", "quantize_"]
 
 
 def load(model: Optional[str] = None, allow_pickle: bool = False) -> "ModelSpec":
@@ -36,6 +36,14 @@ def quantize_(spec: "ModelSpec", config: "QuantConfig", calib: Any = None,
     from edgevl.compress.quantize import quantize_ as plan
 
     return plan(spec, config, calib, tuple(components))
+
+
+def distill(teacher: Optional[str], student: Any, data: str, out: Union[str, Path], **options: Any) -> Any:
+    """Distil `teacher` into a `student` (a `--student` string or `edgevl.distill.StudentConfig`)
+    on `data` and write a model folder to `out` that `export` takes; see `edgevl.distill.distill`."""
+    from edgevl.distill import distill as run
+
+    return run(teacher, student, data, out, **options)
 
 
 def export(model: Union[None, str, "ModelSpec"], out: Union[str, Path], targets: Sequence[str] = ("onnx",),

@@ -14,6 +14,7 @@ MODEL_HELP = {
     "effnet-minilm": "embedded default: EfficientNet-Lite0 image tower + all-MiniLM-L6-v2 text tower, "
     "real weights, aligned by a projection edgevl fits offline",
     "hf-clip": "any local Hugging Face CLIPModel / SiglipModel checkpoint folder (pass its path as MODEL)",
+    "edgevl-student": "a folder written by `edgevl distill` (pass its path as MODEL)",
 }
 
 
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="batch sizes timed; default 1,8 (batch 1 is always timed)")
     profile.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
+    from edgevl.distill.command import add_distill_parser
+
+    add_distill_parser(sub)
     sub.add_parser("models", help="list registered models")
     sub.add_parser("targets", help="list targets and whether their SDK is installed")
     return parser
@@ -272,6 +276,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_targets()
         if args.command == "profile":
             return _cmd_profile(args)
+        if args.command == "distill":
+            from edgevl.distill.command import cmd_distill
+
+            return cmd_distill(args)
         return _cmd_export(args)
     except EdgevlError as exc:
         print(f"edgevl: error: {exc}", file=sys.stderr)

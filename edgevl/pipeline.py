@@ -72,12 +72,15 @@ def check_model_name(name_or_path: Optional[str]) -> None:
 
 
 def resolve_model(name_or_path: Optional[str], options: LoadOptions) -> ModelSpec:
-    """A registered name, or a checkpoint folder (loaded by the hf-clip adapter)."""
+    """A registered name, or a folder: one `edgevl distill` wrote (student.json, the
+    edgevl-student family) or a Hugging Face checkpoint (the hf-clip adapter)."""
     check_model_name(name_or_path)
     if name_or_path is None:
         return MODELS.get(DEFAULT_MODEL)(None, options)
     if name_or_path in MODELS.names():
         return MODELS.get(name_or_path)(None, options)
+    if (Path(name_or_path).expanduser() / "student.json").is_file():
+        return MODELS.get("edgevl-student")(str(Path(name_or_path).expanduser()), options)
     return MODELS.get("hf-clip")(str(Path(name_or_path).expanduser()), options)
 
 

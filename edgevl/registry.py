@@ -50,6 +50,7 @@ MODELS: Registry = Registry(
     {
         "effnet-minilm": "edgevl.models.effnet_minilm",
         "hf-clip": "edgevl.models.hf_clip",
+        "edgevl-student": "edgevl.models.student",
     },
 )
 EXPORTERS: Registry = Registry(

@@ -1,0 +1,73 @@
+"""The `edgevl distill` subcommand: its arguments and what it runs (torch-free until run)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from edgevl.distill.config import DEFAULT_STAGES, DistillConfig, OptimConfig, parse_student
+
+
+def add_distill_parser(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "distill",
+        help="distil a teacher model into a small student that exports as-is",
+        description="Distil TEACHER into a student (feature distillation, then joint affinity/contrastive "
+        "alignment) on DATA and write OUT, a model folder `edgevl export OUT` takes. Teacher embeddings are "
+        "cached on disk by content hash. Under torchrun the same command trains with DistributedDataParallel. "
+        "Exit codes: 0 ok, 2 bad input, 130 interrupted (the last checkpoint stays; rerun with --resume).",
+    )
+    p.add_argument("--teacher", default=None, help="registered model name or checkpoint folder; default: effnet-minilm")
+    p.add_argument("--student", default="vit-tiny",
+                   help="preset (vit-tiny, vit-micro, conv-tiny) and/or key=value pairs, e.g. "
+                   "vit-tiny,width=128,depth=6,resolution=64,patch=8,text=inherit,text_layers=0+5; default: vit-tiny")
+    p.add_argument("--data", default="bundled",
+                   help="bundled (default), fashion-mnist[:N], an image folder, or a JSON-lines file")
+    p.add_argument("--heldout", default=None,
+                   help="evaluation images never trained on: bundled-parity or fashion-mnist-test[:N]; default: by --data")
+    p.add_argument("--out", type=Path, required=True, help="output folder (new or empty, or an earlier run with --resume)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=32, help="global image batch (split across processes)")
+    p.add_argument("--text-batch", type=int, default=32, help="extra corpus texts per step (global)")
+    p.add_argument("--views", type=int, default=2, help="augmented views per training image")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feature-kind", choices=("cosine", "mse"), default="cosine")
+    p.add_argument("--text-corpus", choices=("data", "data+imagenet"), default="data+imagenet")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def config_from_args(args: argparse.Namespace) -> DistillConfig:
+    stages = tuple(replace(s, losses=replace(s.losses, feature_kind=args.feature_kind)) for s in DEFAULT_STAGES)
+    return DistillConfig(
+        teacher=args.teacher, student=parse_student(args.student), data=args.data, out=args.out, steps=args.steps,
+        batch=args.batch, text_batch=args.text_batch, views=args.views, seed=args.seed, stages=stages,
+        optim=OptimConfig(lr=args.lr), heldout=args.heldout, text_corpus=args.text_corpus,
+        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+    )
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from edgevl.distill.sources import check_data_spec
+
+    cfg = config_from_args(args)  # bad input fails here, before torch is imported
+    check_data_spec(cfg.data, cfg.heldout)
+    from edgevl.distill.trainer import distill_run
+
+    try:
+        result = distill_run(cfg, resume=args.resume, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(f"edgevl: interrupted; the last complete checkpoint in {cfg.out / 'checkpoints'} is intact: "
+              "rerun the same command with --resume", file=sys.stderr)
+        return 130
+    last = result.metrics[-1] if result.metrics else {}
+    if last:
+        print(f"agreement {last['agreement']:.3f}  image cosine {last['image_cosine']:.3f}  "
+              f"text cosine {last['text_cosine']:.3f}")
+    print(f"wrote {cfg.out} (edgevl export {cfg.out} --target onnx)")
+    return 0

@@ -1,0 +1,189 @@
+"""Where distillation images and texts come from: the bundled photos (every split but parity),
+an image folder (sub-folder names as labels), a JSON-lines file, or Debian's
+`dataset-fashion-mnist`; and the held-out evaluation images (never trained on)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgevl.errors import InputError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                         "ankle boot")
+PROMPT = "a photo of a {}."
+
+
+@dataclass
+class Source:
+    """Images (Pillow RGB) each with one paired text; `files` identify the content for the cache
+    key (a file hash or a dataset's name and index)."""
+
+    name: str
+    images: list = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # paired text per image
+    files: list[str] = field(default_factory=list)
+    extra_texts: list[str] = field(default_factory=list)  # texts without an image
+
+
+@dataclass
+class HeldOut:
+    """Evaluation images, the class names zero-shot agreement picks among, and each image's true
+    class index (-1 where unknown)."""
+
+    name: str
+    images: list
+    classes: list[str]
+    labels: list[int]
+    files: list[str]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [PROMPT.format(c) for c in self.classes]
+
+
+def _count(spec: str, default: int) -> tuple[str, int]:
+    name, _, n = spec.partition(":")
+    if not n:
+        return name, default
+    if not n.isdigit() or int(n) < 1:
+        raise InputError(f"data {spec!r}: the count after ':' must be a positive integer, e.g. {name}:2000")
+    return name, int(n)
+
+
+def check_data_spec(data: str, heldout: Optional[str]) -> None:
+    """Refuse a --data / --heldout that cannot be read, before the teacher loads."""
+    name, _ = _count(data, 0)
+    if name == "fashion-mnist" or (heldout or "").startswith("fashion-mnist"):
+        _fashion_files("train" if name == "fashion-mnist" else "t10k")
+    if data != "bundled" and name != "fashion-mnist":
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise InputError(f"--data {data} does not exist; give 'bundled', 'fashion-mnist[:N]', an image folder "
+                             "or a .jsonl file")
+        if path.is_file() and path.suffix not in (".jsonl", ".json"):
+            raise InputError(f"--data {data} is a {path.suffix or 'plain'} file; give an image folder or a .jsonl file")
+    if heldout is not None and _count(heldout, 0)[0] not in ("bundled-parity", "fashion-mnist-test"):
+        raise InputError(f"--heldout {heldout!r} is unknown; use 'bundled-parity' or 'fashion-mnist-test[:N]'")
+
+
+def _fashion_files(split: str) -> tuple[Path, Path]:
+    images_gz = FASHION_MNIST_DIR / f"{split}-images-idx3-ubyte.gz"
+    labels_gz = FASHION_MNIST_DIR / f"{split}-labels-idx1-ubyte.gz"
+    if not images_gz.is_file() or not labels_gz.is_file():
+        raise InputError(f"fashion-mnist is not installed ({images_gz} is missing); run as root: "
+                         "apt-get update && apt-get install -y dataset-fashion-mnist")
+    return images_gz, labels_gz
+
+
+def load_source(spec: str) -> Source:
+    from edgevl.calibration.samples import file_sha256
+
+    if spec == "bundled":
+        from edgevl.calibration.samples import PROMPT_TEMPLATE, bundled_samples, load_rgb
+
+        src = Source("bundled")
+        for sample in bundled_samples("calibration") + bundled_samples("gate"):
+            image = load_rgb(sample.path)
+            for text in (sample.caption, PROMPT_TEMPLATE.format(sample.label)):
+                src.images.append(image)
+                src.texts.append(text)
+                src.files.append(file_sha256(sample.path))
+        return src
+    name, n = _count(spec, 6000)
+    if name == "fashion-mnist":
+        images, labels = _fashion_mnist("train", n)
+        return Source(spec, images, [PROMPT.format(FASHION_MNIST_CLASSES[i]) for i in labels],
+                      [f"fashion-mnist/train/{i}" for i in range(len(images))])
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _image_folder(path)
+    if path.is_file() and path.suffix in (".jsonl", ".json"):
+        return _jsonl(path)
+    raise InputError(f"--data {spec}: not 'bundled', 'fashion-mnist[:N]', an image folder or a .jsonl file; "
+                     "check the path")
+
+
+def load_heldout(spec: Optional[str], data: str) -> HeldOut:
+    if spec is None:
+        spec = "fashion-mnist-test:1000" if data.startswith("fashion-mnist") else "bundled-parity"
+    if spec == "bundled-parity":
+        from edgevl.calibration.samples import bundled_parity_set, bundled_samples, file_sha256
+
+        ps = bundled_parity_set()
+        samples = bundled_samples("parity")
+        label_of = {s.name: ps.labels.index(s.label) for s in samples}
+        files = {s.name: file_sha256(s.path) for s in samples}
+        names = [n.split("#")[0] for n in ps.image_names]
+        return HeldOut(spec, ps.images, list(ps.labels), [label_of[n] for n in names],
+                       [f"{files[n]}#{v}" for n, v in zip(names, ps.image_names)])
+    name, n = _count(spec, 1000)
+    if name == "fashion-mnist-test":
+        images, labels = _fashion_mnist("t10k", n)
+        return HeldOut(spec, images, list(FASHION_MNIST_CLASSES), labels,
+                       [f"fashion-mnist/t10k/{i}" for i in range(len(images))])
+    raise InputError(f"--heldout {spec!r} is unknown; use 'bundled-parity' or 'fashion-mnist-test[:N]'")
+
+
+def _fashion_mnist(split: str, n: int) -> tuple[list, list[int]]:
+    from PIL import Image
+
+    images_gz, labels_gz = _fashion_files(split)
+    with gzip.open(images_gz) as f:
+        raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(labels_gz) as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    n = min(n, len(labels))
+    return [Image.fromarray(raw[i]).convert("RGB") for i in range(n)], [int(x) for x in labels[:n]]
+
+
+def _image_folder(folder: Path) -> Source:
+    from edgevl.calibration.datasets import IMAGE_SUFFIXES
+    from edgevl.calibration.samples import file_sha256, load_rgb
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise InputError(f"--data {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or pass a .jsonl file")
+    src = Source(str(folder))
+    for path in files:
+        label = path.parent.name if path.parent != folder else path.stem.replace("_", " ")
+        src.images.append(load_rgb(path))
+        src.texts.append(PROMPT.format(label))
+        src.files.append(file_sha256(path))
+    return src
+
+
+def _jsonl(path: Path) -> Source:
+    from edgevl.calibration.samples import file_sha256, load_rgb
+
+    src = Source(str(path))
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise InputError(f"{path}:{number} is not valid JSON; one object per line") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{number} is not a JSON object; write {{\"image\": ..., \"caption\": ...}}")
+        text = row.get("caption") or (PROMPT.format(row["label"]) if row.get("label") else None)
+        if not isinstance(text, str):
+            raise InputError(f"{path}:{number} has no \"caption\" or \"label\"; give one of them")
+        if row.get("image") is None:
+            src.extra_texts.append(text)
+            continue
+        image = (path.parent / str(row["image"])).expanduser()
+        if not image.is_file():
+            raise InputError(f"{path}:{number}: image {image} does not exist; paths are relative to the .jsonl file")
+        src.images.append(load_rgb(image))
+        src.texts.append(text)
+        src.files.append(file_sha256(image))
+    if not src.images:
+        raise InputError(f"{path} names no images; give each line an \"image\" path")
+    return src

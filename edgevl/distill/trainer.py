@@ -1,0 +1,203 @@
+"""The distillation loop, on one process or many (PyTorch DistributedDataParallel under
+`torchrun`: gloo on CPU, NCCL on GPU).
+
+Each step draws the GLOBAL batch from a generator seeded by (seed, step), so the batch does not
+depend on the number of processes nor on where a resumed run restarted. Rank r takes the r-th
+contiguous slice; the student's embeddings are all-gathered (with gradients) and every rank
+computes the loss of the whole global batch, so the result equals one process's within fp32
+rounding. DDP averages the gradients; each rank's gradient through its own rows is world-size
+times the loss's (the all-gather's backward sums every rank's identical loss), so the average is
+exactly the global loss's gradient. Rank 0 alone evaluates and writes checkpoints and the model.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from edgevl.distill.checkpoint import (
+    check_out_dir, latest_checkpoint, load_checkpoint, save_checkpoint, save_student_folder,
+)
+from edgevl.distill.config import DistillConfig
+from edgevl.distill.data import DistillData, build_data, default_cache, evaluate, student_preprocess
+from edgevl.distill.inherit import build_student, student_archs
+from edgevl.distill.losses import total_loss
+from edgevl.distill.sources import check_data_spec, load_heldout, load_source
+from edgevl.distill.students import StudentPair, arch_to_json
+from edgevl.errors import InputError
+
+FORMAT = "edgevl-student"
+
+
+@dataclass
+class DistillResult:
+    out: str
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)  # evaluations: {"step", "agreement", ...}
+    cache_hit: bool = False
+    data_seconds: float = 0.0  # building the tensors, the teacher's embeddings included on a cache miss
+    world_size: int = 1
+    student: Optional[StudentPair] = None
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _device(world: int) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def batch_indices(cfg: DistillConfig, step: int, views: int, texts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return torch.randint(0, views, (cfg.batch,), generator=g), torch.randint(0, texts, (cfg.text_batch,), generator=g)
+
+
+def _gather(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def _shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    n = x.shape[0] // world
+    return x[rank * n:(rank + 1) * n]
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, data: DistillData, cfg: DistillConfig,
+               step: int, rank: int, world: int, device: torch.device) -> tuple[float, dict[str, float]]:
+    stage, progress = cfg.stage_at(step)
+    for group in opt.param_groups:
+        group["lr"] = cfg.optim.lr_at(step, cfg.steps)
+    img_idx, extra_idx = batch_indices(cfg, step, len(data.pixels), len(data.texts))
+    pair_idx = data.view_text[img_idx]
+    local_img, local_pair, local_extra = (_shard(x, rank, world) for x in (img_idx, pair_idx, extra_idx))
+    text_rows = torch.cat([local_pair, local_extra])
+    # Trim the padding every text of the GLOBAL batch shares (same length on every rank): padded
+    # positions are masked out, so this changes nothing but the work.
+    length = int(data.mask[torch.cat([pair_idx, extra_idx])].sum(-1).max())
+    s_img, s_txt = model(data.pixels[local_img].to(device), data.ids[text_rows, :length].to(device),
+                         data.mask[text_rows, :length].to(device))
+    s_img = _gather(s_img, world)
+    s_pair = _gather(s_txt[:len(local_pair)], world)
+    s_extra = _gather(s_txt[len(local_pair):], world)
+    t_img = data.teacher_image[img_idx].to(device)
+    t_pair = data.teacher_text[pair_idx].to(device)
+    t_extra = data.teacher_text[extra_idx].to(device)
+    loss, terms = total_loss(stage.losses, progress, s_img, t_img, s_pair, t_pair, pair_idx.to(device),
+                             torch.cat([s_pair, s_extra]), torch.cat([t_pair, t_extra]))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach()), terms
+
+
+def _check_divisible(cfg: DistillConfig, world: int) -> None:
+    if cfg.batch % world or cfg.text_batch % world:
+        raise InputError(f"--batch {cfg.batch} and --text-batch {cfg.text_batch} must be multiples of the "
+                         f"{world} processes; change them or --nproc_per_node")
+
+
+def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
+                log: Optional[Callable[[str], None]] = None) -> DistillResult:
+    """Distil `cfg.teacher` into a `cfg.student` on `cfg.data`; write the model folder to
+    `cfg.out` (rank 0). Returns the losses and held-out evaluations."""
+    from edgevl.models.spec import LoadOptions
+    from edgevl.pipeline import resolve_model
+
+    check_data_spec(cfg.data, cfg.heldout)
+    rank, world = _dist()
+    _check_divisible(cfg, world)
+    if rank == 0:
+        check_out_dir(cfg.out, resume)
+    say = log or ((lambda m: print(m, file=sys.stderr, flush=True)) if not quiet and rank == 0 else (lambda m: None))
+    device = _device(world)
+    teacher = resolve_model(cfg.teacher, LoadOptions())
+    source, heldout = load_source(cfg.data), load_heldout(cfg.heldout, cfg.data)
+    cache = default_cache(cfg.cache_dir)
+
+    def data_for() -> DistillData:
+        return build_data(teacher, source, heldout, cfg.student.resolution, cfg.views, cfg.seed, cfg.text_corpus,
+                          cache, say)
+
+    t_data = time.perf_counter()
+    if world > 1:  # rank 0 runs the teacher once; the others read its cache
+        data = data_for() if rank == 0 else None
+        torch.distributed.barrier()
+        data = data if data is not None else data_for()
+    else:
+        data = data_for()
+    data_seconds = time.perf_counter() - t_data
+    student = build_student(cfg.student, teacher, cfg.seed).to(device)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    start, metrics = 0, []
+    ckpt = latest_checkpoint(cfg.out) if resume else None
+    if ckpt is not None:
+        start, metrics = load_checkpoint(ckpt, student, opt, cfg.fingerprint())
+        say(f"resuming from {ckpt} (step {start})")
+    if start == 0 and rank == 0:
+        metrics.append({"step": 0, **evaluate(student, data)})
+    model = student
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    student.train()
+    result = DistillResult(str(cfg.out), cfg.steps, cache_hit=data.cache_hit, world_size=world, student=student,
+                           data_seconds=data_seconds)
+    every = max(1, cfg.steps // 20)
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        loss, terms = train_step(model, opt, data, cfg, step, rank, world, device)
+        dt = time.perf_counter() - t0
+        result.losses.append(loss)
+        done = step + 1
+        if rank == 0 and (done % every == 0 or done == cfg.steps):
+            stage = cfg.stage_at(step)[0].name
+            bar = "#" * (20 * done // cfg.steps)
+            parts = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
+            say(f"[{bar:<20}] step {done}/{cfg.steps} {stage} loss {loss:.4f} ({parts}) "
+                f"{dt:.3f} s/step {cfg.batch / dt:.0f} img/s")
+        if rank == 0 and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            metrics.append({"step": done, **evaluate(student, data)})
+            say(_eval_line(metrics[-1]))
+        if rank == 0 and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            save_checkpoint(cfg.out, done, student, opt, cfg.fingerprint(), metrics)
+    if rank == 0:
+        metrics.append({"step": cfg.steps, **evaluate(student, data)})
+        say(_eval_line(metrics[-1]))
+        save_checkpoint(cfg.out, cfg.steps, student, opt, cfg.fingerprint(), metrics)
+        image_arch, text_arch = student_archs(cfg.student, teacher)
+        record = {"format": FORMAT, "version": 1, "teacher": teacher.name, "teacher_source": teacher.source,
+                  "image": arch_to_json(image_arch), "text": arch_to_json(text_arch), "config": cfg.to_json(),
+                  "metrics": metrics, "world_size": world, "vocab_size": teacher.vocab_size,
+                  "special_token_ids": teacher.special_token_ids}
+        save_student_folder(cfg.out, student, record, teacher.tokenizer_files,
+                            student_preprocess(teacher.preprocess, cfg.student.resolution))
+        say(f"wrote {cfg.out}")
+    if world > 1:
+        torch.distributed.barrier()
+    result.metrics = metrics
+    student.eval()
+    return result
+
+
+def _eval_line(m: dict) -> str:
+    extra = "".join(f" {k} {m[k]:.3f}" for k in ("student_accuracy", "teacher_accuracy") if k in m)
+    return (f"  eval step {m['step']}: agreement {m['agreement']:.3f} image cosine {m['image_cosine']:.3f} "
+            f"text cosine {m['text_cosine']:.3f}{extra}")
