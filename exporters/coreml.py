@@ -115,6 +115,9 @@ class CoreMLExporter(Exporter):
             "verified by edgevl's numpy reference interpreter of the ML Program, not by Core ML"
             if platform.system() != "Darwin" else "verified by Core ML (MLModel.predict)",
         ]
+        if plan is not None and plan.stored_compressed == 0:
+            notes.append(f"the {precision} accuracy gate kept every layer float: the package holds fp16 weights "
+                         "(passes.compression names the layers and their damage)")
         if unrouted and not unfused:
             notes.append("fused though not routed through edgevl's attention op: " + ", ".join(unrouted))
         options_out: dict[str, Any] = {}

@@ -57,12 +57,12 @@ def test_candidates_skip_the_output_projection(tiny_text):
 
 def test_gate_keeps_the_most_damaging_layers_float_and_passes(tiny_text):
     """palettize4 on the tiny random text tower misses its row with every layer compressed: the
-    gate returns the fewest most-damaging layers to float that pass, and the tower it returns
-    holds the compressed grid exactly in the others."""
+    gate returns the fewest layers to float, most damage per weight first, that pass, and the
+    tower it returns holds the compressed grid exactly in the others."""
     spec, tower = tiny_text
     compressed, plan = plan_compression(spec, tower, "palettize4")
     assert plan.gate_passed and plan.kept_float, plan.report()
-    ranked = sorted(plan.damage, key=lambda n: -plan.damage[n])
+    ranked = sorted(plan.damage, key=lambda n: -plan.damage[n] / tower.module.get_submodule(n).weight.numel())
     assert plan.kept_float == ranked[:len(plan.kept_float)]
     for c in plan.compressed:
         np.testing.assert_array_equal(compressed.module.get_submodule(c.name).weight.detach().numpy(),
@@ -71,7 +71,7 @@ def test_gate_keeps_the_most_damaging_layers_float_and_passes(tiny_text):
         np.testing.assert_array_equal(compressed.module.get_submodule(name).weight.detach().numpy(),
                                       tower.module.get_submodule(name).weight.detach().numpy())
     report = plan.report()
-    assert report["kept_float"] == plan.kept_float and report["gate_cosine_min"] >= 0.98
+    assert report["kept_float"] == plan.kept_float and report["gate_cosine_min"] >= 0.99
 
     _, int8 = plan_compression(spec, tower, "int8w")
     assert int8.gate_passed and not int8.kept_float and not int8.damage
