@@ -111,9 +111,10 @@ def _called_layers(module: Any, example: dict) -> list[str]:
     return list(dict.fromkeys(called))
 
 
-def candidates(tower: TowerSpec) -> tuple[list[Candidate], Optional[str]]:
+def candidates(tower: TowerSpec, precision: str = "palettize4") -> tuple[list[Candidate], Optional[str]]:
     """The compressible layers the tower calls, and its output projection (the last `Linear`
-    called), which is never compressed."""
+    called), which is never compressed. A palettized embedding table needs a width that splits
+    into groups of `PALETTE_GROUP`."""
     import torch
 
     called = _called_layers(tower.module, tower.example_inputs)
@@ -126,7 +127,7 @@ def candidates(tower: TowerSpec) -> tuple[list[Candidate], Optional[str]]:
             continue
         if isinstance(sub, torch.nn.Linear):
             found.append(Candidate(name, embedding=False))
-        elif sub.weight.shape[1] % PALETTE_GROUP == 0:
+        elif precision == "int8w" or sub.weight.shape[1] % PALETTE_GROUP == 0:
             found.append(Candidate(name, embedding=True))
     return found, last
 
@@ -209,7 +210,7 @@ def plan_compression(
 ) -> tuple[TowerSpec, CompressionPlan]:
     """The tower with the gate's choice of layers compressed (weights on the compressed grid),
     and the plan that says which."""
-    found, last = candidates(tower)
+    found, last = candidates(tower, precision)
     plan = CompressionPlan(precision=precision, output_layer=last)
     originals = {c.name: tower.module.get_submodule(c.name).weight.detach().numpy().copy() for c in found}
     grids = {c.name: compressed_weight(originals[c.name], c, precision) for c in found}
