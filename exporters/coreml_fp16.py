@@ -7,7 +7,7 @@
 2. The fp16 program (those ops fp32, via coremltools' `FP16ComputePrecision(op_selector=...)`)
    runs on the gate split; if it misses the fp16 tolerance row, the ops with the largest
    magnitudes (those lose the most absolute precision in fp16) are kept fp32 too, at magnitude
-   thresholds `ESCALATION` below the range, and finally every op.
+   thresholds `fp16_guard.ESCALATION` below the range, and finally every op.
 
 The report names the ops kept fp32 and why; it goes into the manifest's `passes.fp16_guard`.
 """
@@ -21,19 +21,9 @@ from typing import Any, Optional
 import numpy as np
 
 from edgevl.exporters.coreml_convert import ImageInput, convert_tower, silent
+from edgevl.exporters.fp16_guard import FP16_MAX, MAX_LISTED, THRESHOLDS, guard_reason, peak
 from edgevl.models.spec import ModelSpec, TowerSpec
 
-FP16_MAX = 65504.0
-# Fractions of FP16_MAX tried, in order, when the overflow guard alone misses the parity bar.
-ESCALATION = (1 / 16, 1 / 256, 1 / 4096)
-MAX_LISTED = 50
-
-
-def _peak(value: Any) -> float:
-    value = np.asarray(value)
-    if value.dtype.kind != "f" or not value.size:
-        return 0.0
-    return float(np.max(np.abs(value))) if np.all(np.isfinite(value)) else float("inf")
 
 
 def _input_vars(op: Any) -> list:
@@ -58,8 +48,8 @@ def op_magnitudes(program: Any, feeds: dict[str, np.ndarray], batch: int = 16) -
         if op.op_type == "const":
             return
         for var, value in zip(op.outputs, outputs):
-            values[var.name] = max(values.get(var.name, 0.0), _peak(value))
-        touched = [values.get(v.name, _peak(v.val) if v.val is not None else 0.0) for v in _input_vars(op)]
+            values[var.name] = max(values.get(var.name, 0.0), peak(value))
+        touched = [values.get(v.name, peak(v.val) if v.val is not None else 0.0) for v in _input_vars(op)]
         touched += [values[v.name] for v in op.outputs]
         name = op.outputs[0].name
         peaks[name] = max(peaks.get(name, 0.0), *touched)
@@ -102,8 +92,7 @@ def guarded_fp16(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         # The probe's var names are those the fp16 pass's op selector sees (`pass_pipeline`).
         peaks = op_magnitudes(convert_tower(tower, fp16=False, static_batch=static_batch, probe=True), feeds)
-        thresholds = (FP16_MAX,) + tuple(FP16_MAX * f for f in ESCALATION) + (0.0,)
-        for i, threshold in enumerate(thresholds):
+        for i, threshold in enumerate(THRESHOLDS):
             kept = {n for n, p in peaks.items() if p > threshold} if threshold > 0 else set(peaks)
             model = convert_tower(tower, fp16=True, keep_fp32=_keep(kept) if kept else None,
                                   static_batch=static_batch)
@@ -121,12 +110,7 @@ def guarded_fp16(
         "kept_fp32": sorted(kept)[:MAX_LISTED],
         "kept_fp32_count": len(kept),
         "overflowing_ops": overflow[:MAX_LISTED],
-        "reason": (
-            "none needed" if not kept else
-            "fp16 overflow (|value| > 65504 on the gate split)" if threshold == FP16_MAX else
-            f"fp16 parity on the gate split needed ops above |value| {threshold:.0f} in fp32"
-            if threshold > 0 else "fp16 parity on the gate split needed every op in fp32"
-        ),
+        "reason": guard_reason(bool(kept), threshold, "op"),
         "gate_cosine_min": result.cosine_min,
         "gate_passed": result.passed,
     }

@@ -15,7 +15,7 @@ edgevl has its own pass:
 3. Graph inputs and outputs stay fp32 (a Cast right after each float input and before each
    output), so feeding the engine is the same at every precision.
 4. The graph runs on the gate split; if it misses the fp16 tolerance row, nodes with the largest
-   peaks stay fp32 too, at thresholds `ESCALATION` below the range, then every node.
+   peaks stay fp32 too, at thresholds `fp16_guard.ESCALATION` below the range, then every node.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-FP16_MAX = 65504.0
-ESCALATION = (1 / 16, 1 / 256, 1 / 4096)
-MAX_LISTED = 50
+from edgevl.exporters.fp16_guard import FP16_MAX, MAX_LISTED, THRESHOLDS, guard_reason, peak
+
 FLOAT, FLOAT16 = 1, 10
 # Inputs that ONNX types as float32 only, whatever the node computes in.
 FP32_ONLY_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
@@ -45,12 +44,6 @@ def float_tensors(model: "object") -> set[str]:
     return names | {i.name for i in inferred.graph.initializer if i.data_type == FLOAT}
 
 
-def _peak(x: np.ndarray) -> float:
-    if x.dtype.kind != "f" or not x.size:
-        return 0.0
-    return float(np.abs(x).max()) if np.all(np.isfinite(x)) else float("inf")
-
-
 def tensor_peaks(model: "object", feeds: dict[str, np.ndarray], batch: int = 16) -> dict[str, float]:
     """Peak |value| of every float tensor of `model` over `feeds` (ONNX Runtime, CPU)."""
     from onnx import numpy_helper
@@ -66,10 +59,10 @@ def tensor_peaks(model: "object", feeds: dict[str, np.ndarray], batch: int = 16)
     for i in range(0, n, batch):
         outs = sess.run(None, {k: v[i:i + batch] for k, v in feeds.items()})
         for name, value in zip(names, outs):
-            peaks[name] = max(peaks.get(name, 0.0), _peak(value))
+            peaks[name] = max(peaks.get(name, 0.0), peak(value))
     for init in model.graph.initializer:
         if init.name in floats:
-            peaks[init.name] = _peak(numpy_helper.to_array(init))
+            peaks[init.name] = peak(numpy_helper.to_array(init))
     return peaks
 
 
@@ -171,9 +164,8 @@ def guarded_fp16(
     `passes_gate(model)` returns the gate-split parity result (`.passed`, `.cosine_min`)."""
     peaks = tensor_peaks(fp32, feeds)
     by_node = node_peaks(fp32, peaks)
-    thresholds = (FP16_MAX,) + tuple(FP16_MAX * f for f in ESCALATION) + (0.0,)
     result: Optional[Any] = None
-    for threshold in thresholds:
+    for threshold in THRESHOLDS:
         kept = {n for n, p in by_node.items() if p > threshold} if threshold > 0 else {n.name for n in fp32.graph.node}
         model, counts = convert_fp16(fp32, kept, peaks)
         result = passes_gate(model)
@@ -186,12 +178,7 @@ def guarded_fp16(
         "kept_fp32_count": len(kept),
         "kept_fp32_ops": sorted({n.op_type for n in fp32.graph.node if n.name in kept}),
         "overflowing_nodes": overflow[:MAX_LISTED],
-        "reason": (
-            "none needed" if not kept else
-            "fp16 overflow (|value| > 65504 on the gate split)" if threshold == FP16_MAX else
-            f"fp16 parity on the gate split needed nodes above |value| {threshold:.0f} in fp32"
-            if threshold > 0 else "fp16 parity on the gate split needed every node in fp32"
-        ),
+        "reason": guard_reason(bool(kept), threshold, "node"),
         "gate_cosine_min": result.cosine_min,
         "gate_passed": result.passed,
         **counts,

@@ -1,4 +1,10 @@
-"""ONNX Runtime (CPU execution provider)."""
+"""ONNX Runtime (CPU execution provider).
+
+Options (all optional):
+    threads         intra-op threads.
+    qdq_as_written  graph optimisations off, so QuantizeLinear / DequantizeLinear compute as
+                    written (a float simulation) rather than through the CPU's integer kernels.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,17 @@ from edgevl.registry import register_runtime
 from edgevl.runtimes.base import LoadedModel, Runtime
 
 
-class _OrtModel(LoadedModel):
+class OrtModel(LoadedModel):
+    """One ONNX file in an ONNX Runtime CPU session (options: see the module doc)."""
+
     def __init__(self, path: Path, options: dict[str, Any]) -> None:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         if "threads" in options:
             so.intra_op_num_threads = int(options["threads"])
+        if options.get("qdq_as_written"):
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self._session.get_inputs()]
@@ -35,4 +45,4 @@ class OnnxRuntime(Runtime):
     extra = "onnx"
 
     def _load(self, path: Path, options: dict[str, Any]) -> LoadedModel:
-        return _OrtModel(path, options)
+        return OrtModel(path, options)

@@ -22,27 +22,13 @@ import numpy as np
 from edgevl.errors import InputError
 from edgevl.registry import register_runtime
 from edgevl.runtimes.base import LoadedModel, Runtime
+from edgevl.runtimes.onnxruntime import OrtModel
 
 
-class _OrtFallback(LoadedModel):
+class _OrtFallback(OrtModel):
+    """The engine-ready ONNX in ONNX Runtime, labelled as what ran it."""
+
     verified = "onnxruntime"
-
-    def __init__(self, path: Path, options: dict[str, Any]) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if "threads" in options:
-            so.intra_op_num_threads = int(options["threads"])
-        if options.get("qdq_as_written"):
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self._session.get_inputs()]
-        self.output_names = [o.name for o in self._session.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self._session.run(None, {n: feeds[n] for n in self.input_names})
-        return dict(zip(self.output_names, outs))
 
 
 class TensorRTEngine(LoadedModel):

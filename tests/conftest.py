@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -33,31 +34,29 @@ def make_tiny_checkpoint(kind: str, folder: Path) -> Path:
     return folder
 
 
+def _private_folder(tmp_path_factory, variable: str, name: str) -> Iterator[Path]:
+    """`variable` points at a new folder for the whole run, and is restored afterwards."""
+    folder = tmp_path_factory.mktemp(name)
+    previous = os.environ.get(variable)
+    os.environ[variable] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(variable, None)
+    else:
+        os.environ[variable] = previous
+
+
 @pytest.fixture(scope="session", autouse=True)
-def edgevl_cache(tmp_path_factory) -> Path:
+def edgevl_cache(tmp_path_factory) -> Iterator[Path]:
     """A cache private to this test run (hermetic: the user's ~/.cache/edgevl is never read), shared
     by every test so the default model's projection is fitted once per run."""
-    cache = tmp_path_factory.mktemp("edgevl-cache")
-    previous = os.environ.get("EDGEVL_CACHE")
-    os.environ["EDGEVL_CACHE"] = str(cache)
-    yield cache
-    if previous is None:
-        os.environ.pop("EDGEVL_CACHE", None)
-    else:
-        os.environ["EDGEVL_CACHE"] = previous
+    yield from _private_folder(tmp_path_factory, "EDGEVL_CACHE", "edgevl-cache")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def runtime_cache(tmp_path_factory) -> Path:
+def runtime_cache(tmp_path_factory) -> Iterator[Path]:
     """edgevl-runtime's label banks go to a folder private to this test run, never ~/.cache."""
-    cache = tmp_path_factory.mktemp("edgevl-runtime-cache")
-    previous = os.environ.get("EDGEVL_RUNTIME_CACHE")
-    os.environ["EDGEVL_RUNTIME_CACHE"] = str(cache)
-    yield cache
-    if previous is None:
-        os.environ.pop("EDGEVL_RUNTIME_CACHE", None)
-    else:
-        os.environ["EDGEVL_RUNTIME_CACHE"] = previous
+    yield from _private_folder(tmp_path_factory, "EDGEVL_RUNTIME_CACHE", "edgevl-runtime-cache")
 
 
 @pytest.fixture(scope="session")
