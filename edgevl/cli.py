@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Iterator, NoReturn, Optional, Sequence
 
+from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS
+
 MODEL_HELP = {
     "effnet-minilm": "embedded default: EfficientNet-Lite0 image tower + all-MiniLM-L6-v2 text tower, "
     "real weights, aligned by a projection edgevl fits offline",
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--coreml-input", choices=("image", "tensor"), default="image",
                         help="Core ML image tower input: a Core ML image (RGB 0-255, normalisation folded in) "
                              "or the normalised float tensor; default: image")
+    export.add_argument("--palette-tune-steps", type=int, default=DEFAULT_PALETTE_TUNE_STEPS, metavar="N",
+                        help="coreml palettize4: fine-tuning steps around the 4-bit palettes when the tower misses "
+                             f"its row without them (0: none); default: {DEFAULT_PALETTE_TUNE_STEPS}")
     export.add_argument("--trt-attention", choices=("native", "plugin"), default="native",
                         help="tensorrt target: native (standard Attention, TensorRT >= 10.14 IAttention; default) or "
                         "plugin (also writes a plugin-node graph for older TensorRT)")
@@ -216,6 +221,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         cpu_isa=args.cpu_isa,
         speed_guard=args.speed_guard,
         coreml_input=args.coreml_input,
+        palette_tune_steps=args.palette_tune_steps,
         trt_attention=args.trt_attention,
     )
     with _quiet_libraries(args.quiet):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from edgevl import __version__
+from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS
 from edgevl.errors import InputError, ModelLoadError, OutputWriteError, ParityError
 from edgevl.exporters.base import (
     STATIC_AXES, TRT_ATTENTION, ExportedArtifact, Exporter, ExportOptions, check_static_shapes,
@@ -50,6 +51,7 @@ class ExportRequest:
     cpu_isa: str = "any"
     speed_guard: bool = False
     coreml_input: str = "image"
+    palette_tune_steps: int = DEFAULT_PALETTE_TUNE_STEPS
     trt_attention: str = "native"
 
 
@@ -244,6 +246,7 @@ def run_export(
                         cpu_isa=request.cpu_isa,
                         speed_guard=request.speed_guard,
                         coreml_input=request.coreml_input,
+                        palette_tune_steps=request.palette_tune_steps,
                         trt_attention=request.trt_attention,
                         progress=lambda line: progress.info(f"  {line}"),
                     )

@@ -28,6 +28,10 @@ class TextTokenizer:
         self.pad_token_id = pad_token_id
         self.input_names = tuple(input_names)
 
+    def vocabulary(self) -> list[str]:
+        """The tokenizer's vocabulary entries as written in its `tokenizer.json`."""
+        return list(self._tok.get_vocab())
+
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         if isinstance(texts, str):
             texts = [texts]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from edgevl.compress.config import check_cpu_isa
+from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS, check_cpu_isa
 from edgevl.errors import InputError, MissingBackendError, UnfusedAttentionError
 from edgevl.models.spec import Component, ModelSpec
 
@@ -52,6 +52,9 @@ class ExportOptions:
         coreml_input: the Core ML image tower's input: "image" (a Core ML image, RGB pixels
             0-255, the preprocessing's normalisation folded into the model) or "tensor" (the
             normalised float tensor the other targets take).
+        palette_tune_steps: Core ML palettize4 only: fine-tuning steps around the palettes when
+            the tower with every layer palettized misses its tolerance row (0: no tuning; the
+            gate then keeps the most damaging layers float). See `edgevl.compress.palette_tune`.
         trt_attention: TensorRT target only: "native" (standard `Attention`, imported as
             IAttention by TensorRT >= 10.14) or "plugin" (also a plugin-node graph for older TensorRT).
         progress: called with one line per step of long work inside an export (the int8
@@ -67,6 +70,7 @@ class ExportOptions:
     cpu_isa: str = "any"
     speed_guard: bool = False
     coreml_input: str = "image"
+    palette_tune_steps: int = DEFAULT_PALETTE_TUNE_STEPS
     trt_attention: str = "native"
     progress: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
 
@@ -78,6 +82,8 @@ class ExportOptions:
             raise InputError(
                 f"unknown Core ML input {self.coreml_input!r}; use one of: {', '.join(COREML_INPUTS)}"
             )
+        if self.palette_tune_steps < 0:
+            raise InputError(f"--palette-tune-steps {self.palette_tune_steps} must be 0 (no tuning) or more")
         if self.trt_attention not in TRT_ATTENTION:
             raise InputError(
                 f"unknown --trt-attention {self.trt_attention!r}; use one of: {', '.join(TRT_ATTENTION)}"

@@ -86,7 +86,8 @@ class CoreMLExporter(Exporter):
         if precision == "fp32":
             model = convert_tower(tower, fp16=False, static_batch=static_batch, image_input=image_input)
         elif precision in ("int8w", "palettize4"):
-            compressed, plan = plan_compression(spec, tower, precision, options.progress or (lambda _m: None))
+            compressed, plan = plan_compression(spec, tower, precision, options.progress or (lambda _m: None),
+                                                options.palette_tune_steps)
             model, passes["fp16_guard"] = guarded_fp16(spec, tower, static_batch, out_dir, convert=compressed,
                                                        image_input=image_input)
         else:

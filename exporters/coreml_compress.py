@@ -39,22 +39,16 @@ MIN_COMPRESSED_WEIGHTS = 512
 # Channels that share one 16-entry table: a table per tensor lost zero-shot agreement on the tiny
 # test towers; the tables cost 32 bytes per group.
 PALETTE_GROUP = 16
-KMEANS_ITERATIONS = 25
-PALETTE_SIZE = 16
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One compressible weight: its module path and whether it is an embedding table."""
+    """One compressible weight: its module path and whether it is an embedding table. Scales
+    and palette groups run along axis 0 of every weight: a `Linear`'s output channels, an
+    embedding table's rows (token ids)."""
 
     name: str
     embedding: bool
-
-    def axis(self, precision: str) -> int:
-        """The axis scales / palette groups run along, as coremltools' passes infer it for the
-        op that reads the weight: output channels (0), except palettized embedding tables, which
-        are grouped along the embedding width (1: given to coremltools as `channel_axis`)."""
-        return 1 if self.embedding and precision == "palettize4" else 0
 
 
 @dataclass
@@ -69,6 +63,7 @@ class CompressionPlan:
     damage: dict[str, float] = field(default_factory=dict)
     grids: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     folded: list[str] = field(default_factory=list)
+    tuning: Optional[dict] = None
 
     @property
     def stored_compressed(self) -> int:
@@ -77,7 +72,7 @@ class CompressionPlan:
 
     def report(self) -> dict:
         scheme = ("linear_symmetric int8, per output channel" if self.precision == "int8w" else
-                  f"k-means palettization, 4 bits, a table per {PALETTE_GROUP} channels")
+                  f"k-means palettization, 4 bits, a table per {PALETTE_GROUP} channels (rows of an embedding table)")
         worst = sorted(self.damage.items(), key=lambda kv: -kv[1])[:10]
         return {
             "scheme": scheme,
@@ -90,6 +85,7 @@ class CompressionPlan:
             "gate_agreement": self.gate_agreement,
             "gate_passed": self.gate_passed,
             "most_damaging_layers": {name: round(value, 6) for name, value in worst},
+            "tuning": self.tuning,
         }
 
 
@@ -111,10 +107,9 @@ def _called_layers(module: Any, example: dict) -> list[str]:
     return list(dict.fromkeys(called))
 
 
-def candidates(tower: TowerSpec, precision: str = "palettize4") -> tuple[list[Candidate], Optional[str]]:
+def candidates(tower: TowerSpec) -> tuple[list[Candidate], Optional[str]]:
     """The compressible layers the tower calls, and its output projection (the last `Linear`
-    called), which is never compressed. A palettized embedding table needs a width that splits
-    into groups of `PALETTE_GROUP`."""
+    called), which is never compressed."""
     import torch
 
     called = _called_layers(tower.module, tower.example_inputs)
@@ -125,10 +120,7 @@ def candidates(tower: TowerSpec, precision: str = "palettize4") -> tuple[list[Ca
         sub = tower.module.get_submodule(name)
         if name == last or sub.weight.numel() < MIN_COMPRESSED_WEIGHTS:
             continue
-        if isinstance(sub, torch.nn.Linear):
-            found.append(Candidate(name, embedding=False))
-        elif precision == "int8w" or sub.weight.shape[1] % PALETTE_GROUP == 0:
-            found.append(Candidate(name, embedding=True))
+        found.append(Candidate(name, embedding=not isinstance(sub, torch.nn.Linear)))
     return found, last
 
 
@@ -139,52 +131,35 @@ def int8_grid(weight: np.ndarray, axis: int) -> np.ndarray:
     return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(weight.dtype)
 
 
-def _kmeans_1d(values: np.ndarray) -> np.ndarray:
-    """Lloyd's k-means in 1-D over each row of `values` [groups, n]; every value replaced by its
-    centre. Centres start at evenly spaced quantiles."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-    quantiles = torch.linspace(0, 1, PALETTE_SIZE + 2)[1:-1]
-    centres = torch.quantile(x, quantiles, dim=1).T.contiguous()  # [groups, 16]
-    for _ in range(KMEANS_ITERATIONS):
-        assign = torch.argmin((x.unsqueeze(-1) - centres.unsqueeze(1)).abs(), dim=-1)
-        sums = torch.zeros_like(centres).scatter_add_(1, assign, x)
-        counts = torch.zeros_like(centres).scatter_add_(1, assign, torch.ones_like(x))
-        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
-    assign = torch.argmin((x.unsqueeze(-1) - centres.unsqueeze(1)).abs(), dim=-1)
-    return torch.gather(centres, 1, assign).numpy()
-
-
 def palette_grid(weight: np.ndarray, axis: int) -> np.ndarray:
-    """16 values per group of `PALETTE_GROUP` channels along `axis` (k-means), dequantized."""
-    moved = np.moveaxis(weight, axis, 0)  # [channels, rest]
-    channels = moved.shape[0]
-    group = max(d for d in range(1, PALETTE_GROUP + 1) if channels % d == 0)
-    grouped = moved.reshape(channels // group, -1)
-    out = np.empty_like(grouped)
-    step = max(1, (1 << 22) // max(grouped.shape[1] * PALETTE_SIZE, 1))  # bounds the k-means memory
-    for start in range(0, grouped.shape[0], step):
-        out[start:start + step] = _kmeans_1d(grouped[start:start + step])
-    return np.moveaxis(out.reshape(moved.shape), 0, axis).astype(weight.dtype)
-
-
-def compressed_weight(weight: np.ndarray, candidate: Candidate, precision: str) -> np.ndarray:
-    return (int8_grid if precision == "int8w" else palette_grid)(weight, candidate.axis(precision))
-
-
-def _with_weights(tower: TowerSpec, weights: dict[str, np.ndarray]) -> TowerSpec:
+    """16 values per group of up to `PALETTE_GROUP` channels along `axis` (k-means), dequantized."""
     import torch
 
-    module = copy.deepcopy(tower.module).eval()
+    from edgevl.compress.palette_tune import group_size, palettized
+
+    moved = np.moveaxis(weight, axis, 0)
+    grid = palettized(torch.from_numpy(np.ascontiguousarray(moved, dtype=np.float32)),
+                      group_size(moved.shape[0], PALETTE_GROUP)).numpy()
+    return np.moveaxis(grid, 0, axis).astype(weight.dtype)
+
+
+def compressed_weight(weight: np.ndarray, precision: str) -> np.ndarray:
+    return (int8_grid if precision == "int8w" else palette_grid)(weight, 0)
+
+
+def _with_weights(tower: TowerSpec, weights: dict[str, np.ndarray], base: Any = None) -> TowerSpec:
+    """The tower on a copy of `base` (default: its own module) with `weights` set."""
+    import torch
+
+    module = copy.deepcopy(tower.module if base is None else base).eval()
     for name, value in weights.items():
         module.get_submodule(name).weight.data.copy_(torch.from_numpy(value))
     return replace(tower, module=module)
 
 
-def _gate(spec: ModelSpec, tower: TowerSpec, key: tuple[str, str]) -> Callable[[dict], Any]:
-    """A function: {layer: compressed weight} -> parity result of the PyTorch tower on the gate
-    split against the float reference."""
+def _gate(spec: ModelSpec, tower: TowerSpec, key: tuple[str, str]) -> Callable[[Any, dict], Any]:
+    """A function: (base module, {layer: weight}) -> parity result of the PyTorch tower on the
+    gate split against the float reference."""
     from edgevl.compress.gate import gate_cosine_floor
     from edgevl.paritydata import build_split_data, run_batched, verify_outputs
     from edgevl.tolerances import tolerance_for
@@ -196,8 +171,8 @@ def _gate(spec: ModelSpec, tower: TowerSpec, key: tuple[str, str]) -> Callable[[
     row = tolerance_for(*key)
     tolerance = replace(row, cosine_min=gate_cosine_floor(row.cosine_min))
 
-    def judge(weights: dict[str, np.ndarray]) -> Any:
-        trial = _with_weights(tower, weights)
+    def judge(base: Any, weights: dict[str, np.ndarray]) -> Any:
+        trial = _with_weights(tower, weights, base)
         out = run_batched(trial.forward_numpy, feeds, 16)
         return verify_outputs(data, tower.component, out.astype(np.float32), tolerance,
                               f"coreml {key[1]} gate {tower.component}")
@@ -205,58 +180,113 @@ def _gate(spec: ModelSpec, tower: TowerSpec, key: tuple[str, str]) -> Callable[[
     return judge
 
 
+def _tune(spec: ModelSpec, tower: TowerSpec, found: list[Candidate], grids: dict[str, np.ndarray],
+          steps: int, progress: Callable[[str], None]) -> Any:
+    """Palettization-aware fine-tuning of the tower (`edgevl.compress.palette_tune`): every
+    `Linear` candidate trains its palettes, embedding tables keep their k-means grids."""
+    from edgevl.compress.palette_tune import group_size, tune_palettes
+
+    linear_groups = {c.name: group_size(grids[c.name].shape[0], PALETTE_GROUP) for c in found if not c.embedding}
+    frozen = {c.name: grids[c.name] for c in found if c.embedding}
+    progress(f"{tower.component} palettize4: every layer palettized misses the row; fine-tuning "
+             f"{len(linear_groups)} layer(s) around their palettes, {steps} steps")
+    return tune_palettes(spec, tower, linear_groups, frozen, steps=steps, progress=progress)
+
+
+@dataclass
+class _Choice:
+    """One gate search's outcome: the layers kept float, the verdict, the damage measured."""
+
+    base: Any
+    grids: dict[str, np.ndarray]
+    kept: list[str]
+    result: Any
+    damage: dict[str, float] = field(default_factory=dict)
+
+    def float_weights(self) -> int:
+        return sum(self.grids[n].size for n in self.kept)
+
+
+def _search(found: list[Candidate], originals: dict[str, np.ndarray], choice: _Choice, judge: Callable[[Any, dict], Any],
+            label: str, progress: Callable[[str], None]) -> _Choice:
+    """The fewest layers to keep float for `choice` (all compressed, failing) to pass: each
+    layer's damage alone, then the most damaging per weight back to float, 1, 2, 4, ... of them,
+    then bisection between the last failing and the first passing count."""
+    grids, base = choice.grids, choice.base
+
+    def assigned(kept: list[str]) -> dict[str, np.ndarray]:
+        return {n: originals[n] if n in kept else grids[n] for n in originals}
+
+    damage = {c.name: 1.0 - float(judge(base, assigned([n for n in originals if n != c.name])).cosine_min)
+              for c in found}
+    ranked = [c.name for c in sorted(found, key=lambda c: -damage[c.name] / grids[c.name].size)]
+
+    def trial(count: int) -> Any:
+        outcome = judge(base, assigned(ranked[:count]))
+        progress(f"{label} gate: {count} of {len(ranked)} layer(s) float, min cosine {outcome.cosine_min:.5f}")
+        return outcome
+
+    low, high, result, result_high = 0, None, choice.result, None
+    for count in sorted({min(1 << i, len(ranked)) for i in range(len(ranked).bit_length() + 1)}):
+        outcome = trial(count)
+        if outcome.passed:
+            high, result_high = count, outcome
+            break
+        low, result = count, outcome
+    while high is not None and high - low > 1:
+        middle = (low + high) // 2
+        outcome = trial(middle)
+        if outcome.passed:
+            high, result_high = middle, outcome
+        else:
+            low = middle
+    if high is None:
+        return replace(choice, kept=ranked, result=result, damage=damage)
+    return replace(choice, kept=ranked[:high], result=result_high, damage=damage)
+
+
 def plan_compression(
     spec: ModelSpec, tower: TowerSpec, precision: str, progress: Callable[[str], None] = lambda _m: None,
+    tune_steps: int = 0,
 ) -> tuple[TowerSpec, CompressionPlan]:
     """The tower with the gate's choice of layers compressed (weights on the compressed grid),
-    and the plan that says which."""
-    found, last = candidates(tower, precision)
+    and the plan that says which. With `tune_steps` > 0, a palettize4 tower that misses its row
+    with every layer palettized is fine-tuned around its palettes (its float parameters move
+    too); if the tuned tower still misses, the gate searches both, and the one that passes with
+    fewer float weights is kept."""
+    found, last = candidates(tower)
     plan = CompressionPlan(precision=precision, output_layer=last)
     originals = {c.name: tower.module.get_submodule(c.name).weight.detach().numpy().copy() for c in found}
-    grids = {c.name: compressed_weight(originals[c.name], c, precision) for c in found}
+    grids = {c.name: compressed_weight(originals[c.name], precision) for c in found}
     judge = _gate(spec, tower, ("coreml", precision))
+    label = f"{tower.component} {precision}"
 
-    result = judge(grids)
-    kept: list[str] = []
-    if not result.passed and found:
-        for c in found:
-            plan.damage[c.name] = 1.0 - float(judge({c.name: grids[c.name]}).cosine_min)
-        size = {c.name: grids[c.name].size for c in found}
-        ranked = [c.name for c in sorted(found, key=lambda c: -plan.damage[c.name] / size[c.name])]
-
-        def trial(count: int) -> Any:
-            outcome = judge({n: g for n, g in grids.items() if n not in ranked[:count]})
-            progress(f"{tower.component} {precision} gate: {count} of {len(ranked)} layer(s) float, "
-                     f"min cosine {outcome.cosine_min:.5f}")
-            return outcome
-
-        # 1, 2, 4, ... of the most damaging layers back to float until the row passes, then the
-        # fewest between the last failing and the first passing count (bisection).
-        low, high, result_high = 0, None, result
-        for count in sorted({min(1 << i, len(ranked)) for i in range(len(ranked).bit_length() + 1)}):
-            outcome = trial(count)
-            if outcome.passed:
-                high, result_high = count, outcome
-                break
-            low, result = count, outcome
-        while high is not None and high - low > 1:
-            middle = (low + high) // 2
-            outcome = trial(middle)
-            if outcome.passed:
-                high, result_high = middle, outcome
-            else:
-                low = middle
-        if high is not None:
-            kept, result = ranked[:high], result_high
-        else:
-            kept = ranked
-    plan.kept_float = kept
-    plan.compressed = [c for c in found if c.name not in kept]
-    plan.gate_cosine_min = float(result.cosine_min)
-    plan.gate_agreement = float(result.top1_agreement) if result.top1_agreement is not None else None
-    plan.gate_passed = bool(result.passed)
-    plan.grids = {c.name: grids[c.name] for c in plan.compressed}
-    return _with_weights(tower, plan.grids), plan
+    choice = _Choice(tower.module, grids, [], judge(tower.module, grids))
+    if not choice.result.passed and found:
+        choices = []
+        if precision == "palettize4" and tune_steps > 0:
+            tuned = _tune(spec, tower, found, grids, tune_steps, progress)
+            plan.tuning = tuned.report
+            tuned_choice = _Choice(tuned.module, tuned.grids, [], judge(tuned.module, tuned.grids))
+            plan.tuning["gate_cosine_min_all_palettized"] = round(float(tuned_choice.result.cosine_min), 6)
+            progress(f"{label} tuned: gate min cosine {tuned_choice.result.cosine_min:.5f} with every layer palettized")
+            choices.append(tuned_choice if tuned_choice.result.passed
+                           else _search(found, originals, tuned_choice, judge, f"{label} (tuned)", progress))
+        if not (choices and not choices[0].kept):
+            choices.append(_search(found, originals, choice, judge, label, progress))
+        # Passing first, then the fewest weights kept float (the smaller package).
+        choice = min(choices, key=lambda c: (not c.result.passed, c.float_weights()))
+        if plan.tuning is not None:
+            plan.tuning["used"] = choice.base is not tower.module
+    plan.damage = choice.damage
+    plan.kept_float = choice.kept
+    plan.compressed = [c for c in found if c.name not in choice.kept]
+    plan.gate_cosine_min = float(choice.result.cosine_min)
+    plan.gate_agreement = float(choice.result.top1_agreement) if choice.result.top1_agreement is not None else None
+    plan.gate_passed = bool(choice.result.passed)
+    plan.grids = {c.name: choice.grids[c.name] for c in plan.compressed}
+    weights = {n: originals[n] if n in choice.kept else choice.grids[n] for n in originals}
+    return _with_weights(tower, weights, choice.base), plan
 
 
 def _matching_consts(model: Any, plan: CompressionPlan) -> dict[str, Candidate]:
@@ -281,6 +311,7 @@ def _matching_consts(model: Any, plan: CompressionPlan) -> dict[str, Candidate]:
 def write_compressed(model: Any, plan: CompressionPlan) -> Any:
     """coremltools' int8 / palette ops on the consts that hold the planned layers' weights. The
     weights already sit on the compressed grid, so the passes store them without further loss."""
+    from edgevl.compress.palette_tune import group_size
     from edgevl.exporters.coreml_convert import silent
 
     with silent():
@@ -299,10 +330,9 @@ def write_compressed(model: Any, plan: CompressionPlan) -> Any:
             return cto.linear_quantize_weights(model, cto.OptimizationConfig(op_name_configs=configs))
     configs = {}
     for name, c in consts.items():
-        channels = plan.grids[c.name].shape[c.axis(plan.precision)]
-        group = max(d for d in range(1, PALETTE_GROUP + 1) if channels % d == 0)
+        group = group_size(plan.grids[c.name].shape[0], PALETTE_GROUP)
         configs[name] = cto.OpPalettizerConfig(mode="unique", granularity="per_grouped_channel", group_size=group,
-                                               channel_axis=c.axis(plan.precision),
+                                               channel_axis=0,
                                                weight_threshold=MIN_COMPRESSED_WEIGHTS)
     with silent():
         return cto.palettize_weights(model, cto.OptimizationConfig(op_name_configs=configs))

@@ -17,6 +17,8 @@ from edgevl.errors import InputError
 # and the artifact computes the same numbers on every x86 CPU. "vnni": the deployment CPU has
 # AVX512-VNNI, AVX-VNNI or AMX (exact int32 dot products): full 8-bit weights.
 CPU_ISAS = ("any", "vnni")
+# Core ML palettize4: fine-tuning steps around the palettes (`edgevl.compress.palette_tune`).
+DEFAULT_PALETTE_TUNE_STEPS = 400
 INT16_MAX = 32767
 UINT8_MAX = 255
 

@@ -75,3 +75,84 @@ def test_gate_keeps_the_most_damaging_layers_float_and_passes(tiny_text):
 
     _, int8 = plan_compression(spec, tower, "int8w")
     assert int8.gate_passed and not int8.kept_float and not int8.damage
+
+
+def _gate_min_cosine(spec, tower, module) -> float:
+    from dataclasses import replace as with_module
+
+    from edgevl.paritydata import build_split_data, run_batched
+
+    data = build_split_data(spec, "gate")
+    feeds = data.feeds(tower.component)
+    ref = run_batched(tower.forward_numpy, feeds, 16)
+    out = run_batched(with_module(tower, module=module).forward_numpy, feeds, 16)
+    cos = np.sum(ref * out, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
+    return float(cos.min())
+
+
+def test_palette_tuning_recovers_accuracy_and_keeps_16_values_per_table(tiny_text):
+    """Palettization-aware fine-tuning on the tiny text tower: the tuned tower's min cosine on
+    the gate split (never trained on) beats the untuned all-palettized tower's, every tuned
+    `Linear` weight holds at most 16 values per table, the frozen embedding keeps its grid, and
+    the float tower it learnt from is untouched."""
+    import copy
+
+    import torch
+
+    from edgevl.compress.palette_tune import group_size, tune_palettes
+    from edgevl.exporters.coreml_compress import compressed_weight
+
+    spec, tower = tiny_text
+    before = copy.deepcopy(tower.module.state_dict())
+    found, _ = candidates(tower)
+    grids = {c.name: compressed_weight(tower.module.get_submodule(c.name).weight.detach().numpy(), "palettize4")
+             for c in found}
+    untuned = copy.deepcopy(tower.module)
+    for name, grid in grids.items():
+        untuned.get_submodule(name).weight.data.copy_(torch.from_numpy(grid))
+    linear = {c.name: group_size(grids[c.name].shape[0], PALETTE_GROUP) for c in found if not c.embedding}
+    frozen = {c.name: grids[c.name] for c in found if c.embedding}
+    assert linear and frozen
+    result = tune_palettes(spec, tower, linear, frozen, steps=150)
+
+    assert _gate_min_cosine(spec, tower, result.module) > _gate_min_cosine(spec, tower, untuned)
+    for name, group in linear.items():
+        weight = result.grids[name]
+        np.testing.assert_array_equal(result.module.get_submodule(name).weight.detach().numpy(), weight)
+        assert not np.array_equal(weight, grids[name]), "the palettes moved"
+        assert all(len(np.unique(weight[g:g + group])) <= 16 for g in range(0, weight.shape[0], group))
+    for name, grid in frozen.items():
+        np.testing.assert_array_equal(result.grids[name], grid)
+    for key, value in tower.module.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert result.report["steps"] == 150 and result.report["loss_last"] < result.report["loss_first"]
+
+
+def test_gate_keeps_the_tuned_or_untuned_plan_with_fewer_float_weights(tiny_text):
+    spec, tower = tiny_text
+    _, untuned = plan_compression(spec, tower, "palettize4")
+    _, plan = plan_compression(spec, tower, "palettize4", tune_steps=150)
+    assert plan.gate_passed and plan.tuning is not None and plan.tuning["steps"] == 150
+    size = lambda p: sum(tower.module.get_submodule(n).weight.numel() for n in p.kept_float)  # noqa: E731
+    assert size(plan) <= size(untuned)
+    if not plan.tuning["used"]:
+        assert plan.kept_float == untuned.kept_float
+
+
+def test_tuning_sentences_never_repeat_a_gate_or_parity_text():
+    """The text corpus the tuning reads (tokenizer words, ImageNet prompts, calibration
+    captions) is disjoint from the texts the gate chooses on and parity judges."""
+    from itertools import islice
+
+    from edgevl.calibration.samples import split_texts
+    from edgevl.compress.palette_tune import _whole_words, vocabulary_sentences
+    from edgevl.models.effnet_minilm import imagenet_class_names
+
+    spec = resolve_model(None, LoadOptions())
+    assert len(_whole_words(spec)) > 10000  # MiniLM's WordPiece vocabulary, pieces dropped
+    held_out = set(split_texts("gate")) | set(split_texts("parity"))
+    sentences = list(islice(vocabulary_sentences(spec, seed=0), 20000))
+    assert not held_out & set(sentences)
+    assert len(set(sentences)) > 15000
+    imagenet = {f"a photo of a {name}." for name in imagenet_class_names()}
+    assert len(imagenet & set(sentences)) > 500  # the ImageNet prompts are in the corpus
