@@ -8,9 +8,12 @@ coremltools' own graph passes so the package holds its standard compressed ops:
    Convolutions stay fp16: per output channel they lost too much zero-shot agreement on the
    default model's image tower.
 2. Each candidate's weights are replaced by the values the compressed format can hold:
-   `int8w` symmetric int8 per output channel; `palettize4` 16 values per group of
-   `PALETTE_GROUP` channels found by 1-D k-means (embedding tables are grouped along the
-   embedding width: a vocabulary of 30522 rows has no divisor near 16).
+   `int8w` symmetric int8 per output channel; `palettize4` 16 values per group of up to
+   `PALETTE_GROUP` rows (a `Linear`'s output channels, an embedding table's token rows: the
+   largest divisor of the row count, 6 for BERT's 30522) found by 1-D k-means.
+   For `palettize4`, a tower that misses its row this way is fine-tuned around its palettes
+   (`edgevl.compress.palette_tune`, `--palette-tune-steps`); the gate below then searches the
+   tuned and the untuned tower and keeps the one that passes with fewer float weights.
 3. The gate (the held-out parity split is never seen): the tower with every candidate compressed
    runs on the gate split; if it misses the precision's tolerance row (its cosine floor tightened
    as the int8 gate's, `compress.gate.gate_cosine_floor`), each layer's own damage is
