@@ -60,6 +60,12 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _steps(value: str) -> int:
+    if not value.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a step count; give 0 (no tuning) or more, e.g. 400")
+    return int(value)
+
+
 def _seconds(value: str) -> float:
     try:
         number = float(value)
@@ -103,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--coreml-input", choices=("image", "tensor"), default="image",
                         help="Core ML image tower input: a Core ML image (RGB 0-255, normalisation folded in) "
                              "or the normalised float tensor; default: image")
-    export.add_argument("--palette-tune-steps", type=int, default=DEFAULT_PALETTE_TUNE_STEPS, metavar="N",
+    export.add_argument("--palette-tune-steps", type=_steps, default=DEFAULT_PALETTE_TUNE_STEPS, metavar="N",
                         help="coreml palettize4: fine-tuning steps around the 4-bit palettes when the tower misses "
                              f"its row without them (0: none); default: {DEFAULT_PALETTE_TUNE_STEPS}")
     export.add_argument("--trt-attention", choices=("native", "plugin"), default="native",

@@ -89,6 +89,7 @@ def _no_staging(folder: Path) -> None:
         (["--max-drop", "-0.1"], ("--max-drop", "[0, 1)")),
         (["--max-drop", "nan"], ("--max-drop", "[0, 1)")),
         (["--max-drop", "lots"], ("--max-drop", "not a number")),
+        (["--palette-tune-steps", "-3"], ("--palette-tune-steps", "0 (no tuning) or more")),
         (["--static-shapes", "width=4"], ("--static-shapes", "width", "batch, seq")),
         (["--static-shapes", "batch=0"], ("--static-shapes", "positive integer")),
         (["--static-shapes", "batch=-1"], ("--static-shapes", "positive integer")),
