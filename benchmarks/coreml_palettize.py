@@ -51,22 +51,26 @@ def markdown(rows: list[dict], component: str, meta: dict) -> str:
         f"{meta['date']}. Parity: the reference interpreter on the held-out parity split; the "
         "palettize4 row asks min cosine >= {cos}, tie-aware agreement >= {agree}.".format(**meta["row"]),
         "",
-        "| package | tuning steps | size (MB) | x fp16 | layers palettized | kept float | gate min cos | "
-        "parity min cos | agreement (strict) | parity | export (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| package | tuning steps | tuned, all palettized: gate min cos | size (MB) | x fp16 | "
+        "layers palettized | kept float | gate min cos | parity min cos | agreement (strict) | parity | export (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c, p = r["compression"] or {}, r["parity"]
-        tuned = (c.get("tuning") or {})
-        steps = r["tune_steps"] if r["precision"] == "palettize4" else "-"
+        tuned = c.get("tuning") or {}
+        steps = str(r["tune_steps"]) if c else "-"
         if tuned and not tuned.get("used"):
-            steps = f"{steps} (not used)"
-        lines.append(
-            f"| {r['precision']} | {steps} | {r['bytes'] / 1e6:.1f} | {r['bytes'] / fp16['bytes']:.2f} | "
-            f"{c.get('compressed_layers', '-')} | {len(c.get('kept_float', [])) if c else '-'} | "
-            f"{c.get('gate_cosine_min', '-') if c else '-'} | {p['cosine_min']:.4f} | "
-            f"{p['top1_agreement']:.3f} ({p.get('top1_agreement_strict', float('nan')):.3f}) | "
-            f"{'pass' if p['passed'] else 'FAIL'} | {r['seconds']:.0f} |")
+            steps += " (not used)"
+        tuned_cos = tuned.get("gate_cosine_min_all_palettized")
+        cells = [
+            r["precision"], steps, "-" if tuned_cos is None else f"{tuned_cos:.4f}",
+            f"{r['bytes'] / 1e6:.1f}", f"{r['bytes'] / fp16['bytes']:.2f}",
+            str(c.get("compressed_layers", "-")), str(len(c["kept_float"])) if c else "-",
+            f"{c['gate_cosine_min']:.4f}" if c else "-", f"{p['cosine_min']:.4f}",
+            f"{p['top1_agreement']:.3f} ({p.get('top1_agreement_strict', float('nan')):.3f})",
+            "pass" if p["passed"] else "FAIL", f"{r['seconds']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

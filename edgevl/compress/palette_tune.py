@@ -1,8 +1,8 @@
 """Palettization-aware fine-tuning: the tower relearns around its 4-bit palettes.
 
 Plain k-means palettes (16 values per group of channels) cost a small text tower like MiniLM
-most of its embedding (min cosine about 0.75 on the default model with every layer palettized):
-4-bit weights without training only hold up on large models. So, as in Deep Compression (Han et
+much of its embedding's accuracy (the README's Core ML section has the default model's figures):
+4-bit weights without training hold up on large models only. So, as in Deep Compression (Han et
 al., ICLR 2016: shared centroids fine-tuned after clustering) and in quantization-aware training:
 
 * every palettized `Linear` keeps a latent float weight and a trainable table of 16 centres per
@@ -50,9 +50,9 @@ PROGRESS_EVERY = 50
 TEMPLATES = ("a photo of a {}.", "a picture of the {}.", "{}", "an image of a {} and a {}.",
              "the {} is next to the {}.")
 TEMPLATE_SHARE = 0.4
+MAX_WORDS = 14
 # Weight of the hidden-state term against the embedding's 1 - cosine.
 HIDDEN_WEIGHT = 1.0
-MAX_WORDS = 14
 # Augmented views per calibration photo that image batches are drawn from.
 IMAGE_VIEWS = 16
 # Random-token batches (checkpoints without a tokenizer) draw seeds from here up, far from the
