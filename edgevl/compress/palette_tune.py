@@ -184,7 +184,7 @@ def vocabulary_sentences(spec: ModelSpec, seed: int) -> Iterator[str]:
     fixed = [t for t in dict.fromkeys(
         [f"a photo of a {name}." for name in imagenet_class_names()] + list(EXTRA_CAPTIONS)
         + split_texts("calibration")) if t not in held_out]
-    vocab = _whole_words(spec)
+    vocab = whole_words(spec)
     rng = random.Random(seed)
     while True:
         if vocab and rng.random() >= 0.25:
@@ -199,7 +199,7 @@ def vocabulary_sentences(spec: ModelSpec, seed: int) -> Iterator[str]:
             yield text
 
 
-def _whole_words(spec: ModelSpec) -> list[str]:
+def whole_words(spec: ModelSpec) -> list[str]:
     """The tokenizer's vocabulary entries that are plain ASCII words of 3+ letters, with BPE's
     word-end mark and the word-start marks of byte-level BPE and SentencePiece removed (sub-word
     pieces and specials dropped), sorted so the corpus is reproducible."""

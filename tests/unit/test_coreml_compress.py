@@ -145,11 +145,11 @@ def test_tuning_sentences_never_repeat_a_gate_or_parity_text():
     from itertools import islice
 
     from edgevl.calibration.samples import split_texts
-    from edgevl.compress.palette_tune import _whole_words, vocabulary_sentences
+    from edgevl.compress.palette_tune import whole_words, vocabulary_sentences
     from edgevl.models.effnet_minilm import imagenet_class_names
 
     spec = resolve_model(None, LoadOptions())
-    assert len(_whole_words(spec)) > 10000  # MiniLM's WordPiece vocabulary, pieces dropped
+    assert len(whole_words(spec)) > 10000  # MiniLM's WordPiece vocabulary, pieces dropped
     held_out = set(split_texts("gate")) | set(split_texts("parity"))
     sentences = list(islice(vocabulary_sentences(spec, seed=0), 20000))
     assert not held_out & set(sentences)
