@@ -28,6 +28,7 @@ coremltools' `palettize_weights(mode="unique")` stores it without further loss.
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ BATCH = 32
 LEARNING_RATE = 2e-4
 WARMUP_FRACTION = 0.1
 PROGRESS_EVERY = 50
-# Sentence shapes for the vocabulary corpus: zero-shot prompts and free word sequences.
+# The text corpus: the share of prompts and captions, then the sentence shapes made of the
+# tokenizer's words (zero-shot prompts and free word sequences).
+FIXED_SHARE = 0.25
 TEMPLATES = ("a photo of a {}.", "a picture of the {}.", "{}", "an image of a {} and a {}.",
              "the {} is next to the {}.")
 TEMPLATE_SHARE = 0.4
@@ -173,9 +176,9 @@ class TuneResult:
 
 
 def vocabulary_sentences(spec: ModelSpec, seed: int) -> Iterator[str]:
-    """Endless sentences for a text tower, none of them a gate or parity text: prompts and
-    captions first (ImageNet class prompts, the bundled everyday and calibration captions), then
-    random sentences of the tokenizer's whole words."""
+    """Endless sentences for a text tower, none of them a gate or parity text: a `FIXED_SHARE`
+    of them drawn from the ImageNet class prompts and the bundled everyday and calibration
+    captions, the rest made of the tokenizer's whole words (templates or free sequences)."""
     from edgevl.calibration.datasets import EXTRA_CAPTIONS
     from edgevl.calibration.samples import split_texts
     from edgevl.models.effnet_minilm import imagenet_class_names
@@ -187,7 +190,7 @@ def vocabulary_sentences(spec: ModelSpec, seed: int) -> Iterator[str]:
     vocab = whole_words(spec)
     rng = random.Random(seed)
     while True:
-        if vocab and rng.random() >= 0.25:
+        if vocab and rng.random() >= FIXED_SHARE:
             if rng.random() < TEMPLATE_SHARE:
                 template = rng.choice(TEMPLATES)
                 text = template.format(*[rng.choice(vocab) for _ in range(template.count("{}"))])
@@ -217,12 +220,13 @@ def text_batches(spec: ModelSpec, batch: int, seed: int) -> Iterator[dict]:
     from edgevl.models.spec import random_token_feeds
 
     sentences = vocabulary_sentences(spec, seed) if spec.tokenize is not None else None
-    for step in range(1 << 62):
+    for step in itertools.count():
         if sentences is not None:
             feeds = spec.tokenize([next(sentences) for _ in range(batch)])
         else:
             feeds = random_token_feeds(batch, spec.preprocess.context_length, spec.vocab_size or 1000,
-                                       spec.special_token_ids, spec.preprocess.text_inputs, seed=RANDOM_SEED_BASE + seed * 7919 + step)
+                                       spec.special_token_ids, spec.preprocess.text_inputs,
+                                       seed=RANDOM_SEED_BASE + seed * 7919 + step)
         yield {name: torch.from_numpy(value) for name, value in feeds.items()}
 
 
