@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -89,7 +90,7 @@ def main() -> None:
             log(f"exporting {args.component} {precision} (tuning steps {steps})")
             rows.append(export(args.component, precision, steps, Path(tmp) / str(i)))
             log(json.dumps({k: rows[-1][k] for k in ("bytes", "seconds")} | {"parity": rows[-1]["parity"]}))
-    meta = {"cpu": platform.processor() or platform.machine(), "cores": __import__("os").cpu_count(),
+    meta = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"), "row": {"cos": row.cosine_min, "agree": row.top1_agreement}}
     try:
         meta["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -209,23 +209,26 @@ class _Choice:
     def float_weights(self) -> int:
         return sum(self.grids[n].size for n in self.kept)
 
+    def weights(self, originals: dict[str, np.ndarray], kept: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+        """Every candidate's weight: the original where kept float (default: `self.kept`), else
+        its compressed grid."""
+        kept = self.kept if kept is None else kept
+        return {n: originals[n] if n in kept else self.grids[n] for n in originals}
 
-def _search(found: list[Candidate], originals: dict[str, np.ndarray], choice: _Choice, judge: Callable[[Any, dict], Any],
-            label: str, progress: Callable[[str], None]) -> _Choice:
+
+def _search(found: list[Candidate], originals: dict[str, np.ndarray], choice: _Choice,
+            judge: Callable[[Any, dict], Any], label: str, progress: Callable[[str], None]) -> _Choice:
     """The fewest layers to keep float for `choice` (all compressed, failing) to pass: each
     layer's damage alone, then the most damaging per weight back to float, 1, 2, 4, ... of them,
     then bisection between the last failing and the first passing count."""
-    grids, base = choice.grids, choice.base
-
-    def assigned(kept: list[str]) -> dict[str, np.ndarray]:
-        return {n: originals[n] if n in kept else grids[n] for n in originals}
-
-    damage = {c.name: 1.0 - float(judge(base, assigned([n for n in originals if n != c.name])).cosine_min)
-              for c in found}
-    ranked = [c.name for c in sorted(found, key=lambda c: -damage[c.name] / grids[c.name].size)]
+    base = choice.base
+    alone = {c.name: [n for n in originals if n != c.name] for c in found}  # every other layer float
+    damage = {name: 1.0 - float(judge(base, choice.weights(originals, kept)).cosine_min)
+              for name, kept in alone.items()}
+    ranked = [c.name for c in sorted(found, key=lambda c: -damage[c.name] / choice.grids[c.name].size)]
 
     def trial(count: int) -> Any:
-        outcome = judge(base, assigned(ranked[:count]))
+        outcome = judge(base, choice.weights(originals, ranked[:count]))
         progress(f"{label} gate: {count} of {len(ranked)} layer(s) float, min cosine {outcome.cosine_min:.5f}")
         return outcome
 
@@ -288,8 +291,7 @@ def plan_compression(
     plan.gate_agreement = float(choice.result.top1_agreement) if choice.result.top1_agreement is not None else None
     plan.gate_passed = bool(choice.result.passed)
     plan.grids = {c.name: choice.grids[c.name] for c in plan.compressed}
-    weights = {n: originals[n] if n in choice.kept else choice.grids[n] for n in originals}
-    return _with_weights(tower, weights, choice.base), plan
+    return _with_weights(tower, choice.weights(originals), choice.base), plan
 
 
 def _matching_consts(model: Any, plan: CompressionPlan) -> dict[str, Candidate]:
