@@ -134,15 +134,16 @@ def int8_grid(weight: np.ndarray, axis: int) -> np.ndarray:
     return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(weight.dtype)
 
 
-def palette_grid(weight: np.ndarray, axis: int) -> np.ndarray:
-    """16 values per group of up to `PALETTE_GROUP` channels along `axis` (k-means), dequantized."""
+def palette_grid(weight: np.ndarray, axis: int, bits: int = 4) -> np.ndarray:
+    """2**bits values (16 for palettize4) per group of up to `PALETTE_GROUP` channels along
+    `axis` (k-means), dequantized."""
     import torch
 
     from edgevl.compress.palette_tune import group_size, palettized
 
     moved = np.moveaxis(weight, axis, 0)
     grid = palettized(torch.from_numpy(np.ascontiguousarray(moved, dtype=np.float32)),
-                      group_size(moved.shape[0], PALETTE_GROUP)).numpy()
+                      group_size(moved.shape[0], PALETTE_GROUP), size=1 << bits).numpy()
     return np.moveaxis(grid, 0, axis).astype(weight.dtype)
 
 

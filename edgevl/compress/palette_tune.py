@@ -63,14 +63,14 @@ IMAGE_VIEWS = 16
 RANDOM_SEED_BASE = 1_000_000
 
 
-def kmeans_centres(values: Any, chunk: int = 8) -> Any:
-    """16 centres per row of `values` [groups, n] (torch), by Lloyd's k-means in 1-D; centres
+def kmeans_centres(values: Any, chunk: int = 8, size: int = PALETTE_SIZE) -> Any:
+    """`size` centres per row of `values` [groups, n] (torch), by Lloyd's k-means in 1-D; centres
     start at evenly spaced quantiles and are returned sorted. Nearest-centre assignment is a
     `searchsorted` against the midpoints, so memory stays at the size of `values`."""
     import torch
 
     out = []
-    quantiles = torch.linspace(0, 1, PALETTE_SIZE + 2)[1:-1]
+    quantiles = torch.linspace(0, 1, size + 2)[1:-1]
     for start in range(0, values.shape[0], chunk):
         x = values[start:start + chunk].float().contiguous()
         centres = torch.quantile(x, quantiles, dim=1).T.contiguous()
@@ -97,12 +97,13 @@ def group_size(channels: int, largest: int) -> int:
     return max(d for d in range(1, largest + 1) if channels % d == 0)
 
 
-def palettized(weight: Any, group: int) -> Any:
-    """`weight` [channels, ...] with each value replaced by its group's nearest k-means centre."""
+def palettized(weight: Any, group: int, size: int = PALETTE_SIZE) -> Any:
+    """`weight` [channels, ...] with each value replaced by its group's nearest of `size` k-means
+    centres."""
     import torch
 
     rows = weight.detach().reshape(weight.shape[0] // group, -1)
-    centres = kmeans_centres(rows)
+    centres = kmeans_centres(rows, size=size)
     return torch.gather(centres, 1, nearest(centres, rows)).reshape(weight.shape)
 
 

@@ -29,6 +29,19 @@ def test_palette_grid_holds_16_values_per_group_along_the_axis():
     assert np.mean((rows - weight) ** 2) < np.mean((nearest - weight) ** 2)
 
 
+def test_wider_palettes_hold_their_values_per_group_and_err_less():
+    """The palette-width benchmark's 6- and 8-bit grids: at most 2**bits values per group, and
+    each extra bit lowers the error on Gaussian weights."""
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((32, 512)).astype(np.float32)
+    errors = []
+    for bits in (4, 6, 8):
+        grid = palette_grid(weight, 0, bits)
+        assert all(len(np.unique(grid[g:g + PALETTE_GROUP])) <= 1 << bits for g in range(0, 32, PALETTE_GROUP))
+        errors.append(float(np.mean((grid - weight) ** 2)))
+    assert errors[0] > errors[1] > errors[2] > 0
+
+
 def test_int8_grid_is_symmetric_per_output_channel():
     rng = np.random.default_rng(1)
     weight = rng.standard_normal((8, 32)).astype(np.float32) * np.arange(1, 9, dtype=np.float32)[:, None]
