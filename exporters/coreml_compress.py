@@ -12,7 +12,9 @@ coremltools' own graph passes so the package holds its standard compressed ops:
    `PALETTE_GROUP` rows (a `Linear`'s output channels, an embedding table's token rows: the
    largest divisor of the row count, 6 for BERT's 30522) found by 1-D k-means.
    For `palettize4`, a tower that misses its row this way is fine-tuned around its palettes
-   (`edgevl.compress.palette_tune`, `--palette-tune-steps`); the gate below then searches the
+   (`edgevl.compress.palette_tune`, `--palette-tune-steps`), the layers with the most damage per
+   weight holding 64-value (6-bit) tables as far as `PALETTE_SIZE_BUDGET` allows (mixed-bit
+   palettization, as Apple's recipes for large models do); the gate below then searches the
    tuned and the untuned tower and keeps the one that passes with fewer float weights.
 3. The gate (the held-out parity split is never seen): the tower with every candidate compressed
    runs on the gate split; if it misses the precision's tolerance row (its cosine floor tightened
@@ -23,7 +25,8 @@ coremltools' own graph passes so the package holds its standard compressed ops:
    layers that do more go back: the package stays as small as the row allows.
 4. After conversion (fp16, with the fp16 guard's ops kept fp32), coremltools'
    `linear_quantize_weights` / `palettize_weights(mode="unique")` store exactly those values:
-   the weights already sit on the int8 grid or hold at most 16 distinct values per group.
+   the weights already sit on the int8 grid or hold at most 16 (wide tables: 64) distinct values
+   per group, and the pass sizes each table's indices to its count.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ MIN_COMPRESSED_WEIGHTS = 512
 # Channels that share one 16-entry table: a table per tensor lost zero-shot agreement on the tiny
 # test towers; the tables cost 32 bytes per group.
 PALETTE_GROUP = 16
+# palettize4's size budget, as a share of the tower's weights in fp16: when a tower misses its
+# row with 16-value tables everywhere and is fine-tuned, the layers with the most damage per
+# weight get 64-value (6-bit) tables while the estimated size stays within it. 4 bits everywhere
+# is 0.25 plus the tables and the layers that stay fp16; 0.3 leaves room for the widest layers
+# that do most damage (the README's Core ML section has the default text tower's figures).
+PALETTE_SIZE_BUDGET = 0.3
+WIDE_BITS = 6
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class CompressionPlan:
     grids: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     folded: list[str] = field(default_factory=list)
     tuning: Optional[dict] = None
+    wide: list[str] = field(default_factory=list)  # compressed layers with WIDE_BITS tables
 
     @property
     def stored_compressed(self) -> int:
@@ -75,7 +86,8 @@ class CompressionPlan:
 
     def report(self) -> dict:
         scheme = ("linear_symmetric int8, per output channel" if self.precision == "int8w" else
-                  f"k-means palettization, 4 bits, a table per {PALETTE_GROUP} channels (rows of an embedding table)")
+                  f"k-means palettization, 4 bits ({WIDE_BITS} bits for wide_tables), a table per "
+                  f"{PALETTE_GROUP} channels (rows of an embedding table)")
         worst = sorted(self.damage.items(), key=lambda kv: -kv[1])[:10]
         return {
             "scheme": scheme,
@@ -83,6 +95,7 @@ class CompressionPlan:
             "compressed_layers": self.stored_compressed,
             "stored_dense": self.folded,
             "kept_float": self.kept_float,
+            "wide_tables": self.wide,
             "kept_fp16_always": ([self.output_layer] if self.output_layer else []) + ["every conv"],
             "gate_cosine_min": self.gate_cosine_min,
             "gate_agreement": self.gate_agreement,
@@ -132,6 +145,29 @@ def int8_grid(weight: np.ndarray, axis: int) -> np.ndarray:
     peak = np.max(np.abs(weight), axis=1 - axis, keepdims=True)
     scale = np.where(peak > 0, peak / 127.0, 1.0)
     return (np.clip(np.round(weight / scale), -127, 127) * scale).astype(weight.dtype)
+
+
+def wide_layers(weights: dict[str, np.ndarray], damage: dict[str, float], total_params: int,
+                budget: float = PALETTE_SIZE_BUDGET) -> list[str]:
+    """The candidates (name -> weight, palette groups along axis 0) that get `WIDE_BITS` tables:
+    the most damage per weight first, each taken while the tower's estimated size (candidates at
+    their widths with their fp16 tables, its `total_params` less the candidates in fp16) stays
+    within `budget` of all its parameters in fp16. Layers that do no damage stay at 4 bits."""
+    from edgevl.compress.palette_tune import group_size
+
+    def size_bits(name: str, bits: int) -> int:
+        rows = weights[name].shape[0]
+        return weights[name].size * bits + rows // group_size(rows, PALETTE_GROUP) * (1 << bits) * 16
+
+    used = 16 * (total_params - sum(w.size for w in weights.values())) + sum(size_bits(n, 4) for n in weights)
+    allowed = budget * 16 * total_params
+    wide = []
+    for name in sorted(weights, key=lambda n: -damage[n] / weights[n].size):
+        extra = size_bits(name, WIDE_BITS) - size_bits(name, 4)
+        if damage[name] > 0 and used + extra <= allowed:
+            wide.append(name)
+            used += extra
+    return wide
 
 
 def palette_grid(weight: np.ndarray, axis: int, bits: int = 4) -> np.ndarray:
@@ -184,17 +220,21 @@ def _gate(spec: ModelSpec, tower: TowerSpec, key: tuple[str, str]) -> Callable[[
     return judge
 
 
-def _tune(spec: ModelSpec, tower: TowerSpec, found: list[Candidate], grids: dict[str, np.ndarray],
-          steps: int, progress: Callable[[str], None]) -> Any:
+def _tune(spec: ModelSpec, tower: TowerSpec, found: list[Candidate], originals: dict[str, np.ndarray],
+          grids: dict[str, np.ndarray], wide: list[str], steps: int, progress: Callable[[str], None]) -> Any:
     """Palettization-aware fine-tuning of the tower (`edgevl.compress.palette_tune`): every
-    `Linear` candidate trains its palettes, embedding tables keep their k-means grids."""
+    `Linear` candidate trains its palettes (`WIDE_BITS` wide for the layers in `wide`), embedding
+    tables keep their k-means grids."""
     from edgevl.compress.palette_tune import group_size, tune_palettes
 
     linear_groups = {c.name: group_size(grids[c.name].shape[0], PALETTE_GROUP) for c in found if not c.embedding}
-    frozen = {c.name: grids[c.name] for c in found if c.embedding}
+    frozen = {c.name: palette_grid(originals[c.name], 0, WIDE_BITS) if c.name in wide else grids[c.name]
+              for c in found if c.embedding}
     progress(f"{tower.component} palettize4: every layer palettized misses the row; fine-tuning "
-             f"{len(linear_groups)} layer(s) around their palettes, {steps} steps")
-    return tune_palettes(spec, tower, linear_groups, frozen, steps=steps, progress=progress)
+             f"{len(linear_groups)} layer(s) around their palettes ({len(wide)} with {WIDE_BITS}-bit tables "
+             f"within {PALETTE_SIZE_BUDGET}x fp16), {steps} steps")
+    return tune_palettes(spec, tower, linear_groups, frozen, steps=steps, progress=progress,
+                         palette_sizes={name: 1 << WIDE_BITS for name in wide if name in linear_groups})
 
 
 @dataclass
@@ -217,15 +257,21 @@ class _Choice:
         return {n: originals[n] if n in kept else self.grids[n] for n in originals}
 
 
+def _damage(found: list[Candidate], originals: dict[str, np.ndarray], choice: _Choice,
+            judge: Callable[[Any, dict], Any]) -> dict[str, float]:
+    """Each layer's damage alone: 1 - the gate's min cosine with that layer compressed and every
+    other layer float."""
+    return {c.name: 1.0 - float(judge(choice.base, choice.weights(originals, [n for n in originals if n != c.name]))
+                                .cosine_min) for c in found}
+
+
 def _search(found: list[Candidate], originals: dict[str, np.ndarray], choice: _Choice,
             judge: Callable[[Any, dict], Any], label: str, progress: Callable[[str], None]) -> _Choice:
     """The fewest layers to keep float for `choice` (all compressed, failing) to pass: each
     layer's damage alone, then the most damaging per weight back to float, 1, 2, 4, ... of them,
     then bisection between the last failing and the first passing count."""
     base = choice.base
-    alone = {c.name: [n for n in originals if n != c.name] for c in found}  # every other layer float
-    damage = {name: 1.0 - float(judge(base, choice.weights(originals, kept)).cosine_min)
-              for name, kept in alone.items()}
+    damage = choice.damage or _damage(found, originals, choice, judge)
     ranked = [c.name for c in sorted(found, key=lambda c: -damage[c.name] / choice.grids[c.name].size)]
 
     def trial(count: int) -> Any:
@@ -269,11 +315,16 @@ def plan_compression(
     label = f"{tower.component} {precision}"
 
     choice = _Choice(tower.module, grids, [], judge(tower.module, grids))
+    wide: list[str] = []
     if not choice.result.passed and found:
+        choice = replace(choice, damage=_damage(found, originals, choice, judge))
         choices = []
         if precision == "palettize4" and tune_steps > 0:
-            tuned = _tune(spec, tower, found, grids, tune_steps, progress)
-            plan.tuning = tuned.report
+            total = sum(p.numel() for p in tower.module.parameters())
+            wide = wide_layers(originals, choice.damage, total)
+            tuned = _tune(spec, tower, found, originals, grids, wide, tune_steps, progress)
+            plan.tuning = tuned.report | {"wide_tables": wide, "wide_bits": WIDE_BITS,
+                                          "size_budget": PALETTE_SIZE_BUDGET}
             tuned_choice = _Choice(tuned.module, tuned.grids, [], judge(tuned.module, tuned.grids))
             plan.tuning["gate_cosine_min_all_palettized"] = round(float(tuned_choice.result.cosine_min), 6)
             progress(f"{label} tuned: gate min cosine {tuned_choice.result.cosine_min:.5f} with every layer palettized")
@@ -292,6 +343,7 @@ def plan_compression(
     plan.gate_agreement = float(choice.result.top1_agreement) if choice.result.top1_agreement is not None else None
     plan.gate_passed = bool(choice.result.passed)
     plan.grids = {c.name: choice.grids[c.name] for c in plan.compressed}
+    plan.wide = [n for n in wide if n in plan.grids] if choice.base is not tower.module else []
     return _with_weights(tower, choice.weights(originals), choice.base), plan
 
 

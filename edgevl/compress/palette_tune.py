@@ -107,16 +107,17 @@ def palettized(weight: Any, group: int, size: int = PALETTE_SIZE) -> Any:
     return torch.gather(centres, 1, nearest(centres, rows)).reshape(weight.shape)
 
 
-def _palette_module(weight: Any, group: int) -> Any:
-    """A `torch.nn.utils.parametrize` parametrization: latent weight -> its nearest centres
-    (trainable), with the straight-through gradient to the latent weight."""
+def _palette_module(weight: Any, group: int, size: int = PALETTE_SIZE) -> Any:
+    """A `torch.nn.utils.parametrize` parametrization: latent weight -> its nearest of `size`
+    centres per group (trainable), with the straight-through gradient to the latent weight."""
     import torch
 
     class Palette(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.group = group
-            self.centres = torch.nn.Parameter(kmeans_centres(weight.detach().reshape(weight.shape[0] // group, -1)))
+            self.centres = torch.nn.Parameter(
+                kmeans_centres(weight.detach().reshape(weight.shape[0] // group, -1), size=size))
 
         def snap(self, latent: torch.Tensor) -> torch.Tensor:
             """Each latent weight's nearest centre (gradients reach the centres)."""
@@ -256,9 +257,11 @@ def tune_palettes(
     seed: int = 0,
     progress: Callable[[str], None] = lambda _m: None,
     batches: Optional[Iterator[dict]] = None,
+    palette_sizes: Optional[dict[str, int]] = None,
 ) -> TuneResult:
     """Fine-tune a copy of the tower with the `Linear` layers in `linear_groups` (name -> channels
-    per table) palettized and trainable, and the weights in `frozen_grids` set and frozen."""
+    per table) palettized and trainable, and the weights in `frozen_grids` set and frozen.
+    `palette_sizes`: values per table of the layers that hold more than `PALETTE_SIZE`."""
     import torch
     from torch.nn.utils import parametrize
 
@@ -273,7 +276,8 @@ def tune_palettes(
         weight.requires_grad_(False)
     for name, group in linear_groups.items():
         layer = student.get_submodule(name)
-        parametrize.register_parametrization(layer, "weight", _palette_module(layer.weight, group))
+        parametrize.register_parametrization(layer, "weight", _palette_module(
+            layer.weight, group, (palette_sizes or {}).get(name, PALETTE_SIZE)))
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=LEARNING_RATE)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=max(steps, 1),

@@ -146,10 +146,52 @@ def test_gate_keeps_the_tuned_or_untuned_plan_with_fewer_float_weights(tiny_text
     _, untuned = plan_compression(spec, tower, "palettize4")
     _, plan = plan_compression(spec, tower, "palettize4", tune_steps=150)
     assert plan.gate_passed and plan.tuning is not None and plan.tuning["steps"] == 150
+    assert plan.tuning["size_budget"] == 0.3 and set(plan.wide) <= set(plan.tuning["wide_tables"])
+    assert plan.wide == [] or plan.tuning["used"]
     size = lambda p: sum(tower.module.get_submodule(n).weight.numel() for n in p.kept_float)  # noqa: E731
     assert size(plan) <= size(untuned)
     if not plan.tuning["used"]:
         assert plan.kept_float == untuned.kept_float
+
+
+def test_wide_tables_go_to_the_most_damage_per_weight_within_the_size_budget():
+    from edgevl.exporters.coreml_compress import WIDE_BITS, wide_layers
+
+    weights = {"big": np.zeros((1024, 64), np.float32), "small": np.zeros((64, 64), np.float32),
+               "harmless": np.zeros((64, 64), np.float32), "mid": np.zeros((256, 64), np.float32)}
+    damage = {"big": 0.5, "small": 0.1, "harmless": 0.0, "mid": 0.2}
+    candidates_total = sum(w.size for w in weights.values())
+    total = candidates_total + 4096  # parameters that stay fp16
+
+    def size_bits(wide: list[str]) -> int:
+        bits = {n: WIDE_BITS if n in wide else 4 for n in weights}
+        tables = sum(w.shape[0] // PALETTE_GROUP * (1 << bits[n]) * 16 for n, w in weights.items())
+        return 16 * 4096 + sum(w.size * bits[n] for n, w in weights.items()) + tables
+
+    # Room for every damaging layer: the harmless one still stays at 4 bits.
+    assert sorted(wide_layers(weights, damage, total, budget=1.0)) == ["big", "mid", "small"]
+    # Room for a little: most damage per weight first ("small", then "mid"); "big" does not fit.
+    budget = (size_bits(["small", "mid"]) + 1) / (16 * total)
+    chosen = wide_layers(weights, damage, total, budget=budget)
+    assert chosen == ["small", "mid"] and size_bits(chosen) <= budget * 16 * total
+    assert wide_layers(weights, damage, total, budget=size_bits([]) / (16 * total)) == []
+
+
+def test_tuning_with_wide_tables_keeps_64_values_per_table(tiny_text):
+    from edgevl.compress.palette_tune import group_size, tune_palettes
+
+    spec, tower = tiny_text
+    found, _ = candidates(tower)
+    linear = {c.name: group_size(tower.module.get_submodule(c.name).weight.shape[0], PALETTE_GROUP)
+              for c in found if not c.embedding}
+    wide = next(iter(linear))
+    result = tune_palettes(spec, tower, linear, {}, steps=5, palette_sizes={wide: 64})
+    for name, group in linear.items():
+        weight = result.grids[name]
+        counts = [len(np.unique(weight[g:g + group])) for g in range(0, weight.shape[0], group)]
+        assert max(counts) <= (64 if name == wide else 16)
+        if name == wide:
+            assert max(counts) > 16
 
 
 def test_tuning_sentences_never_repeat_a_gate_or_parity_text():
