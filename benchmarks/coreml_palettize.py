@@ -53,8 +53,8 @@ def markdown(rows: list[dict], component: str, meta: dict) -> str:
         "palettize4 row asks min cosine >= {cos}, tie-aware agreement >= {agree}.".format(**meta["row"]),
         "",
         "| package | tuning steps | tuned, all palettized: gate min cos | size (MB) | x fp16 | "
-        "layers palettized | kept float | gate min cos | parity min cos | agreement (strict) | parity | export (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "layers palettized | 6-bit tables | kept float | gate min cos | parity min cos | agreement (strict) | parity | export (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c, p = r["compression"] or {}, r["parity"]
@@ -66,7 +66,8 @@ def markdown(rows: list[dict], component: str, meta: dict) -> str:
         cells = [
             r["precision"], steps, "-" if tuned_cos is None else f"{tuned_cos:.4f}",
             f"{r['bytes'] / 1e6:.1f}", f"{r['bytes'] / fp16['bytes']:.2f}",
-            str(c.get("compressed_layers", "-")), str(len(c["kept_float"])) if c else "-",
+            str(c.get("compressed_layers", "-")), str(len(c.get("wide_tables", []))) if c else "-",
+            str(len(c["kept_float"])) if c else "-",
             f"{c['gate_cosine_min']:.4f}" if c else "-", f"{p['cosine_min']:.4f}",
             f"{p['top1_agreement']:.3f} ({p.get('top1_agreement_strict', float('nan')):.3f})",
             "pass" if p["passed"] else "FAIL", f"{r['seconds']:.0f}",

@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Core ML image tower input: a Core ML image (RGB 0-255, normalisation folded in) "
                              "or the normalised float tensor; default: image")
     export.add_argument("--palette-tune-steps", type=_steps, default=DEFAULT_PALETTE_TUNE_STEPS, metavar="N",
-                        help="coreml palettize4: fine-tuning steps around the 4-bit palettes when the tower misses "
-                             f"its row without them (0: none); default: {DEFAULT_PALETTE_TUNE_STEPS}")
+                        help="coreml palettize4: fine-tuning steps around the 4-bit palettes (6-bit for the most "
+                             "damaging layers, within 0.3x of fp16) when the tower misses its row without them "
+                             f"(0: none); default: {DEFAULT_PALETTE_TUNE_STEPS}")
     export.add_argument("--trt-attention", choices=("native", "plugin"), default="native",
                         help="tensorrt target: native (standard Attention, TensorRT >= 10.14 IAttention; default) or "
                         "plugin (also writes a plugin-node graph for older TensorRT)")
