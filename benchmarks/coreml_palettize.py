@@ -52,8 +52,8 @@ def markdown(rows: list[dict], component: str, meta: dict) -> str:
         f"{meta['date']}. Parity: the reference interpreter on the held-out parity split; the "
         "palettize4 row asks min cosine >= {cos}, tie-aware agreement >= {agree}.".format(**meta["row"]),
         "",
-        "| package | tuning steps | tuned, all palettized: gate min cos | size (MB) | x fp16 | "
-        "layers palettized | 6-bit tables | kept float | gate min cos | parity min cos | agreement (strict) | parity | export (s) |",
+        "| package | tuning steps | tuned: 6-bit tables | tuned, all palettized: gate min cos | size (MB) | "
+        "x fp16 | layers palettized | kept float | gate min cos | parity min cos | agreement (strict) | parity | export (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -64,10 +64,10 @@ def markdown(rows: list[dict], component: str, meta: dict) -> str:
             steps += " (not used)"
         tuned_cos = tuned.get("gate_cosine_min_all_palettized")
         cells = [
-            r["precision"], steps, "-" if tuned_cos is None else f"{tuned_cos:.4f}",
+            r["precision"], steps, str(len(tuned["wide_tables"])) if "wide_tables" in tuned else "-",
+            "-" if tuned_cos is None else f"{tuned_cos:.4f}",
             f"{r['bytes'] / 1e6:.1f}", f"{r['bytes'] / fp16['bytes']:.2f}",
-            str(c.get("compressed_layers", "-")), str(len(c.get("wide_tables", []))) if c else "-",
-            str(len(c["kept_float"])) if c else "-",
+            str(c.get("compressed_layers", "-")), str(len(c["kept_float"])) if c else "-",
             f"{c['gate_cosine_min']:.4f}" if c else "-", f"{p['cosine_min']:.4f}",
             f"{p['top1_agreement']:.3f} ({p.get('top1_agreement_strict', float('nan')):.3f})",
             "pass" if p["passed"] else "FAIL", f"{r['seconds']:.0f}",
