@@ -14,8 +14,6 @@ Writes benchmarks/results/coreml_palette_bits.json and coreml_palette_bits.md.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,10 +42,6 @@ def log(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def package_bytes(tower: Any, plan: Any, folder: Path) -> int:
     """The saved package's size: the tower converted to fp16, its planned weights palettized."""
     from edgevl.exporters.coreml_compress import write_compressed
@@ -66,11 +60,13 @@ def pooled_min_cosine(module: Any, reference: Any, feeds: dict) -> Optional[floa
     """Min cosine of the sentence embedding before the tower's projection (MiniLM towers only)."""
     import torch
 
+    from edgevl.parity import cosine_per_row
+
     if not hasattr(module, "sentence_embedding"):
         return None
     inputs = {k: torch.from_numpy(v) for k, v in feeds.items()}
     with torch.no_grad():
-        return float(cosines(module.sentence_embedding(**inputs).numpy(),
+        return float(cosine_per_row(module.sentence_embedding(**inputs).numpy(),
                              reference.sentence_embedding(**inputs).numpy()).min())
 
 
@@ -120,15 +116,12 @@ def measure() -> tuple[list[dict], dict]:
         })
         log(json.dumps(rows[-1]))
     from edgevl.compress.gate import gate_cosine_floor
+    from edgevl.profile.machine import cpu_info
 
-    meta = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    cpu = cpu_info()
+    meta = {"cpu": cpu.model, "cores": cpu.usable_cores,
             "date": time.strftime("%Y-%m-%d"), "row_cosine": row.cosine_min, "row_agreement": row.top1_agreement,
             "gate_floor": gate_cosine_floor(row.cosine_min), "candidates": len(found)}
-    try:
-        meta["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return rows, meta
 
 

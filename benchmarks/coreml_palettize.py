@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -81,6 +79,7 @@ def main() -> None:
     parser.add_argument("--steps", default="0,400", help="comma-separated tuning steps to try")
     parser.add_argument("--component", default="text", choices=("text", "image"))
     args = parser.parse_args()
+    from edgevl.profile.machine import cpu_info
     from edgevl.tolerances import tolerance_for
 
     row = tolerance_for("coreml", "palettize4")
@@ -91,13 +90,9 @@ def main() -> None:
             log(f"exporting {args.component} {precision} (tuning steps {steps})")
             rows.append(export(args.component, precision, steps, Path(tmp) / str(i)))
             log(json.dumps({k: rows[-1][k] for k in ("bytes", "seconds")} | {"parity": rows[-1]["parity"]}))
-    meta = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    cpu = cpu_info()
+    meta = {"cpu": cpu.model, "cores": cpu.usable_cores,
             "date": time.strftime("%Y-%m-%d"), "row": {"cos": row.cosine_min, "agree": row.top1_agreement}}
-    try:
-        meta["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "coreml_palettize4.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (RESULTS / "coreml_palettize4.md").write_text(markdown(rows, args.component, meta))
