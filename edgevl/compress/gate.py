@@ -5,30 +5,29 @@ A quantizer hands over `build(float_layers) -> model` (quantize with those layer
 (the gate split's inputs, the fp32 artifact's own outputs on them, the zero-shot agreement
 function). `run_gate` finds the fewest layers of a ranked order to keep float for the
 candidate's min cosine to reach the tolerance table's floor and its tie-aware zero-shot
-agreement to drop by at most `max_drop`; every try is reported. The search is capped in
-tries and wall time, and a quantizer whose all-float build still fails (quantization outside the
-ranked layers) may offer the unquantized tower as the last candidate.
+agreement to drop by at most `max_drop`; every try is reported. The search is capped in tries
+only, never in time: which candidate ships depends on the data and the tries, not on how fast or
+busy the building machine is. A quantizer whose all-float build still fails (quantization
+outside the ranked layers) may offer the unquantized tower as the last candidate.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from edgevl.compress.gate_data import Feeds, GateData  # noqa: F401  (GateData re-exported)
+from edgevl.compress.handlers import QuantContext
 from edgevl.compress.ort_graph import session
 from edgevl.errors import ParityError
 
-if TYPE_CHECKING:
-    from edgevl.compress.handlers import QuantContext
-
-Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], np.ndarray]
 
+# 0, all, whole tower, then bisection: 12 tries bisect up to 2**9 = 512 ranked layers.
 GATE_MAX_TRIES = 12
-GATE_MAX_SECONDS = 1200.0
 # The gate sees a few photos; the held-out parity split then judges unseen ones, where a candidate
 # right at the tolerance's cosine floor flips near-tie zero-shot picks. So the gate asks for half
 # the tolerance's distance to 1 (int8: 0.995 where parity asks 0.99).
@@ -38,17 +37,6 @@ GATE_COSINE_MARGIN = 0.5
 def gate_cosine_floor(parity_cosine_min: float) -> float:
     """The min cosine a candidate must reach on the gate split for parity's `parity_cosine_min`."""
     return round(1.0 - GATE_COSINE_MARGIN * (1.0 - parity_cosine_min), 6)
-
-
-@dataclass
-class GateData:
-    """The gate's inputs for one tower, the fp32 artifact's outputs on them, and the zero-shot
-    agreement function `(reference, candidate) -> (tie-aware, strict)` (None: not defined)."""
-
-    feeds: Feeds
-    reference: np.ndarray
-    agreement_fn: Optional[Callable[[np.ndarray, np.ndarray], tuple[float, float]]]
-    n_samples: int
 
 
 def ort_run(model: "object") -> RunFn:
@@ -137,19 +125,16 @@ class GateResult:
 
 @dataclass
 class GateLimits:
-    """Caps on the search: a try is a full quantisation and measurement."""
+    """Cap on the search: a try is a full quantisation and measurement. Counted in tries, not
+    seconds, so the same data gives the same artifact on any machine."""
 
     max_tries: int = GATE_MAX_TRIES
-    max_seconds: float = GATE_MAX_SECONDS
-    started: float = field(default_factory=time.monotonic)
 
     def check(self, component: str, tried: list[dict], next_float: int, n_layers: int,
               precision: str = "int8") -> None:
-        spent = time.monotonic() - self.started
-        over = (f"{len(tried)} tries (cap {self.max_tries})" if len(tried) >= self.max_tries
-                else f"{spent:.0f} s (cap {self.max_seconds:.0f} s)" if spent >= self.max_seconds else None)
-        if over is None:
+        if len(tried) < self.max_tries:
             return
+        over = f"{len(tried)} tries (cap {self.max_tries})"
         best = max(tried, key=lambda t: t.get("cosine_min", float("-inf")), default={})
         raise ParityError(
             f"{precision} {component} tower: the accuracy gate's search stopped after {over} without passing; "
@@ -190,8 +175,8 @@ def run_gate(
     `precision` and, when even every ranked layer kept back fails, `all_float_fix`."""
     limits = limits or GateLimits()
     tried: list[dict] = []
-    report: dict[str, Any] = {"cosine_min": cosine_min, "max_drop": max_drop, "ranked_layers": len(order),
-                              "search": "0, all, then bisection", "tried": tried}
+    report: dict[str, Any] = {"gated": True, "cosine_min": cosine_min, "max_drop": max_drop,
+                              "ranked_layers": len(order), "search": "0, all, then bisection", "tried": tried}
     n = len(order)
 
     def attempt(k: Optional[int]) -> tuple[Any, dict, bool]:
@@ -241,7 +226,7 @@ def run_gate(
 
 
 def gate_loop(
-    ctx: "QuantContext", order: list[str], local: dict[str, float], max_drop: float,
+    ctx: QuantContext, order: list[str], local: dict[str, float], max_drop: float,
     build: Callable[[dict[str, str]], tuple["object", Any]],
     reason: Optional[Callable[[str, int], str]] = None, limits: Optional[GateLimits] = None,
     **gate_options: str,
@@ -249,7 +234,9 @@ def gate_loop(
     """The ONNX schemes' gate: `run_gate` on ONNX Runtime. `build(drop)` gets the layers kept
     float with why and returns (model, extras); returns (model, the layers kept float with why,
     (extras,), the gate report). `reason(name, rank)` defaults to the layer's local SQNR;
-    `gate_options` (`precision`, `all_float_fix`) go to `run_gate` for its error messages."""
+    `gate_options` (`precision`, `all_float_fix`) go to `run_gate` for its error messages.
+    Without gate data (`ctx.gate` None) every layer is quantized and the report says it was not
+    gated (`passed` None, with the reason): nothing was measured, so nothing passed."""
     if reason is None:
         def reason(n: str, rank: int) -> str:
             return f"kept float by the accuracy gate (local SQNR {local[n]:.1f} dB, rank {rank})"
@@ -259,9 +246,11 @@ def gate_loop(
         model, extras[len(float_layers)] = build({n: reason(n, i + 1) for i, n in enumerate(float_layers)})
         return model
 
-    if ctx.gate is None:  # nothing to judge with: every layer int8
+    if ctx.gate is None:
         model = build_list([])
-        return model, {}, (extras[0],), {"passed": True, "figures": None, "tried": []}
+        report = {"gated": False, "passed": None, "figures": None, "tried": [],
+                  "reason": "no gate data was given (quantize_model with gate=None): every layer quantized, unmeasured"}
+        return model, {}, (extras[0],), report
     result = run_gate(order, build_list, lambda m: ort_run(m), ctx.gate, ctx.cosine_min, max_drop,
                       ctx.component, reason, ctx.progress, limits=limits, **gate_options)
     return result.model, result.float_layers, (extras[len(result.float_layers)],), result.report

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from edgevl.compress.config import QuantConfig
+from edgevl.compress.gate_data import GateData
 from edgevl.errors import InputError
-
-if TYPE_CHECKING:
-    from edgevl.compress.gate import GateData
 
 # The modules that register handlers, imported on the first lookup.
 SCHEME_MODULES = (
@@ -36,7 +34,7 @@ class QuantContext:
 
     model: "object"  # prepared float graph
     feeds: list[dict[str, np.ndarray]]
-    gate: Optional["GateData"]
+    gate: Optional[GateData]
     cosine_min: float
     component: str
     calibration: dict = field(default_factory=dict)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgevl.compress.gate import GateData, GateLimits, run_gate
+from edgevl.compress import gate as G
+from edgevl.compress.gate import GateData, GateLimits, gate_loop, run_gate
+from edgevl.compress.handlers import QuantContext
 from edgevl.errors import ParityError
 
 RNG = np.random.default_rng(0)
@@ -62,3 +64,31 @@ def test_non_finite_outputs_fail_with_json_safe_figures():
     result = _search(lambda k: np.nan if k < 20 else 0.0)
     first = result.report["tried"][0]
     assert first["cosine_min"] == -1.0 and first["non_finite"] > 0 and not first["passed"]
+
+
+def test_a_slow_machine_ships_the_same_candidate(monkeypatch):
+    """Every clock reading an hour later than the last: the search still ends where the data says."""
+    fast = _search(lambda k: 0.0 if k >= 12 else 0.5)
+    hours = iter(range(0, 10**9, 3600))
+    monkeypatch.setattr(G.time, "perf_counter", lambda: float(next(hours)))
+    monkeypatch.setattr(G.time, "monotonic", lambda: float(next(hours)))
+    slow = _search(lambda k: 0.0 if k >= 12 else 0.5)
+    assert list(slow.float_layers) == list(fast.float_layers) == ORDER[:12]
+    assert [t["float_layers"] for t in slow.report["tried"]] == [t["float_layers"] for t in fast.report["tried"]]
+    assert slow.report["tried"][0]["seconds"] >= 3600  # the clock really was slow; it only timed the tries
+
+
+def test_a_gate_without_data_never_reports_passed():
+    ctx = QuantContext(model=None, feeds=[], gate=None, cosine_min=0.99, component="text")
+    builds = []
+
+    def build(drop):
+        builds.append(dict(drop))
+        return "int8 model", {"MatMulInteger": 3}
+
+    model, kept_float, (extras,), report = gate_loop(ctx, ORDER, {n: 0.0 for n in ORDER}, 0.01, build)
+    assert (model, kept_float, extras, builds) == ("int8 model", {}, {"MatMulInteger": 3}, [{}])
+    assert report["passed"] is None and report["gated"] is False and report["figures"] is None
+    assert "no gate data" in report["reason"]
+    gated = _search(lambda k: 0.0)
+    assert gated.report["passed"] is True and gated.report["gated"] is True

@@ -209,8 +209,6 @@ def test_the_gate_search_stops_at_its_try_cap_with_a_clear_message(towers):
     with pytest.raises(ParityError, match="even with every layer float"):
         gate_loop(ctx, order, {n: 0.0 for n in order}, 0.01, build)
     assert builds == [0, 0, 40]
-    with pytest.raises(ParityError, match=r"stopped after \d+ s \(cap 1 s\)"):
-        GateLimits(max_seconds=1.0, started=0.0).check("text", [{"float_layers": 0, "cosine_min": 0.5}], 1, 4)
 
 
 def test_ctrl_c_in_the_gate_is_not_swallowed_and_leaves_nothing_behind(towers, tmp_path, monkeypatch):

@@ -1,0 +1,26 @@
+"""What the accuracy gate judges a candidate against, for one tower (`GateData`).
+
+Its own module so that the quantisation handlers' context (`edgevl.compress.handlers`) can carry
+it without importing the gate, and the gate can take that context: imports go gate -> handlers
+-> gate_data, one way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass
+class GateData:
+    """The gate's inputs for one tower, the fp32 artifact's outputs on them, and the zero-shot
+    agreement function `(reference, candidate) -> (tie-aware, strict)` (None: not defined)."""
+
+    feeds: Feeds
+    reference: np.ndarray
+    agreement_fn: Optional[Callable[[np.ndarray, np.ndarray], tuple[float, float]]]
+    n_samples: int
