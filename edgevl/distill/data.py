@@ -2,8 +2,11 @@
 
 The teacher's embeddings are computed once per (teacher weights, data, preprocessing, views,
 seed) and stored on disk under a sha256 of all of them: MobileCLIP's "reinforced" data set
-(Vasu et al., CVPR 2024), so training, a second run and every rank after the first never run
-the teacher. Augmented views are fixed per image (seeded), which is what makes them cacheable.
+(Vasu et al., CVPR 2024), so a second run never runs the teacher, and under torchrun only each
+node's local rank 0 does (the others read its file). Augmented views are fixed per image (seeded),
+which is what makes them cacheable. The file is written under a temporary name unique to the host
+and process and renamed into place, so readers never see a partial file, even when several
+machines write one shared cache folder at once.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import hashlib
 import json
 import os
 import random
+import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -126,8 +131,11 @@ def _teacher_embeddings(teacher: ModelSpec, images: list, texts: list[str], chun
 
 
 def build_data(teacher: ModelSpec, source: Source, heldout: HeldOut, resolution: int, views: int, seed: int,
-               corpus: str, cache_dir: Path, log: Callable[[str], None] = lambda m: None) -> DistillData:
-    """Every tensor training needs; the teacher runs only when its embeddings are not cached."""
+               corpus: str, cache_dir: Path, log: Callable[[str], None] = lambda m: None,
+               run_teacher: bool = True) -> DistillData:
+    """Every tensor training needs; the teacher runs only when its embeddings are not cached.
+    With `run_teacher` False a missing cache file is an error instead (the ranks that wait for
+    their node's local rank 0 to write it)."""
     from safetensors.torch import load_file, save_file
 
     texts = text_corpus(source, corpus)
@@ -140,6 +148,9 @@ def build_data(teacher: ModelSpec, source: Source, heldout: HeldOut, resolution:
     if hit:
         log(f"teacher embeddings: cache hit {path.name[:16]}")
         cached = load_file(str(path))
+    elif not run_teacher:
+        raise InputError(f"teacher-embedding cache {path} is missing on this rank although its node's local rank 0 "
+                         "wrote it before the barrier; give every process of a node the same EDGEVL_CACHE folder")
     else:
         log(f"teacher embeddings: running the teacher on {len(view_images)} views, {len(texts)} texts, "
             f"{len(heldout.images)} held-out images")
@@ -147,7 +158,7 @@ def build_data(teacher: ModelSpec, source: Source, heldout: HeldOut, resolution:
         himg, htxt = _teacher_embeddings(teacher, heldout.images, heldout.prompts)
         cached = {"image": timg, "text": ttxt, "heldout_image": himg, "heldout_text": htxt}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         save_file({k: v.contiguous() for k, v in cached.items()}, str(tmp))
         os.replace(tmp, path)
     pre = student_preprocess(teacher.preprocess, resolution)

@@ -5,6 +5,8 @@ teacher's layers learns faster and ends better than one from random weights)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -15,6 +17,7 @@ from edgevl.models.spec import ModelSpec
 
 
 def teacher_width(teacher: ModelSpec) -> int:
+    """The teacher's embedding width, from one forward pass of its text tower."""
     with torch.no_grad():
         feeds = {k: v[:1] for k, v in teacher.text.example_inputs.items()}
         return int(teacher.text.module(**feeds).shape[-1])
@@ -26,9 +29,11 @@ def teacher_vocab(teacher: ModelSpec) -> int:
     raise InputError(f"teacher {teacher.name} declares no vocabulary size; use a teacher that ships a tokenizer")
 
 
-def student_archs(cfg: StudentConfig, teacher: ModelSpec) -> tuple[object, TextArch]:
-    """The image and text architectures (before any inherited weights are copied in)."""
-    dim = teacher_width(teacher)
+def student_archs(cfg: StudentConfig, teacher: ModelSpec, width: Optional[int] = None) -> tuple[object, TextArch]:
+    """The image and text architectures (before any inherited weights are copied in). `width` is
+    the teacher's embedding width where the caller knows it (e.g. from cached teacher embeddings),
+    so the teacher need not run; without it one text forward pass measures it."""
+    dim = width if width is not None else teacher_width(teacher)
     if cfg.image == "vit":
         image: object = ViTArch(cfg.width, cfg.depth, cfg.heads, cfg.patch, cfg.resolution, dim)
     else:
@@ -42,9 +47,10 @@ def student_archs(cfg: StudentConfig, teacher: ModelSpec) -> tuple[object, TextA
     return image, text
 
 
-def build_student(cfg: StudentConfig, teacher: ModelSpec, seed: int) -> StudentPair:
-    """A fresh student (seeded), with the teacher's text layers copied in for `text=inherit`."""
-    image_arch, text_arch = student_archs(cfg, teacher)
+def build_student(cfg: StudentConfig, teacher: ModelSpec, seed: int, width: Optional[int] = None) -> StudentPair:
+    """A fresh student (seeded), with the teacher's text layers copied in for `text=inherit`;
+    `width` as in `student_archs`."""
+    image_arch, text_arch = student_archs(cfg, teacher, width)
     torch.manual_seed(seed)
     student = StudentPair(build_tower(image_arch), build_tower(text_arch))
     if cfg.text == "inherit":

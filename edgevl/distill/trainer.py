@@ -7,7 +7,8 @@ contiguous slice; the student's embeddings are all-gathered (with gradients) and
 computes the loss of the whole global batch, so the result equals one process's within fp32
 rounding. DDP averages the gradients; each rank's gradient through its own rows is world-size
 times the loss's (the all-gather's backward sums every rank's identical loss), so the average is
-exactly the global loss's gradient. Rank 0 alone evaluates and writes checkpoints and the model.
+exactly the global loss's gradient. Rank 0 alone evaluates and writes checkpoints and the model;
+the local rank 0 of each machine alone runs the teacher (see `distill_run`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def _dist() -> tuple[int, int]:
         torch.distributed.init_process_group(backend)
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
+
+
+def _local_rank(rank: int) -> int:
+    """This process's rank on its machine (torchrun's LOCAL_RANK; the global rank without it)."""
+    return int(os.environ.get("LOCAL_RANK", rank))
 
 
 def _device(world: int) -> torch.device:
@@ -131,19 +137,22 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
     source, heldout = load_source(cfg.data), load_heldout(cfg.heldout, cfg.data)
     cache = default_cache(cfg.cache_dir)
 
-    def data_for() -> DistillData:
+    def data_for(run_teacher: bool = True) -> DistillData:
         return build_data(teacher, source, heldout, cfg.student.resolution, cfg.views, cfg.seed, cfg.text_corpus,
-                          cache, say)
+                          cache, say, run_teacher=run_teacher)
 
     t_data = time.perf_counter()
-    if world > 1:  # rank 0 runs the teacher once; the others read its cache
-        data = data_for() if rank == 0 else None
+    if world > 1:
+        # Each node's local rank 0 fills its node's cache (machines need not share a file system);
+        # after the barrier the other ranks read that file and never run the teacher.
+        data = data_for() if _local_rank(rank) == 0 else None
         torch.distributed.barrier()
-        data = data if data is not None else data_for()
+        data = data if data is not None else data_for(run_teacher=False)
     else:
         data = data_for()
     data_seconds = time.perf_counter() - t_data
-    student = build_student(cfg.student, teacher, cfg.seed).to(device)
+    width = int(data.teacher_text.shape[-1])  # from the cache: ranks that read it never run the teacher
+    student = build_student(cfg.student, teacher, cfg.seed, width).to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     start, metrics = 0, []
     ckpt = latest_checkpoint(cfg.out) if resume else None
@@ -182,7 +191,7 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
         metrics.append({"step": cfg.steps, **evaluate(student, data)})
         say(_eval_line(metrics[-1]))
         save_checkpoint(cfg.out, cfg.steps, student, opt, cfg.fingerprint(), metrics)
-        image_arch, text_arch = student_archs(cfg.student, teacher)
+        image_arch, text_arch = student_archs(cfg.student, teacher, width)
         record = {"format": FORMAT, "version": 1, "teacher": teacher.name, "teacher_source": teacher.source,
                   "image": arch_to_json(image_arch), "text": arch_to_json(text_arch), "config": cfg.to_json(),
                   "metrics": metrics, "world_size": world, "vocab_size": teacher.vocab_size,

@@ -6,8 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import pytest
 from edgevl.cli import main
 
 HERE = Path(__file__).resolve().parent
+WORKER = HERE / "distill_ddp_worker.py"
 
 
 @pytest.fixture(scope="module")
@@ -145,34 +149,108 @@ def test_resume_after_interrupt_reaches_the_uninterrupted_weights(teacher, tmp_p
         torch.testing.assert_close(resumed.student.state_dict()[name], value, atol=0, rtol=0)
 
 
-@pytest.mark.slow
-def test_two_process_torchrun_matches_one_process(teacher, tmp_path):
+def _worker():  # noqa: ANN202 - the worker module
+    spec = importlib.util.spec_from_file_location("distill_ddp_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    return worker
+
+
+def _reports(weights: Path, world: int) -> list[dict]:
+    return [json.loads((weights / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def _matches_one_process(teacher: str, tmp_path: Path, weights: Path, cache: Path, world: int) -> None:
+    """Every rank's final weights are the same tensors, equal to one process's run with the same
+    global batch (reading the cache the ranks filled)."""
     import torch
     from safetensors.torch import load_file
 
-    spec = importlib.util.spec_from_file_location("distill_ddp_worker", HERE / "distill_ddp_worker.py")
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
+    from edgevl.distill.trainer import distill_run
+
+    replicas = [load_file(str(weights / f"rank{r}.safetensors")) for r in range(world)]
+    for name in replicas[0]:
+        for r in range(1, world):
+            assert torch.equal(replicas[0][name], replicas[r][name]), f"replicas 0 and {r} differ at {name}"
+    single = distill_run(_worker().ddp_config(teacher, tmp_path / "single", cache), quiet=True)
+    assert single.cache_hit
+    state = single.student.state_dict()
+    for name, value in replicas[0].items():
+        torch.testing.assert_close(_without_key_bias(name, value), _without_key_bias(name, state[name]),
+                                   atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert json.loads((tmp_path / "ddp" / "student.json").read_text())["world_size"] == world
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_matches_one_process_and_rank_1_never_runs_the_teacher(teacher, tmp_path):
     cache, weights = tmp_path / "cache", tmp_path / "weights"
     weights.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "distill_ddp_worker.py"), teacher, str(tmp_path / "ddp"), str(cache), str(weights)],
+         str(WORKER), teacher, str(tmp_path / "ddp"), str(cache), str(weights)],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0, rank1 = load_file(str(weights / "rank0.safetensors")), load_file(str(weights / "rank1.safetensors"))
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), f"replicas differ at {name}"
-    from edgevl.distill.trainer import distill_run
+    rank0, rank1 = _reports(weights, 2)
+    assert rank0["teacher_calls"] > 0 and not rank0["cache_hit"]  # the empty cache: local rank 0 fills it
+    assert rank1["local_rank"] == 1 and rank1["teacher_calls"] == 0 and rank1["cache_hit"]
+    _matches_one_process(teacher, tmp_path, weights, cache, 2)
 
-    single = distill_run(worker.ddp_config(teacher, tmp_path / "single", cache), quiet=True)
-    assert single.cache_hit  # rank 0 filled the cache
-    state = single.student.state_dict()
-    for name, value in rank0.items():
-        torch.testing.assert_close(_without_key_bias(name, value), _without_key_bias(name, state[name]),
-                                   atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
-    assert json.loads((tmp_path / "ddp" / "student.json").read_text())["world_size"] == 2
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_loopback_env() -> dict:
+    """Gloo binds to the interface its host name resolves to unless told: keep it on loopback."""
+    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    return {"GLOO_SOCKET_IFNAME": names[0]} if names else {}
+
+
+def test_two_nodes_on_localhost_each_fill_their_own_cache_and_match_one_process(teacher, tmp_path):
+    """Two torchrun agents, one per "node", meet through a c10d rendezvous on 127.0.0.1; each node
+    has its own cache folder, as machines without a shared file system would."""
+    import torch
+
+    if importlib.util.find_spec("torch.distributed.run") is None or not torch.distributed.is_gloo_available():
+        pytest.skip("torchrun with the gloo backend is not in this torch build")
+    weights, logs = tmp_path / "weights", []
+    weights.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **_gloo_loopback_env()}
+    endpoint, procs = f"127.0.0.1:{_free_port()}", []
+    try:
+        for node in (0, 1):
+            logs.append(tmp_path / f"node{node}.log")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                   "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+                   "--rdzv-id", "edgevl-distill-test", "--rdzv-conf", f"is_host={int(node == 0)},join_timeout=60",
+                   "--local-addr", "127.0.0.1", "--max-restarts", "0",
+                   str(WORKER), teacher, str(tmp_path / "ddp"), str(tmp_path / f"cache-node{node}"), str(weights)]
+            with open(logs[-1], "w") as log:
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                              start_new_session=True))
+        deadline = time.monotonic() + 120
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail("the two-node run took over 120 s: " + " | ".join(p.read_text()[-1500:] for p in logs))
+    finally:
+        for proc in procs:  # each agent leads its own session: its workers go with it
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    failed = [f"node {n} exit {proc.returncode}: {log.read_text()[-2000:]}"
+              for n, (proc, log) in enumerate(zip(procs, logs)) if proc.returncode]
+    assert not failed, "\n".join(failed)
+    reports = _reports(weights, 2)
+    assert sorted(r["cache"] for r in reports) == [str(tmp_path / "cache-node0"), str(tmp_path / "cache-node1")]
+    for report in reports:  # one process per node: each is its node's local rank 0 and fills its cache
+        assert report["local_rank"] == 0 and report["teacher_calls"] > 0 and not report["cache_hit"]
+    files = [sorted(p.name for p in (tmp_path / f"cache-node{n}" / "distill").iterdir()) for n in (0, 1)]
+    assert files[0] == files[1] and len(files[0]) == 1 and files[0][0].endswith(".safetensors")  # no temp left
+    _matches_one_process(teacher, tmp_path, weights, tmp_path / "cache-node0", 2)
 
 
 @pytest.mark.parametrize("argv, message", [
