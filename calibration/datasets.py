@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from edgevl.calibration.samples import EXTRA_CAPTIONS  # defined beside the splits it stays disjoint from
 from edgevl.errors import CalibrationError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -25,44 +26,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 IMAGE_MODES = ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr")
 MIN_SIDE = 32
 DEFAULT_SEED = 0
-
-# Everyday captions (written for edgevl) that widen the bundled text calibration beyond the
-# calibration split's own captions and label prompts. None of them is a gate or parity text
-# (tests/unit/test_splits.py checks).
-EXTRA_CAPTIONS: tuple[str, ...] = (
-    "a dog running on the beach at sunset",
-    "two children playing football in a park",
-    "a bowl of fresh fruit on a wooden table",
-    "a red car parked in front of a house",
-    "an airplane flying over snowy mountains",
-    "a man riding a bicycle through the city",
-    "a plate of spaghetti with tomato sauce",
-    "a group of people sitting around a campfire",
-    "a close-up of a butterfly on a yellow flower",
-    "a train crossing a bridge over a river",
-    "a laptop and a cup of tea on a desk",
-    "an old lighthouse on a rocky coast",
-    "a woman reading a book in a library",
-    "a herd of elephants walking across the savanna",
-    "the skyline of a large city at night",
-    "a sailboat on a calm lake",
-    "a black and white dog sleeping on a sofa",
-    "a street market with fruit and vegetables",
-    "a snowy forest with tall pine trees",
-    "a person surfing a large wave",
-    "a vintage typewriter on a table",
-    "a chocolate cake with candles",
-    "a horse standing in a green field",
-    "a cat sitting on a window sill",
-    "a violin resting on sheet music",
-    "a bicycle leaning against a brick wall",
-    "an aerial view of farmland",
-    "a photo of a dog.",
-    "a photo of a car.",
-    "a photo of a bird.",
-    "a photo of a guitar.",
-    "a photo of a pizza.",
-)
 
 
 @dataclass

@@ -4,7 +4,7 @@ them, split into three disjoint sets.
 Splits (a photo belongs to exactly one):
 
 * ``calibration``: what int8 observes when no ``--calib`` is given (its photos' views, its
-  captions, its label prompts and the everyday captions in `datasets.EXTRA_CAPTIONS`).
+  captions, its label prompts and the everyday captions in `EXTRA_CAPTIONS`).
 * ``gate``: what the int8 accuracy gate measures on when it decides which layers stay float.
 * ``parity``: held out; it only judges the finished artifact. It keeps the photos the README
   quotes (chelsea = cat, coffee, rocket, astronaut).
@@ -22,9 +22,14 @@ sees (caption or prompt) is ever judged by parity, and the class lists differ be
 identical view.
 
 Only files that ship inside the installed wheels are used (some `skimage.data` images download
-on first use; those are not listed). A listed file that is missing is an error that names the
-package to reinstall: the splits (and the hashes the manifest records) never shrink silently.
-Each row carries its licence; `SOURCES` gives each package's own licence.
+on first use; those are not listed). Each row names its split, so a file's split never depends on
+what else is installed. The photos come in two pools (`pool()`): "core" holds the rows of edgevl's
+own dependencies (scikit-image, scikit-learn); "full" adds the rows of the `photos` extra
+(`pip install 'edgevl[photos]'`: matplotlib, mahotas, PyWavelets, pydicom), used only when every
+package of that extra is installed, so each split is one of exactly two fixed sets of files. A
+listed file of a pool in use that is missing is an error that names the package to reinstall: a
+pool (and the hashes the manifest records) never shrinks silently. Each row carries its licence;
+`SOURCES` gives each package's own licence.
 """
 
 from __future__ import annotations
@@ -42,6 +47,50 @@ PROMPT_TEMPLATE = "a photo of a {}."
 # worst text, and a few short captions are too few for that minimum to hold on the held-out
 # split's texts. Parity reads only PROMPT_TEMPLATE.
 GATE_TEMPLATES = ("a picture of a {}.", "an image of the {}.", "a close-up photo of a {}.", "a {} in a photo.")
+
+# Everyday captions (written for edgevl) that widen the bundled text calibration beyond the
+# calibration split's own captions and label prompts. None of them is a gate or parity text
+# (tests/unit/test_splits.py checks).
+EXTRA_CAPTIONS: tuple[str, ...] = (
+    "a dog running on the beach at sunset",
+    "two children playing football in a park",
+    "a bowl of fresh fruit on a wooden table",
+    "a red car parked in front of a house",
+    "an airplane flying over snowy mountains",
+    "a man riding a bicycle through the city",
+    "a plate of spaghetti with tomato sauce",
+    "a group of people sitting around a campfire",
+    "a close-up of a butterfly on a yellow flower",
+    "a train crossing a bridge over a river",
+    "a laptop and a cup of tea on a desk",
+    "an old lighthouse on a rocky coast",
+    "a woman reading a book in a library",
+    "a herd of elephants walking across the savanna",
+    "the skyline of a large city at night",
+    "a sailboat on a calm lake",
+    "a black and white dog sleeping on a sofa",
+    "a street market with fruit and vegetables",
+    "a snowy forest with tall pine trees",
+    "a person surfing a large wave",
+    "a vintage typewriter on a table",
+    "a chocolate cake with candles",
+    "a horse standing in a green field",
+    "a cat sitting on a window sill",
+    "a violin resting on sheet music",
+    "a bicycle leaning against a brick wall",
+    "an aerial view of farmland",
+    "a photo of a dog.",
+    "a photo of a car.",
+    "a photo of a bird.",
+    "a photo of a guitar.",
+    "a photo of a pizza.",
+)
+
+# The packages whose photos every install has (edgevl's core dependencies), and those of the
+# `photos` extra, in the order their rows are read.
+CORE_PACKAGES = ("skimage", "sklearn")
+PHOTOS_EXTRA_PACKAGES = ("matplotlib", "mahotas", "pywt", "pydicom")
+POOLS = {"core": CORE_PACKAGES, "full": CORE_PACKAGES + PHOTOS_EXTRA_PACKAGES}
 
 # Package -> its licence and where its images come from.
 SOURCES: dict[str, str] = {
@@ -157,6 +206,18 @@ def _package_dir(package: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def pool() -> str:
+    """The pool of photos this install reads: "full" when every package of the `photos` extra is
+    installed, else "core" (a partial extra counts as absent, so there are only two pools)."""
+    return "full" if all(_package_dir(p) is not None for p in PHOTOS_EXTRA_PACKAGES) else "core"
+
+
+def pool_record() -> dict:
+    """Which pool the bundled splits come from and the packages it reads photos from."""
+    name = pool()
+    return {"pool": name, "packages": [_PIP_NAMES.get(p, p) for p in POOLS[name]]}
+
+
 def _resolve(row: Row) -> Path:
     folder = _package_dir(row.package)
     path = folder / row.path if folder is not None else None
@@ -165,22 +226,24 @@ def _resolve(row: Row) -> Path:
 
         pip_name = _PIP_NAMES.get(row.package, row.package)
         raise MissingBackendError(
-            f"bundled sample {row.package}/{row.path} is missing; reinstall edgevl's dependencies "
-            f"(pip install -e . or `pip install --force-reinstall {pip_name}`)"
+            f"bundled sample {row.package}/{row.path} is missing; reinstall the package that ships it: "
+            f"`pip install --force-reinstall {pip_name}`"
         )
     return path
 
 
 def bundled_samples(split: str | None = None) -> list[Sample]:
-    """The bundled photos of one split (all splits if None), in a fixed order."""
+    """The bundled photos of one split (all splits if None) from this install's `pool()`, in a
+    fixed order."""
     if split is not None and split not in SPLITS:
         from edgevl.errors import InputError
 
         raise InputError(f"unknown data split {split!r}; choose from: {', '.join(SPLITS)}")
+    packages = POOLS[pool()]
     return [
         Sample(Path(row.path).stem, _resolve(row), row.caption, row.label, row.split, f"{row.package}/{row.path}")
         for row in _ROWS
-        if split is None or row.split == split
+        if (split is None or row.split == split) and row.package in packages
     ]
 
 
@@ -302,23 +365,19 @@ def content_hash(file_hashes: list[str], texts: list[str]) -> str:
 def split_texts(split: str) -> list[str]:
     """Every text a split feeds the text tower. Gate and parity: captions (the gate's labels in
     `GATE_TEMPLATES` after them), then label prompts. Calibration adds the everyday captions of
-    `datasets.EXTRA_CAPTIONS` in front."""
+    `EXTRA_CAPTIONS` in front."""
     samples = bundled_samples(split)
     labels = list(dict.fromkeys(s.label for s in samples))
     texts = [s.caption for s in samples] + _extra_texts(split, labels) + [PROMPT_TEMPLATE.format(s.label) for s in samples]
-    if split == "calibration":
-        from edgevl.calibration.datasets import EXTRA_CAPTIONS
-
-        texts = list(EXTRA_CAPTIONS) + texts
-    return texts
+    return list(EXTRA_CAPTIONS) + texts if split == "calibration" else texts
 
 
 def split_record(split: str) -> dict:
-    """What the manifest records about one bundled split: counts and a content hash."""
+    """What the manifest records about one bundled split: its pool, counts and a content hash."""
     samples = bundled_samples(split)
     texts = split_texts(split)
     return {
-        "source": f"bundled {split} split",
+        "source": f"bundled {split} split, {pool()} pool",
         "photos": len(samples),
         "images": len(samples) * VIEWS_PER_PHOTO,
         "texts": len(texts),
