@@ -2,7 +2,14 @@
 
 An exporter turns ONE tower of a ModelSpec into ONE artifact in `out_dir` (a staging folder the
 pipeline moves into place only when everything succeeded) and reports how attention was lowered.
-Exporters know nothing of distillation or parity; runtimes know nothing of exporters.
+
+Who imports whom (tests/unit/test_layout.py checks it over every import, function-level ones
+included): the pipeline calls exporters; an exporter may import compress (quantization and its
+accuracy gate), runtimes (to run a candidate, e.g. Core ML's MIL interpreter for the fp16 guard)
+and core modules (models, ops, calibration, the gate split from `edgevl.paritydata`, the tolerance
+table), never the pipeline or the CLI. Runtimes never import an exporter: a runtime gets a path and
+options. The parity check of a finished artifact is the pipeline's, and no exporter imports
+`edgevl.distill`.
 """
 
 from __future__ import annotations
@@ -180,6 +187,19 @@ class Exporter(ABC):
         self.check_available(options.precision)
         out_dir.mkdir(parents=True, exist_ok=True)
         return self._export(spec, component, out_dir, options)
+
+    def describe(self, artifact: ExportedArtifact) -> "ArtifactFacts":
+        """What the pipeline records beside `artifact` without knowing the target: its compressed
+        layers and export-wide notes (`edgevl.manifest.ArtifactFacts`). This default reads the
+        `passes["quantization"]` report of the ONNX and TensorRT exporters (quantized_layers,
+        float_layers, the gate's tries); a target that reports otherwise overrides it."""
+        from edgevl.manifest import ArtifactFacts, Compression, best_gate_try
+
+        quant = artifact.passes.get("quantization")
+        if not quant or "quantized_layers" not in quant:
+            return ArtifactFacts()
+        done, kept = int(quant["quantized_layers"]), len(quant.get("float_layers") or {})
+        return ArtifactFacts(Compression(done, done + kept, best_gate_try(quant.get("gate"), artifact.precision)))
 
     @abstractmethod
     def _export(

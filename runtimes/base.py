@@ -1,7 +1,11 @@
 """Runtime contract: `load(path, options)` then `run(feeds) -> outputs`, numpy in and out.
 
-One file per backend. Runtimes get a path and options, never an exporter or a ModelSpec, so the
-same code runs the artifacts inside apps on a device.
+One file per backend (a backend's helpers beside it, e.g. `tensorrt_build.py`, `mil_ops.py`).
+Runtimes get a path and options, never an exporter or a ModelSpec. A runtime imports only other
+runtime modules and core modules (`edgevl.errors`, `edgevl.registry`), never an exporter, compress,
+the pipeline or the CLI; exporters import runtimes (tests/unit/test_layout.py checks both, over every
+import). What exporter and runtime both need (TensorRT's engine build, its attention plugin) lives
+here, on the runtime's side.
 """
 
 from __future__ import annotations

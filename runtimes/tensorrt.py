@@ -40,7 +40,7 @@ class TensorRTEngine(LoadedModel):
         import tensorrt as trt
         import torch
 
-        from edgevl.exporters.tensorrt_plugin import register_plugins
+        from edgevl.runtimes.tensorrt_plugin import register_plugins
 
         register_plugins()  # an engine of the plugin flavour needs them in this process
         self._torch = torch
@@ -82,7 +82,7 @@ class TensorRTRuntime(Runtime):
     extra = "tensorrt"
 
     def _load(self, path: Path, options: dict[str, Any]) -> LoadedModel:
-        from edgevl.exporters.tensorrt_engine import build_serialized, tensorrt_available
+        from edgevl.runtimes.tensorrt_build import build_serialized, tensorrt_available
 
         if path.suffix == ".engine":
             if not tensorrt_available():
