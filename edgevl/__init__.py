@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+from edgevl.version import __version__
+
 if TYPE_CHECKING:
     from edgevl.compress.config import QuantConfig
     from edgevl.manifest import Manifest
     from edgevl.models.spec import ModelSpec
 
-__version__ = "0.1.0"
 __all__ = ["distill", "export", "load", "quantize_"]
 
 

@@ -9,13 +9,13 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from edgevl import __version__
 from edgevl.errors import InputError, OutputWriteError
 from edgevl.manifest import MANIFEST_NAME
 from edgevl.profile.machine import CpuInfo, Peak, cpu_info, load_or_probe_peak
 from edgevl.profile.measure import Plan, plan, run_child
 from edgevl.profile.verdicts import flag_slower
 from edgevl.progress import Progress
+from edgevl.version import __version__
 
 PROFILE_NAME, MARKDOWN_NAME, HTML_NAME = "profile.json", "report.md", "report.html"
 
