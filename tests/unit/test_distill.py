@@ -209,6 +209,7 @@ def _gloo_loopback_env() -> dict:
     return {"GLOO_SOCKET_IFNAME": names[0]} if names else {}
 
 
+@pytest.mark.slow
 def test_two_nodes_on_localhost_each_fill_their_own_cache_and_match_one_process(teacher, tmp_path):
     """Two torchrun agents, one per "node", meet through a c10d rendezvous on 127.0.0.1; each node
     has its own cache folder, as machines without a shared file system would."""
@@ -250,6 +251,10 @@ def test_two_nodes_on_localhost_each_fill_their_own_cache_and_match_one_process(
         assert report["local_rank"] == 0 and report["teacher_calls"] > 0 and not report["cache_hit"]
     files = [sorted(p.name for p in (tmp_path / f"cache-node{n}" / "distill").iterdir()) for n in (0, 1)]
     assert files[0] == files[1] and len(files[0]) == 1 and files[0][0].endswith(".safetensors")  # no temp left
+    from safetensors.torch import load_file
+
+    node0, node1 = (load_file(str(tmp_path / f"cache-node{n}" / "distill" / files[0][0])) for n in (0, 1))
+    assert all(torch.equal(node0[k], node1[k]) for k in node0)  # same key, same teacher embeddings
     _matches_one_process(teacher, tmp_path, weights, tmp_path / "cache-node0", 2)
 
 
