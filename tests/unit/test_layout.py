@@ -36,7 +36,7 @@ PACKAGES = {"edgevl": "edgevl", "exporters": "edgevl.exporters", "runtimes": "ed
 #   may import from it (`__version__` comes from edgevl.version).
 # - core: data and definitions every layer may use. distill is core: a distilled student is a model
 #   family (models/student.py builds its towers from distill/students.py) and palette tuning reuses
-#   its data views; its trainer resolves the teacher with models, not the pipeline.
+#   its data views; so nothing in it calls the pipeline (the trainer loads its teacher through models).
 # - edgevl_runtime (apps/runtime) is its own torch-free distribution; see DISTRIBUTIONS.
 LAYERS = (
     (6, "cli", ("edgevl.cli", "edgevl.__main__", "edgevl.distill.command")),
@@ -86,7 +86,7 @@ def _known(name: str, modules: dict[str, Path]) -> str | None:
     return ".".join(parts) or None
 
 
-def _targets(module: str, path: Path, node: ast.AST, modules: dict[str, Path]) -> list[tuple[str, list[str]]]:
+def _targets(module: str, path: Path, node: ast.AST) -> list[tuple[str, list[str]]]:
     """(imported dotted name, names imported from it) for one import statement."""
     if isinstance(node, ast.Import):
         return [(a.name, []) for a in node.names]
@@ -101,12 +101,12 @@ def find_edges(modules: dict[str, Path]) -> list[Edge]:
     edges = []
     for module, path in modules.items():
         source = path.read_text()
-        lines = source.splitlines()
         for node in ast.walk(ast.parse(source, str(path))):
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
-            text = " ".join(lines[node.lineno - 1].split())
-            for name, names in _targets(module, path, node, modules):
+            text = " ".join((ast.get_source_segment(source, node) or "").replace("(", " ").replace(")", " ").split())
+            text = text if len(text) <= 100 else text[:97] + "..."
+            for name, names in _targets(module, path, node):
                 dsts = {_known(f"{name}.{n}", modules) for n in names} if names else {_known(name, modules)}
                 edges += [Edge(module, dst, path, node.lineno, text) for dst in sorted(d for d in dsts if d)
                           if dst != module]
@@ -158,24 +158,29 @@ def find_cycles(edges: list[Edge]) -> list[str]:
             frontier = nxt if "cycle" not in paths else []
         cycle = paths["cycle"]
         steps = "; ".join(graph[a][b].where() for a, b in zip(cycle, cycle[1:]))
-        messages.append(f"import cycle {' -> '.join(cycle)}: {steps} (all modules on cycles with it: {', '.join(group)})")
+        messages.append(f"import cycle {' -> '.join(cycle)}: {steps} "
+                        f"(all modules on cycles with it: {', '.join(group)})")
     return messages
 
 
-def layer_of(module: str, layers=LAYERS) -> tuple[int, str] | None:
-    for rank, group, patterns in layers:
+def layer_of(module: str) -> tuple[int, str] | None:
+    """(rank, group) of `module` in LAYERS (None: in no row)."""
+    for rank, group, patterns in LAYERS:
         for p in patterns:
             if module == p.removesuffix(".*") or (p.endswith(".*") and module.startswith(p[:-1])):
                 return rank, group
     return None
 
 
-def find_layer_violations(modules: dict[str, Path], edges: list[Edge], layers=LAYERS) -> list[str]:
-    unplaced = [f"{m} ({modules[m]}) is in no row of LAYERS; give it a layer" for m in modules
-                if layer_of(m, layers) is None]
+def find_layer_violations(modules: dict[str, Path], edges: list[Edge]) -> list[str]:
+    """One message per module in no row of LAYERS and per import against the direction of calls."""
+    unplaced = [f"{m} ({modules[m]}) is in no row of LAYERS; give it a layer" for m in modules if layer_of(m) is None]
     wrong = []
     for e in edges:
-        (src_rank, src_group), (dst_rank, dst_group) = layer_of(e.src, layers) or (0, ""), layer_of(e.dst, layers) or (0, "")
+        src, dst = layer_of(e.src), layer_of(e.dst)
+        if src is None or dst is None:
+            continue
+        (src_rank, src_group), (dst_rank, dst_group) = src, dst
         src_dist, dst_dist = (DISTRIBUTIONS.get(m.split(".")[0]) for m in (e.src, e.dst))
         if src_dist != dst_dist:
             wrong.append(f"{e.src} ({src_dist}) imports {e.dst} of another distribution ({dst_dist}) at {e.where()}")
@@ -231,14 +236,17 @@ def _plant(root: Path, files: dict[str, str]) -> tuple[dict[str, Path], list[Edg
 
 def test_the_checker_flags_a_planted_cycle_and_a_planted_runtime_to_exporter_import(tmp_path):
     """A tmp tree of small sources: a cycle through a TYPE_CHECKING import and a function-level
-    relative one, a runtime importing an exporter inside a function, and the allowed direction
-    (exporter -> runtime) and an unplaced module beside them."""
+    relative one, a runtime importing an exporter inside a function, compress importing a runtime
+    (a sibling layer), a module in no layer, and the allowed exporter -> runtime beside them."""
     modules, edges = _plant(tmp_path, {
         "edgevl/__init__.py": "",
         "edgevl/errors.py": "class InputError(ValueError): ...\n",
         "edgevl/models/__init__.py": "",
-        "edgevl/models/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from edgevl.models.b import B\n",
+        "edgevl/models/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                              "    from edgevl.models.b import B\n",
         "edgevl/models/b.py": "def f():\n    from . import a\n    return a\n",
+        "edgevl/compress/__init__.py": "",
+        "edgevl/compress/q.py": "from edgevl.runtimes.base import *\n",
         "edgevl/newthing.py": "",
         "exporters/__init__.py": "",
         "exporters/fast.py": "import edgevl.runtimes.base\nfrom edgevl.errors import InputError\n",
@@ -248,22 +256,26 @@ def test_the_checker_flags_a_planted_cycle_and_a_planted_runtime_to_exporter_imp
                             "    from edgevl.exporters import fast\n    return fast\n",
     })
     cycles = find_cycles(edges)
-    assert len(cycles) == 1 and cycles[0].startswith("import cycle edgevl.models.a -> edgevl.models.b -> edgevl.models.a")
+    assert len(cycles) == 1, cycles
+    assert cycles[0].startswith("import cycle edgevl.models.a -> edgevl.models.b -> edgevl.models.a: ")
     assert "edgevl/models/a.py:3 `from edgevl.models.b import B`" in cycles[0]
     assert "edgevl/models/b.py:2 `from . import a`" in cycles[0]
-    violations = find_layer_violations(modules, edges)
-    assert violations == [
+    assert find_layer_violations(modules, edges) == [
         f"edgevl.newthing ({tmp_path / 'edgevl/newthing.py'}) is in no row of LAYERS; give it a layer",
+        f"edgevl.compress.q (compress) imports edgevl.runtimes.base (runtimes, a sibling layer) at "
+        f"{tmp_path / 'edgevl/compress/q.py'}:1 `from edgevl.runtimes.base import *`",
         f"edgevl.runtimes.fast (runtimes) imports edgevl.exporters.fast (exporters, a higher layer) at "
         f"{tmp_path / 'runtimes/fast.py'}:5 `from edgevl.exporters import fast`",
     ]
-    # Without the planted faults the same tree is clean: the checker is not flagging everything.
+    # Without the planted faults the same tree is clean: the checker does not flag everything.
     (tmp_path / "runtimes/fast.py").write_text("from edgevl.errors import InputError\n")
     (tmp_path / "edgevl/models/b.py").write_text("B = 1\n")
+    (tmp_path / "edgevl/compress/q.py").write_text("from edgevl.models import a\n")
     (tmp_path / "edgevl/newthing.py").unlink()
     modules, edges = _plant(tmp_path, {})
     assert find_cycles(edges) == [] and find_layer_violations(modules, edges) == []
-    assert {(e.src, e.dst) for e in edges} >= {("edgevl.exporters.fast", "edgevl.runtimes.base")}
+    assert {("edgevl.exporters.fast", "edgevl.runtimes.base"), ("edgevl.compress.q", "edgevl.models.a")} <= {
+        (e.src, e.dst) for e in edges}
 
 
 MAX_MODULE_LINES = 400
