@@ -69,5 +69,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if last:
         print(f"agreement {last['agreement']:.3f}  image cosine {last['image_cosine']:.3f}  "
               f"text cosine {last['text_cosine']:.3f}")
-    print(f"wrote {cfg.out} (edgevl export {cfg.out} --target onnx)")
+    if result.rank == 0:  # the other ranks of a torchrun job write nothing
+        print(f"wrote {cfg.out} (edgevl export {cfg.out} --target onnx)")
     return 0

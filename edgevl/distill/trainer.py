@@ -44,6 +44,7 @@ class DistillResult:
     cache_hit: bool = False
     data_seconds: float = 0.0  # building the tensors, the teacher's embeddings included on a cache miss
     world_size: int = 1
+    rank: int = 0  # this process's global rank; only rank 0 writes `out`
     student: Optional[StudentPair] = None
 
 
@@ -167,8 +168,8 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
 
         model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     student.train()
-    result = DistillResult(str(cfg.out), cfg.steps, cache_hit=data.cache_hit, world_size=world, student=student,
-                           data_seconds=data_seconds)
+    result = DistillResult(str(cfg.out), cfg.steps, cache_hit=data.cache_hit, world_size=world, rank=rank,
+                           student=student, data_seconds=data_seconds)
     every = max(1, cfg.steps // 20)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
