@@ -21,11 +21,11 @@ from edgevl.exporters.base import (
 )
 from edgevl.fsutil import check_output_dir, publish, staging_dir
 from edgevl.manifest import ArtifactEntry, Manifest, sha256_of
+from edgevl.models.resolve import DEFAULT_MODEL, check_model_name, resolve_model
 from edgevl.models.spec import LoadOptions, ModelSpec
 from edgevl.progress import Progress
-from edgevl.registry import EXPORTERS, MODELS, RUNTIMES
+from edgevl.registry import EXPORTERS, RUNTIMES
 
-DEFAULT_MODEL = "effnet-minilm"
 COMPONENTS = ("image", "text")
 # How a parity line names what ran the artifact when it was not the target's own runtime.
 VERIFIED_BY = {"reference-interpreter": " (reference interpreter)", "onnxruntime": " (ONNX Runtime, not TensorRT)"}
@@ -61,29 +61,6 @@ class ExportOutcome:
 
     manifest: Manifest
     out: Path
-
-
-def check_model_name(name_or_path: Optional[str]) -> None:
-    if name_or_path is None or name_or_path in MODELS.names():
-        return
-    if not Path(name_or_path).expanduser().exists():
-        raise ModelLoadError(
-            f"model path {name_or_path} does not exist and is not a registered model "
-            f"({', '.join(MODELS.names())}); check the path"
-        )
-
-
-def resolve_model(name_or_path: Optional[str], options: LoadOptions) -> ModelSpec:
-    """A registered name, or a folder: one `edgevl distill` wrote (student.json, the
-    edgevl-student family) or a Hugging Face checkpoint (the hf-clip adapter)."""
-    check_model_name(name_or_path)
-    if name_or_path is None:
-        return MODELS.get(DEFAULT_MODEL)(None, options)
-    if name_or_path in MODELS.names():
-        return MODELS.get(name_or_path)(None, options)
-    if (Path(name_or_path).expanduser() / "student.json").is_file():
-        return MODELS.get("edgevl-student")(str(Path(name_or_path).expanduser()), options)
-    return MODELS.get("hf-clip")(str(Path(name_or_path).expanduser()), options)
 
 
 def validate(request: ExportRequest) -> list[Exporter]:

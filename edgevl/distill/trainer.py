@@ -125,7 +125,7 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
     """Distil `cfg.teacher` into a `cfg.student` on `cfg.data`; write the model folder to
     `cfg.out` (rank 0). Returns the losses and held-out evaluations."""
     from edgevl.models.spec import LoadOptions
-    from edgevl.pipeline import resolve_model
+    from edgevl.models.resolve import resolve_model
 
     check_data_spec(cfg.data, cfg.heldout)
     rank, world = _dist()

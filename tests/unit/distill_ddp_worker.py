@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-import edgevl.pipeline
+import edgevl.models.resolve
 from edgevl.distill.trainer import distill_run
 
 
@@ -32,7 +32,7 @@ def count_teacher_calls() -> list:
     """Forward hooks on both towers of every model `distill_run` resolves (the real teacher, run
     as it is); returns the list each call appends to."""
     calls: list = []
-    resolve = edgevl.pipeline.resolve_model
+    resolve = edgevl.models.resolve.resolve_model
 
     def resolve_counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - resolve_model's own
         spec = resolve(*args, **kwargs)
@@ -40,7 +40,7 @@ def count_teacher_calls() -> list:
             tower.register_forward_hook(lambda *_: calls.append(1))
         return spec
 
-    edgevl.pipeline.resolve_model = resolve_counted
+    edgevl.models.resolve.resolve_model = resolve_counted
     return calls
 
 
