@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from edgevl import __version__
 from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS
@@ -314,12 +314,24 @@ def _os_reason(exc: OSError) -> str:
     return f"{reason}{f' ({name})' if name else ''}{where}"
 
 
+def _relative_paths(value: Any, stage: Path) -> Any:
+    """Passes name the files they wrote by their path in the staging folder, which is renamed
+    into place: the manifest names them relative to the export folder."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, stage) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative_paths(v, stage) for v in value]
+    if isinstance(value, (str, Path)) and Path(value).is_absolute() and Path(value).is_relative_to(stage):
+        return Path(value).relative_to(stage).as_posix()
+    return value
+
+
 def _entry(artifact: ExportedArtifact, stage: Path, verified: str, parity: dict) -> ArtifactEntry:
     files = [f for f in artifact.files if f.exists()]
     extra = {
         "files": [str(f.relative_to(stage)) for f in files],
         "unfused_blocks": artifact.unfused_blocks,
-        "passes": artifact.passes,
+        "passes": _relative_paths(artifact.passes, stage),
     }
     if artifact.runtime_options:
         extra["runtime_options"] = artifact.runtime_options

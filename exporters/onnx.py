@@ -212,6 +212,7 @@ class OnnxExporter(Exporter):
             quant = quantize_onnx_artifact(
                 fp32_path, path, spec, component, options.precision, options.calibration, options.max_drop,
                 progress=options.progress, cpu_isa=options.cpu_isa, speed_guard=options.speed_guard,
+                flavor=options.onnx_flavor,
             )
             fp32_path.unlink(missing_ok=True)
             passes["quantization"] = quant

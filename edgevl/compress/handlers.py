@@ -30,7 +30,9 @@ _HANDLERS: dict[type, Handler] = {}
 
 @dataclass
 class QuantContext:
-    """What a handler gets: the float graph, calibration feeds, gate data and tolerance."""
+    """What a handler gets: the float graph, calibration feeds, gate data and tolerance, and the
+    ONNX flavour the result must hold: "standard" (ai.onnx ops only) or "ort" (ONNX Runtime's
+    com.microsoft ops allowed)."""
 
     model: "object"  # prepared float graph
     feeds: list[dict[str, np.ndarray]]
@@ -39,6 +41,7 @@ class QuantContext:
     component: str
     calibration: dict = field(default_factory=dict)
     progress: Optional[Callable[[str], None]] = None
+    flavor: str = "standard"
 
 
 def register_handler(config_type: type) -> Callable[[Handler], Handler]:

@@ -15,6 +15,15 @@ import numpy as np
 # onnx 1.23 writes IR 14 by default, which ORT 1.31 rejects.
 IR_VERSION = 10
 MSFT_DOMAIN = "com.microsoft"
+# What a quantized ONNX graph may hold: "standard", ai.onnx ops only (any ONNX runtime, ONNX's own
+# reference evaluator); "ort", ONNX Runtime's com.microsoft ops too.
+ONNX_FLAVORS = ("standard", "ort")
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def foreign_ops(model: "object") -> list[str]:
+    """`domain.op_type` of every node outside the standard ONNX domains, sorted, each once."""
+    return sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
 
 
 def session(model: "object", threads: Optional[int] = 2) -> "object":

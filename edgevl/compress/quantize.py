@@ -19,6 +19,7 @@ from edgevl.compress.config import (  # noqa: F401  (the public configs, re-expo
     W8A8Config, WeightOnlyConfig,
 )
 from edgevl.compress.conv_int8 import is_conv_tower
+from edgevl.compress.ort_graph import ONNX_FLAVORS, foreign_ops
 from edgevl.compress.gate import GateData, build_gate_data, gate_cosine_floor
 from edgevl.compress.handlers import QuantContext, handler_for
 from edgevl.compress.qdq import prepare
@@ -30,14 +31,22 @@ from edgevl.errors import ExportError, InputError
 def quantize_model(
     fp32_model: "object", config: QuantConfig, feeds: list[dict[str, np.ndarray]], component: str,
     gate: Optional[GateData], cosine_min: float, calibration: Optional[dict] = None,
-    progress: Optional[Callable[[str], None]] = None,
+    progress: Optional[Callable[[str], None]] = None, flavor: str = "standard",
 ) -> tuple["object", QuantRecipe, dict]:
     """Quantise an fp32 ONNX model in memory: (quantised model, recipe, passes). `progress`
-    gets a line per accuracy-gate try."""
+    gets a line per accuracy-gate try; `flavor` "standard" writes ai.onnx ops only, "ort" may
+    use ONNX Runtime's com.microsoft ops (packed QAttention, EmbedLayerNormalization,
+    MatMulNBits)."""
+    if flavor not in ONNX_FLAVORS:
+        raise InputError(f"unknown ONNX flavour {flavor!r}; use one of: {', '.join(ONNX_FLAVORS)}")
     handler = handler_for(config)
     prepared, prep = prepare(fp32_model)
-    ctx = QuantContext(prepared, feeds, gate, cosine_min, component, calibration or {}, progress)
+    ctx = QuantContext(prepared, feeds, gate, cosine_min, component, calibration or {}, progress, flavor)
     qmodel, info = handler(ctx, config)
+    foreign = foreign_ops(qmodel) if flavor == "standard" else []
+    if foreign:
+        raise ExportError(f"{type(config).__name__} wrote non-standard ops into a standard-flavour {component} "
+                          f"graph ({', '.join(foreign)}); this is an edgevl bug: report it, or use --onnx-flavor ort")
     info["passes"] = {**prep, **info["passes"]}
     return qmodel, info["recipe"], info
 
@@ -45,7 +54,7 @@ def quantize_model(
 def quantize_onnx_artifact(
     fp32_path: Path, out_path: Path, spec: "object", component: str, precision: str, calibration: Any,
     max_drop: float = 0.01, progress: Optional[Callable[[str], None]] = None,
-    cpu_isa: str = "any", speed_guard: bool = False,
+    cpu_isa: str = "any", speed_guard: bool = False, flavor: str = "standard",
 ) -> dict:
     """The ONNX exporter's hook: write `out_path` (quantised) and its recipe next to it.
 
@@ -75,7 +84,7 @@ def quantize_onnx_artifact(
     gate = build_gate_data(spec, component, fp32)
     tol = tolerance_for("onnx", precision)
     qmodel, recipe, info = quantize_model(
-        fp32, config, feeds, component, gate, gate_cosine_floor(tol.cosine_min), calib.describe(), progress
+        fp32, config, feeds, component, gate, gate_cosine_floor(tol.cosine_min), calib.describe(), progress, flavor
     )
     saturation = saturation_verdict(qmodel, config, gate)
     out_path = Path(out_path)
@@ -94,7 +103,7 @@ def quantize_onnx_artifact(
         "config": config.to_json(),
         "observer": getattr(config, "observer", None),
         "calibration": calib.describe(),
-        "quantized_layers": len(recipe.layers) if recipe.layers else info["passes"].get("MatMulNBits", 0),
+        "quantized_layers": len(recipe.layers) if recipe.layers else info["passes"].get("weight_only_matmuls", 0),
         "float_layers": {n: {"module": paths.get(n, ""), "why": why} for n, why in recipe.float_layers.items()},
         "gate": info["passes"].get("gate"),
         "cpu_isa": getattr(config, "cpu_isa", None),

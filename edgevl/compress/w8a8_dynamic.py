@@ -1,7 +1,9 @@
 """Dynamic W8A8 (`DynamicW8A8Config`, the ONNX default for `--precision int8` on transformer
-towers): int8 weights per output channel, activations quantised at run time by ONNX Runtime
-(MatMulInteger / QAttention), after SmoothQuant, with GPTQ weight rounding, Q/K/V packed with
-their attention and the BERT embedding fused where each rewrite checks out numerically."""
+towers): int8 weights per output channel, activations quantised at run time (DynamicQuantizeLinear
++ MatMulInteger, standard ONNX ops), after SmoothQuant, with GPTQ weight rounding. For the "ort"
+flavour only, Q/K/V are also packed with their attention (com.microsoft QAttention) and the BERT
+embedding fused (com.microsoft EmbedLayerNormalization) where each rewrite checks out
+numerically; the "standard" flavour holds ai.onnx ops only."""
 
 from __future__ import annotations
 
@@ -49,12 +51,24 @@ def _w8a8_dynamic(ctx: QuantContext, cfg: DynamicW8A8Config) -> tuple["object", 
         local[l.name] = local_sqnr(stats.rows[l.activation], w, estimate, np.asarray(wr["scales"], np.float32), qmax)
     passes["local_sqnr_db"] = {n: round(v, 2) for n, v in sorted(local.items(), key=lambda kv: kv[1])}
     # Q/K/V + attention -> one op ORT quantizes as QAttention; the gate then keeps a packed
-    # projection trio float together (one op), ranked by its worst member.
-    model, packs, why_not = pack_attention(model, feeds) if cfg.pack_attention else (model, [], "switched off by config")
+    # projection trio float together (one op), ranked by its worst member. Both fusions are
+    # com.microsoft ops: the standard flavour does without them.
+    standard = "the standard ONNX flavour holds ai.onnx ops only (--onnx-flavor ort fuses)"
+    if ctx.flavor != "ort":
+        model, packs, why_not = model, [], standard
+    elif not cfg.pack_attention:
+        model, packs, why_not = model, [], "switched off by config"
+    else:
+        model, packs, why_not = pack_attention(model, feeds)
     passes["qkv_packed"] = len(packs)
     if why_not:
         passes["qkv_packed_skipped"] = why_not
-    model, why_not = fuse_embed_layernorm(model, feeds) if cfg.fuse_embedding else (model, "switched off by config")
+    if ctx.flavor != "ort":
+        why_not = standard
+    elif not cfg.fuse_embedding:
+        why_not = "switched off by config"
+    else:
+        model, why_not = fuse_embed_layernorm(model, feeds)
     passes["embedding_fused"] = why_not is None
     if why_not:
         passes["embedding_fused_skipped"] = why_not

@@ -23,6 +23,7 @@ from edgevl.models.spec import LoadOptions
 from edgevl.ops.attention import attention_blocks
 
 FUSED_OP = {"standard": ("", "Attention"), "ort": ("com.microsoft", "MultiHeadAttention")}
+STANDARD_DOMAINS = {"", "ai.onnx"}
 
 
 def _ops(path: Path) -> Counter:
@@ -48,6 +49,8 @@ def test_tiny_checkpoint_graph_holds_one_attention_op_per_block(kind, flavor, ti
         assert art["fused_attention"] == blocks and art["unfused_attention"] == 0
         ops = _ops(out / art["path"])
         assert ops[FUSED_OP[flavor]] == blocks
+        if flavor == "standard":
+            assert {domain for domain, _ in ops} <= STANDARD_DOMAINS, ops
         assert ops[("", "Softmax")] == 0, "a decomposed attention would leave a Softmax behind"
         assert art["verified"] == "runtime"
         parity = art["parity"]
@@ -158,3 +161,53 @@ def test_static_shapes_fix_the_named_axes_and_are_verified(tiny_clip_dir, tmp_pa
     err = capsys.readouterr().err
     assert "unknown axis sequence; the axes edgevl can fix are: batch, seq" in err
     assert not (tmp_path / "o2").exists()
+
+
+def _reference_evaluator_matches_ort(path: Path, feeds: dict) -> float:
+    """Max |ONNX reference evaluator - ONNX Runtime| on `feeds` (ORT at exact float accuracy for
+    weight-only blocks, which it otherwise computes with int8 activations)."""
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    return float(np.abs(ReferenceEvaluator(str(path)).run(None, feeds)[0] - got).max())
+
+
+def test_standard_flavour_holds_only_ai_onnx_ops_at_every_precision(tiny_int8_exports, tiny_clip_dir, tmp_path):
+    """int8 (the session's trained tiny CLIP export) and int4w (the tiny random CLIP):
+    every node in an ai.onnx domain, ONNX's own reference evaluator runs each graph and agrees
+    with ONNX Runtime, and every path the manifests name lies inside the export. The ort flavour
+    of int4w is where com.microsoft ops may appear."""
+    from manifest_paths import check_manifest_paths
+
+    from edgevl.models.spec import random_token_feeds
+
+    spec = load_hf_clip(str(tiny_clip_dir), LoadOptions())
+    out = tmp_path / "weight-only"
+    assert main(["export", str(tiny_clip_dir), "--precision", "int4w", "--components", "text",
+                 "--out", str(out), "-q"]) == 0
+    ort_out = tmp_path / "ort"
+    assert main(["export", str(tiny_clip_dir), "--precision", "int4w", "--components", "text",
+                 "--onnx-flavor", "ort", "--out", str(ort_out), "-q"]) == 0
+    int8 = tiny_int8_exports("clip")
+    seen = set()
+    for folder in (out, int8, ort_out):
+        assert not check_manifest_paths(folder), check_manifest_paths(folder)
+        for art in json.loads((folder / "manifest.json").read_text())["artifacts"]:
+            if art["target"] != "onnx" or art["precision"] == "fp32":
+                continue
+            quant = art["passes"]["quantization"]
+            assert quant["recipe"] in art["files"] and (folder / quant["recipe"]).is_file()
+            domains = {domain for domain, _ in _ops(folder / art["path"])}
+            if folder == ort_out:
+                assert "com.microsoft" in domains  # MatMulNBits / GatherBlockQuantized
+                continue
+            assert domains <= STANDARD_DOMAINS, (art["precision"], art["component"], domains)
+            assert quant["quantized_layers"] >= 10, quant
+            seen.add(art["precision"])
+            if art["component"] == "text":
+                feeds = random_token_feeds(1, 7, 99, spec.special_token_ids, ("input_ids", "attention_mask"), seed=0)
+                assert _reference_evaluator_matches_ort(folder / art["path"], feeds) < 1e-4
+    assert seen == {"int8", "int4w"}
