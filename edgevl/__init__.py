@@ -32,8 +32,10 @@ def load(model: Optional[str] = None, allow_pickle: bool = False) -> "ModelSpec"
 def quantize_(spec: "ModelSpec", config: "QuantConfig", calib: Any = None,
               components: Sequence[str] = ("image", "text")) -> "ModelSpec":
     """Plan `config` (e.g. `DynamicW8A8Config(max_drop=0.02)`) for the named towers of `spec`,
-    in place; `export` at the config's precision applies it. `calib`: calibration data (None:
-    the bundled calibration split)."""
+    in place. `export` at the config's precision applies it on every target that implements the
+    config's scheme and raises `InputError` naming the target and what it supports on the others
+    (`edgevl.compress.plan`). `calib`: calibration data, used unless `export` is given its own
+    (None: the bundled calibration split)."""
     from edgevl.compress.quantize import quantize_ as plan
 
     return plan(spec, config, calib, tuple(components))

@@ -171,10 +171,10 @@ def run_export(
     exporters = validate(request)
     calibration = None
     if request.calibration is not None:
-        from edgevl.calibration.datasets import load_calibration
+        from edgevl.compress.plan import resolve_calibration
 
         # Read before the (slow) model load, so a bad --calib fails at once.
-        calibration = load_calibration(request.calibration)
+        calibration = resolve_calibration(request.calibration)
     with progress.step(f"loading model {spec.name if spec else request.model or DEFAULT_MODEL}") as details:
         if spec is None:
             spec = resolve_model(request.model, LoadOptions(allow_pickle=request.allow_pickle))

@@ -22,6 +22,8 @@ Precisions (`coreml_compress` chooses the compressed layers with its accuracy ga
                 (k-means in edgevl, stored by `coremltools.optimize.coreml.palettize_weights`).
     int8        W8A8: refused. `linear_quantize_activations` calibrates through
                 `MLModel.predict`, which needs macOS.
+A `quantize_` plan at the exported precision (WeightOnlyConfig(bits=8) at int8w) is refused with
+an InputError: the compression is Core ML's own, chosen by its gate.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ INT8_REFUSAL = (
     "use --precision int8w (int8 weights) or palettize4 here"
 )
 
+# What Core ML does instead of a `quantize_` plan (only WeightOnlyConfig(bits=8), at int8w, can
+# reach it: its other precisions have no config).
+PLAN_INSTEAD = ("it compresses weights with --precision int8w (symmetric int8 per output channel) or "
+                "palettize4, the layers chosen by its own accuracy gate; export without quantize_, or to onnx")
 
 def count_sdpa(model: Any) -> int:
     return op_types(model).count(SDPA_OP)
@@ -59,16 +65,25 @@ class CoreMLExporter(Exporter):
     precisions = ("fp32", "fp16", "int8w", "palettize4")
     refused = {"int8": INT8_REFUSAL}
     runtime = "coreml"
-    verification = "exports; verified by the reference interpreter here, by Core ML on macOS"
+
+    @property
+    def verification(self) -> str:
+        """How this machine verifies a package: Core ML itself on macOS, the reference
+        interpreter elsewhere (what `runtimes/coreml.py` loads)."""
+        if platform.system() == "Darwin":
+            return "exports; verified by Core ML itself (MLModel.predict) here"
+        return "exports; verified by the reference interpreter here, by Core ML on macOS"
 
     def _export(
         self, spec: ModelSpec, component: Component, out_dir: Path, options: ExportOptions
     ) -> ExportedArtifact:
         from edgevl.exporters.coreml_fp16 import guarded_fp16
+        from edgevl.compress.plan import tower_plan
         from edgevl.ops.attention import attention_blocks, unrouted_blocks
 
         precision = options.precision
         static_batch = (options.static_shapes or {}).get("batch")
+        tower_plan(spec.tower(component), self.name, precision, (), PLAN_INSTEAD)  # refuses any plan here
         if (options.static_shapes or {}).get("seq") not in (None, spec.preprocess.context_length):
             raise InputError(
                 f"--static-shapes seq: the Core ML text tower takes the context length "

@@ -11,10 +11,16 @@ Precisions (what each one means for the IR and for the runtime that verifies it)
            fp16 storage loses nothing bf16 inference keeps); inference hint bf16.
     int8   post-training quantization of activations and weights (`nncf.quantize`), calibrated
            on real images / captions, the float layers chosen by the accuracy gate, weights in
-           7 bits unless `--cpu-isa vnni`; see `openvino_quant.quantize_int8`.
+           7 bits unless `--cpu-isa vnni`; see `openvino_quant.quantize_int8`. A `quantize_`
+           plan of W8A8Config or ConvW8A8Config is applied (its calibration data, sample
+           count, max_drop, cpu_isa, exclude, observer "minmax", SmoothQuant alpha);
+           DynamicW8A8Config and other fields are refused (InputError).
     int8w  weight-only int8 (`nncf.compress_weights`, INT8_ASYM, per output channel).
     int4w  weight-only int4 (INT4_SYM, groups of 128, smaller where a layer's width needs it),
            with NNCF's int8 backup for the embeddings, the last layer and layers no group fits.
+           A `quantize_` WeightOnlyConfig plan is refused (InputError): the settings are fixed.
+With `--static-shapes` the IR is converted and compressed with dynamic axes (the int8 gate runs
+batches of 16) and its input sizes are fixed afterwards.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ from typing import Any, Optional
 from edgevl.errors import ExportError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, quiet, refuse_unfused
 from edgevl.exporters.openvino_ir import OV_LOGGERS, SDPA_OP, convert_tower, count_sdpa, static_input_shapes
-from edgevl.exporters.openvino_quant import calibration_feeds, compress_weights, quantize_int8, weight_levels
+from edgevl.exporters.openvino_quant import (
+    INT8_INSTEAD, INT8_PLANS, WEIGHT_ONLY_INSTEAD, Int8Settings, compress_weights, quantize_int8, weight_levels,
+)
+from edgevl.manifest import ArtifactFacts, Compression, best_gate_try
 from edgevl.models.spec import Component, ModelSpec, TowerSpec
 from edgevl.registry import register_exporter
 
@@ -78,7 +87,8 @@ class OpenVinoExporter(Exporter):
         blocks = attention_blocks(module)
         unrouted = unrouted_blocks(module, lambda: module(**tower.example_inputs))
 
-        model = convert_tower(tower, options.static_shapes)
+        # Compression runs on the dynamic IR (the gate runs batches of 16), sizes are fixed after.
+        model = convert_tower(tower)
         fused = count_sdpa(model)
         # OpenVINO's frontend also fuses a plain matmul-softmax-matmul block (a block left on
         # transformers' eager path can still become SDPA), so the IR's count decides; blocks
@@ -93,8 +103,8 @@ class OpenVinoExporter(Exporter):
             "conversion": "pytorch (TorchScript frontend, attention lowered to SDPA)",
         }
         if precision == "int8":
-            samples = calibration_feeds(spec, component, options.calibration)
-            model, passes["quantization"] = quantize_int8(model, spec, tower, samples, options)
+            calib = resolve_calibration(options.calibration, plan)
+            model, passes["quantization"] = quantize_int8(model, spec, tower, calib, settings, options.progress)
         elif precision in ("int8w", "int4w"):
             model, passes["quantization"] = compress_weights(model, precision)
         if count_sdpa(model) != fused:
@@ -102,8 +112,14 @@ class OpenVinoExporter(Exporter):
                 f"{component} tower: {precision} compression changed the {SDPA_OP} count "
                 f"({fused} -> {count_sdpa(model)})"
             )
+        from edgevl.compress.plan import resolve_calibration, tower_plan
+
 
         suffix = "" if precision == "fp32" else f".{precision}"
+        # A quantize_ plan at this precision: applied (int8) or refused before any work.
+        plan = tower_plan(tower, self.name, precision, INT8_PLANS if precision == "int8" else (),
+                          INT8_INSTEAD if precision == "int8" else WEIGHT_ONLY_INSTEAD)
+        settings = Int8Settings.of(plan, options) if precision == "int8" else None
         xml = out_dir / f"{component}_encoder{suffix}.xml"
         with quiet(*OV_LOGGERS):
             ov.save_model(model, str(xml), compress_to_fp16=precision in _FP16_STORAGE)
@@ -132,6 +148,10 @@ class OpenVinoExporter(Exporter):
             fused_attention=fused,
             unfused_attention=unfused,
             unfused_blocks=unfused_blocks,
+        if options.static_shapes and any(isinstance(d, str) and d in options.static_shapes
+                                         for sig in tower.inputs for d in sig.shape):
+            model.reshape({name: ov.PartialShape(dims)
+                           for name, dims in static_input_shapes(tower, options.static_shapes).items()})
             runtime=self.runtime,
             runtime_options={"INFERENCE_PRECISION_HINT": hint} if hint else {},
             passes=passes,

@@ -4,22 +4,65 @@ feeds, the gate's layer ranking, a compiled-model runner and the int8 weight lev
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from edgevl.compress.config import ConvW8A8Config, SmoothQuantConfig, W8A8Config
+from edgevl.compress.plan import Plan, unsupported_fields
+from edgevl.errors import InputError
 from edgevl.exporters.base import ExportOptions, quiet
 from edgevl.exporters.openvino_ir import OV_LOGGERS
-from edgevl.models.spec import Component, ModelSpec, TowerSpec
+from edgevl.models.spec import ModelSpec, TowerSpec
+
+# The `quantize_` configs OpenVINO int8 applies (NNCF static quantization: int8 weights per
+# output channel, symmetric; uint8 activations per tensor, calibrated) and the fields of each
+# it honours; any other field off its default is refused.
+INT8_PLANS = (W8A8Config, ConvW8A8Config)
+_APPLIED_FIELDS = ("max_drop", "cpu_isa", "calib_limit", "exclude", "smoothquant")  # observer: minmax only
+INT8_INSTEAD = ("OpenVINO int8 is NNCF's static quantization (activations calibrated ahead, never "
+                "quantized at run time); plan one of those, or export the tower to onnx")
+WEIGHT_ONLY_INSTEAD = ("its int8w and int4w are NNCF's compress_weights at fixed settings (int8w INT8_ASYM "
+                       "per output channel, int4w INT4_SYM in groups of 128); export without quantize_, or to onnx")
 
 
-def calibration_feeds(spec: ModelSpec, component: Component, calibration: Any = None) -> list[dict[str, np.ndarray]]:
-    """Batch-1 feed dicts for calibrating `component`, from the same calibration sets the ONNX
-    quantizer uses (`edgevl.calibration.datasets`): None = the bundled real photos and captions,
-    a folder of images, a JSON-lines file, or a `CalibrationSet`."""
-    from edgevl.calibration.datasets import load_calibration
+@dataclass(frozen=True)
+class Int8Settings:
+    """What OpenVINO int8 does for one tower: from the command line's options, or from a
+    `quantize_` plan (W8A8Config / ConvW8A8Config), whose fields then win as on the ONNX target."""
 
-    return load_calibration(calibration).feeds(spec, component)
+    max_drop: float
+    cpu_isa: str
+    calib_limit: Optional[int] = None  # None: every calibration sample
+    exclude: tuple[str, ...] = ()  # layer-name substrings kept float
+    mixed_preset: bool = False  # uint8 asymmetric activations everywhere (NNCF's MIXED preset)
+    minmax_ranges: bool = False  # activation ranges from the calibration set's min and max
+    smooth_alpha: Optional[float] = None  # SmoothQuant alpha on MatMuls (-1: off; None: NNCF's)
+    config: Optional[dict] = None  # the plan's config, for the manifest
+
+    @classmethod
+    def of(cls, plan: Optional[Plan], options: ExportOptions) -> "Int8Settings":
+        if plan is None:
+            return cls(options.max_drop, options.cpu_isa)
+        config = plan.config
+        bad = unsupported_fields(config, _APPLIED_FIELDS)
+        sq = getattr(config, "smoothquant", None)
+        if sq is not None and (sq.alpha_search or sq.producers != SmoothQuantConfig().producers):
+            bad.append("smoothquant.alpha_search/producers (NNCF applies one alpha to the MatMuls it chooses)")
+        if bad:
+            raise InputError(
+                f"target openvino cannot apply {', '.join(bad)} of quantize_({type(config).__name__}): "
+                f"NNCF takes {', '.join(f for f in _APPLIED_FIELDS if hasattr(config, f))} of it"
+                f"{' (observer: minmax only)' if hasattr(config, 'observer') else ''}; "
+                "drop the others or export the tower to onnx"
+            )
+        alpha = None
+        if isinstance(config, W8A8Config):
+            alpha = -1.0 if sq is None else float(sq.alpha)
+        return cls(config.max_drop, config.cpu_isa, config.calib_limit, tuple(getattr(config, "exclude", ())),
+                   mixed_preset=True, minmax_ranges=isinstance(config, W8A8Config), smooth_alpha=alpha,
+                   config=config.to_json())
 
 
 def _producer(port: Any) -> Any:
@@ -146,43 +189,59 @@ def weight_levels(model: Any) -> dict[str, int]:
 
 
 def quantize_int8(
-    model: Any, spec: ModelSpec, tower: TowerSpec, samples: list[dict], options: ExportOptions
+    model: Any, spec: ModelSpec, tower: TowerSpec, calib: Any, settings: Int8Settings,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> tuple[Any, dict]:
-    """Static int8 (activations and weights) with NNCF, calibrated on `samples`, through the
-    accuracy gate (`edgevl/compress/gate.py`): the layers of `rank_layers` are kept float
-    in that order, fewest first, until the IR's outputs on the gate data match the fp32 IR's
-    within the tolerance table's cosine floor and `--max-drop` of zero-shot agreement.
+    """Static int8 (activations and weights) with NNCF, calibrated on the calibration set
+    `calib` (`compress.plan.resolve_calibration`), through the accuracy gate
+    (`edgevl/compress/gate.py`): the layers of `rank_layers` are kept float in that order,
+    fewest first, until the IR's outputs on the gate data match the fp32 IR's within the
+    tolerance table's cosine floor and `max_drop` of zero-shot agreement.
 
     Towers with attention blocks use `ModelType.TRANSFORMER` (SmoothQuant on the MatMuls,
     attention and normalisation inputs kept float); convolutional towers NNCF's defaults.
-    `--cpu-isa any` quantizes every weight to 7 bits (NNCF's overflow fix): CPUs without VNNI
+    `cpu_isa` "any" quantizes every weight to 7 bits (NNCF's overflow fix): CPUs without VNNI
     add u8 x s8 products in pairs into int16 with saturation, and 7-bit weights keep every pair
-    sum in range, so the IR computes the same on every x86 CPU; `vnni` uses the full 8 bits.
+    sum in range, so the IR computes the same on every x86 CPU; "vnni" uses the full 8 bits.
+    A `quantize_` plan (`Int8Settings.of`) also sets the calibration sample count, the layers
+    kept float (`exclude`), uint8 activations (NNCF's MIXED preset) and, for W8A8Config,
+    min-max activation ranges and the SmoothQuant alpha (None: SmoothQuant off).
     """
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters, AdvancedSmoothQuantParameters, OverflowFix,
+    )
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     from edgevl.compress.gate import gate_cosine_floor, gate_data, run_gate
     from edgevl.ops.attention import attention_blocks
     from edgevl.tolerances import tolerance_for
 
+    samples = calib.feeds(spec, tower.component, limit=settings.calib_limit)
     transformer = bool(attention_blocks(tower.module))
     ranked = rank_layers(model, transformer)
+    excluded = {name: "excluded by the quantize_ config (exclude)" for name, _ in ranked
+                if any(part in name for part in settings.exclude)}
+    ranked = [(name, why) for name, why in ranked if name not in excluded]
     why = dict(ranked)
     names = [sig.name for sig in tower.inputs]
-    overflow_fix = OverflowFix.ENABLE if options.cpu_isa == "any" else OverflowFix.DISABLE
+    overflow_fix = OverflowFix.ENABLE if settings.cpu_isa == "any" else OverflowFix.DISABLE
     advanced: dict[str, Any] = {"overflow_fix": overflow_fix}
-    if transformer:
+    if transformer or settings.minmax_ranges:
         # Activation ranges from the calibration set's extremes: NNCF's default averages
         # per-sample ranges, which clips the held-out photos' outlier tokens in ViT and text towers.
         advanced["activations_range_estimator_params"] = RangeEstimatorParametersSet.MINMAX
+    if settings.smooth_alpha is not None:
+        advanced["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=settings.smooth_alpha)
     kwargs: dict[str, Any] = {"advanced_parameters": AdvancedQuantizationParameters(**advanced)}
     if transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    if settings.mixed_preset:
+        kwargs["preset"] = nncf.QuantizationPreset.MIXED
 
     def build(float_layers: list[str]) -> Any:
-        scope = {"ignored_scope": nncf.IgnoredScope(names=list(float_layers), validate=False)} if float_layers else {}
+        ignored = [*excluded, *float_layers]
+        scope = {"ignored_scope": nncf.IgnoredScope(names=ignored, validate=False)} if ignored else {}
         with quiet(*OV_LOGGERS):
             return nncf.quantize(model.clone(), nncf.Dataset(samples), subset_size=len(samples), **kwargs, **scope)
 
@@ -191,24 +250,30 @@ def quantize_int8(
     # the unquantized IR is the last candidate.
     result = run_gate(
         [name for name, _ in ranked], build, lambda m: compiled_run(m, names), gate,
-        gate_cosine_floor(tolerance_for("openvino", "int8").cosine_min), options.max_drop, tower.component,
+        gate_cosine_floor(tolerance_for("openvino", "int8").cosine_min), settings.max_drop, tower.component,
         lambda name, rank: f"kept float by the accuracy gate (rank {rank}: {why[name]})",
-        options.progress, whole_float=model.clone,
+        progress, whole_float=model.clone,
     )
     quantized = result.model
     levels = weight_levels(quantized)
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     return quantized, {
         "method": "nncf.quantize",
+        "config": settings.config,
         "model_type": "transformer" if transformer else "default",
+        "calibration": calib.describe(),
         "calibration_samples": len(samples),
-        "cpu_isa": options.cpu_isa,
+        "cpu_isa": settings.cpu_isa,
         "overflow_fix": str(overflow_fix.value),
-        "activation_ranges": "min-max over the calibration set" if transformer else "NNCF default",
+        "preset": "mixed" if settings.mixed_preset else "NNCF default",
+        "activation_ranges": ("min-max over the calibration set" if transformer or settings.minmax_ranges
+                              else "NNCF default"),
+        "smooth_quant_alpha": settings.smooth_alpha,
         "weight_levels_max": max(levels.values(), default=0),
         "fake_quantize": fq,
         "float_layers": {name: {"why": reason} for name, reason in result.float_layers.items()},
         "float_layer_count": len(result.float_layers),
+        "excluded_layers": {name: {"why": reason} for name, reason in excluded.items()},
         "whole_tower_float": result.whole_tower_float,
         "gate": result.report,
     }

@@ -19,6 +19,8 @@ Precisions (the file itself carries them; no builder precision flag is needed):
     fp16   fp16 weights and activations, nodes that overflow fp16 (or miss the fp16 bar on the
            gate split) kept fp32 (`tensorrt_fp16`); I/O stays fp32.
     int8   explicit Q/DQ on every MatMul/Gemm/Conv, gated (`tensorrt_qdq`); the rest float.
+           Calibrated on `--calib` data, else the bundled calibration split; a `quantize_`
+           plan at int8 is refused with an InputError (no config type is this scheme).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from edgevl.registry import register_exporter
 
 VERIFICATION = "exports engine-ready ONNX; verified by ONNX Runtime here, by TensorRT where installed"
 
+# What TensorRT does instead of a `quantize_` plan (every config at int8 is refused: none of them
+# is this target's scheme).
+PLAN_INSTEAD = ("its int8 is explicit symmetric Q/DQ (int8 activations with zero point 0, as TensorRT "
+                "requires) chosen by its own accuracy gate; give its calibration data with --calib "
+                "(export(calibration=...)) and its bar with --max-drop, or export the plan to onnx")
 
 def fp16_graph(spec: ModelSpec, component: Component, fp32: "object") -> tuple["object", dict]:
     from edgevl.compress.gate import ort_run
@@ -51,14 +58,12 @@ def fp16_graph(spec: ModelSpec, component: Component, fp32: "object") -> tuple["
 
 
 def int8_graph(spec: ModelSpec, component: Component, fp32: "object", options: ExportOptions) -> tuple["object", dict]:
-    from edgevl.calibration.datasets import load_calibration
     from edgevl.compress.gate import build_gate_data
     from edgevl.exporters.tensorrt_qdq import gated_int8
+    from edgevl.compress.plan import resolve_calibration
     from edgevl.tolerances import tolerance_for
 
-    tower = spec.tower(component)
-    calibration = options.calibration if options.calibration is not None else tower.calibration
-    calib = load_calibration(calibration)
+    calib = resolve_calibration(options.calibration)  # no quantize_ plan applies here (refused)
     feeds = calib.feeds(spec, component, limit=64)
     gate = build_gate_data(spec, component, fp32)
     parity_floor = tolerance_for("tensorrt", "int8").cosine_min
@@ -89,8 +94,11 @@ class TensorRTExporter(Exporter):
         from edgevl.exporters.trtexec import profiles, write_script
 
         precision = options.precision
+        from edgevl.compress.plan import tower_plan
+
         tower = spec.tower(component)
         path = out_dir / f"{component}_encoder.{precision}.onnx"
+        tower_plan(tower, self.name, precision, (), PLAN_INSTEAD)  # refuses any plan at this precision
         fp32_path = path if precision == "fp32" else out_dir / f".{component}_encoder.fp32.onnx"
         # Quantized and fp16 graphs are measured on the dynamic graph, pinned afterwards.
         pin_later = precision != "fp32" and bool(options.static_shapes)

@@ -58,27 +58,25 @@ def quantize_onnx_artifact(
 ) -> dict:
     """The ONNX exporter's hook: write `out_path` (quantised) and its recipe next to it.
 
-    `calibration` is None (bundled real samples), a folder of images, a JSON-lines file, a list
-    of texts, or a `CalibrationSet`. A config set on the tower by `quantize_` wins over the
-    precision's default. Returns the manifest entry: scheme, observer, layers kept float and
-    why, gate figures, recipe path, files.
+    `calibration` is the user's data (`--calib`): a folder of images, a JSON-lines file, a list
+    of texts, a `CalibrationSet`, or None (`compress.plan.resolve_calibration` then takes the
+    data given to `quantize_`, else the bundled calibration split). A `quantize_` plan at this
+    precision wins over the precision's default config (the ONNX target applies every config
+    type). Returns the manifest entry: scheme, observer, layers kept float and why, gate
+    figures, recipe path, files.
     """
     import onnx
 
-    from edgevl.calibration.datasets import load_calibration
+    from edgevl.compress.plan import resolve_calibration, tower_plan
     from edgevl.tolerances import tolerance_for
 
-    tower = spec.tower(component)
     fp32 = onnx.load(str(fp32_path))
-    config = tower.quant_config
-    if config is None or config.precision != precision:
-        config = default_config(precision, fp32, max_drop, cpu_isa, speed_guard)
-    if calibration is None:
-        calibration = tower.calibration
+    plan = tower_plan(spec.tower(component), "onnx", precision, (QuantConfig,))
+    config = plan.config if plan is not None else default_config(precision, fp32, max_drop, cpu_isa, speed_guard)
+    calib = resolve_calibration(calibration, plan)
     notes = []
-    if calibration is None and precision == "int8":
+    if calibration is None and (plan is None or plan.calibration is None) and precision == "int8":
         notes.append("no --calib given: calibrated on the bundled real samples")
-    calib = load_calibration(calibration)
     t0 = time.perf_counter()
     feeds = calib.feeds(spec, component, limit=getattr(config, "calib_limit", 64))
     gate = build_gate_data(spec, component, fp32)
@@ -151,15 +149,19 @@ def default_config(
 
 
 def quantize_(spec: "object", config: QuantConfig, calib: Any = None, components: tuple[str, ...] = ("image", "text")) -> "object":
-    """Compress `spec` in place: each named tower carries `config` and its calibration set, which
-    the exporters apply to the graph they produce (the recipe depends on that exact graph, so it
-    is computed at export time and saved next to the artifact). Returns `spec`."""
+    """Plan a compression of `spec` in place: each named tower carries `config` and `calib`
+    (read now; None: the export's own calibration data, by default the bundled calibration
+    split). An export at `config.precision` applies the plan to the graph its target produces
+    (the recipe depends on that exact graph, so it is computed at export time and saved next to
+    the artifact) or, where the target has no such scheme, refuses it with an InputError
+    naming the target and what it supports (`edgevl.compress.plan`). Returns `spec`."""
     if not isinstance(config, QuantConfig):
         raise InputError(f"quantize_ takes a QuantConfig (e.g. DynamicW8A8Config()), not {type(config).__name__}")
     handler_for(config)  # unknown config types fail here, not at export time
-    from edgevl.calibration.datasets import load_calibration
+    from edgevl.compress.plan import resolve_calibration
 
-    calibration = load_calibration(calib)
+    # Read now, so bad data fails here; None stays None (the export then uses its own default).
+    calibration = resolve_calibration(calib) if calib is not None else None
     for component in components:
         tower = spec.tower(component)
         tower.quant_config = config

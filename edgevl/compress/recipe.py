@@ -1,6 +1,9 @@
 """QuantRecipe: what calibration decided, as data (tensor -> scale / zero point), saved as JSON
-next to the artifact. `edgevl.compress.qdq` turns it into a Q/DQ ONNX graph; later targets
-(Core ML, TensorRT) consume the same file, so every target quantises with the same scales.
+next to the ONNX target's quantized graph (`<tower>_encoder.<precision>.recipe.json`, named by
+the manifest's `passes.quantization.recipe`). Within the ONNX quantizer `edgevl.compress.qdq`
+turns a recipe into a Q/DQ graph (the static W8A8 gate rebuilds candidates from it); the file
+is a record for people and tools. No exporter reads it: OpenVINO (NNCF), Core ML and TensorRT
+(`exporters/tensorrt_qdq.py`) calibrate and choose their own scales.
 
 Layout (version 1):
 
