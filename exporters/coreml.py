@@ -47,11 +47,11 @@ INT8_REFUSAL = (
     "Core ML int8 (W8A8) calibrates activations through MLModel.predict, which runs on macOS only; "
     "use --precision int8w (int8 weights) or palettize4 here"
 )
-
 # What Core ML does instead of a `quantize_` plan (only WeightOnlyConfig(bits=8), at int8w, can
 # reach it: its other precisions have no config).
 PLAN_INSTEAD = ("it compresses weights with --precision int8w (symmetric int8 per output channel) or "
                 "palettize4, the layers chosen by its own accuracy gate; export without quantize_, or to onnx")
+
 
 def count_sdpa(model: Any) -> int:
     return op_types(model).count(SDPA_OP)
@@ -77,13 +77,13 @@ class CoreMLExporter(Exporter):
     def _export(
         self, spec: ModelSpec, component: Component, out_dir: Path, options: ExportOptions
     ) -> ExportedArtifact:
-        from edgevl.exporters.coreml_fp16 import guarded_fp16
         from edgevl.compress.plan import tower_plan
+        from edgevl.exporters.coreml_fp16 import guarded_fp16
         from edgevl.ops.attention import attention_blocks, unrouted_blocks
 
         precision = options.precision
-        static_batch = (options.static_shapes or {}).get("batch")
         tower_plan(spec.tower(component), self.name, precision, (), PLAN_INSTEAD)  # refuses any plan here
+        static_batch = (options.static_shapes or {}).get("batch")
         if (options.static_shapes or {}).get("seq") not in (None, spec.preprocess.context_length):
             raise InputError(
                 f"--static-shapes seq: the Core ML text tower takes the context length "

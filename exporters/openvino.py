@@ -35,7 +35,6 @@ from edgevl.exporters.openvino_ir import OV_LOGGERS, SDPA_OP, convert_tower, cou
 from edgevl.exporters.openvino_quant import (
     INT8_INSTEAD, INT8_PLANS, WEIGHT_ONLY_INSTEAD, Int8Settings, compress_weights, quantize_int8, weight_levels,
 )
-from edgevl.manifest import ArtifactFacts, Compression, best_gate_try
 from edgevl.models.spec import Component, ModelSpec, TowerSpec
 from edgevl.registry import register_exporter
 
@@ -81,8 +80,14 @@ class OpenVinoExporter(Exporter):
 
         from edgevl.ops.attention import attention_blocks, unrouted_blocks
 
+        from edgevl.compress.plan import resolve_calibration, tower_plan
+
         precision = options.precision
         tower = spec.tower(component)
+        # A quantize_ plan at this precision: applied (int8) or refused before any work.
+        plan = tower_plan(tower, self.name, precision, INT8_PLANS if precision == "int8" else (),
+                          INT8_INSTEAD if precision == "int8" else WEIGHT_ONLY_INSTEAD)
+        settings = Int8Settings.of(plan, options) if precision == "int8" else None
         module = tower.module.eval()
         blocks = attention_blocks(module)
         unrouted = unrouted_blocks(module, lambda: module(**tower.example_inputs))
@@ -112,14 +117,12 @@ class OpenVinoExporter(Exporter):
                 f"{component} tower: {precision} compression changed the {SDPA_OP} count "
                 f"({fused} -> {count_sdpa(model)})"
             )
-        from edgevl.compress.plan import resolve_calibration, tower_plan
-
+        if options.static_shapes and any(isinstance(d, str) and d in options.static_shapes
+                                         for sig in tower.inputs for d in sig.shape):
+            model.reshape({name: ov.PartialShape(dims)
+                           for name, dims in static_input_shapes(tower, options.static_shapes).items()})
 
         suffix = "" if precision == "fp32" else f".{precision}"
-        # A quantize_ plan at this precision: applied (int8) or refused before any work.
-        plan = tower_plan(tower, self.name, precision, INT8_PLANS if precision == "int8" else (),
-                          INT8_INSTEAD if precision == "int8" else WEIGHT_ONLY_INSTEAD)
-        settings = Int8Settings.of(plan, options) if precision == "int8" else None
         xml = out_dir / f"{component}_encoder{suffix}.xml"
         with quiet(*OV_LOGGERS):
             ov.save_model(model, str(xml), compress_to_fp16=precision in _FP16_STORAGE)
@@ -148,10 +151,6 @@ class OpenVinoExporter(Exporter):
             fused_attention=fused,
             unfused_attention=unfused,
             unfused_blocks=unfused_blocks,
-        if options.static_shapes and any(isinstance(d, str) and d in options.static_shapes
-                                         for sig in tower.inputs for d in sig.shape):
-            model.reshape({name: ov.PartialShape(dims)
-                           for name, dims in static_input_shapes(tower, options.static_shapes).items()})
             runtime=self.runtime,
             runtime_options={"INFERENCE_PRECISION_HINT": hint} if hint else {},
             passes=passes,

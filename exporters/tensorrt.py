@@ -33,12 +33,12 @@ from edgevl.models.spec import Component, ModelSpec
 from edgevl.registry import register_exporter
 
 VERIFICATION = "exports engine-ready ONNX; verified by ONNX Runtime here, by TensorRT where installed"
-
 # What TensorRT does instead of a `quantize_` plan (every config at int8 is refused: none of them
 # is this target's scheme).
 PLAN_INSTEAD = ("its int8 is explicit symmetric Q/DQ (int8 activations with zero point 0, as TensorRT "
                 "requires) chosen by its own accuracy gate; give its calibration data with --calib "
                 "(export(calibration=...)) and its bar with --max-drop, or export the plan to onnx")
+
 
 def fp16_graph(spec: ModelSpec, component: Component, fp32: "object") -> tuple["object", dict]:
     from edgevl.compress.gate import ort_run
@@ -59,8 +59,8 @@ def fp16_graph(spec: ModelSpec, component: Component, fp32: "object") -> tuple["
 
 def int8_graph(spec: ModelSpec, component: Component, fp32: "object", options: ExportOptions) -> tuple["object", dict]:
     from edgevl.compress.gate import build_gate_data
-    from edgevl.exporters.tensorrt_qdq import gated_int8
     from edgevl.compress.plan import resolve_calibration
+    from edgevl.exporters.tensorrt_qdq import gated_int8
     from edgevl.tolerances import tolerance_for
 
     calib = resolve_calibration(options.calibration)  # no quantize_ plan applies here (refused)
@@ -93,12 +93,12 @@ class TensorRTExporter(Exporter):
         from edgevl.exporters.tensorrt_plugin import MASKED, PLUGINS, UNMASKED
         from edgevl.exporters.trtexec import profiles, write_script
 
-        precision = options.precision
         from edgevl.compress.plan import tower_plan
 
+        precision = options.precision
         tower = spec.tower(component)
-        path = out_dir / f"{component}_encoder.{precision}.onnx"
         tower_plan(tower, self.name, precision, (), PLAN_INSTEAD)  # refuses any plan at this precision
+        path = out_dir / f"{component}_encoder.{precision}.onnx"
         fp32_path = path if precision == "fp32" else out_dir / f".{component}_encoder.fp32.onnx"
         # Quantized and fp16 graphs are measured on the dynamic graph, pinned afterwards.
         pin_later = precision != "fp32" and bool(options.static_shapes)
