@@ -256,7 +256,8 @@ def test_weight_only_precisions_keep_the_tower_close(towers, family, component, 
 
     _, fp32, feeds, gate = towers(family, component)
     row = tolerance_for("onnx", precision)
-    qmodel, recipe, _ = Q.quantize_model(fp32, Q.PRECISION_CONFIGS[precision](), feeds, component, gate, row.cosine_min)
+    qmodel, recipe, _ = Q.quantize_model(fp32, Q.PRECISION_CONFIGS[precision](), feeds, component, gate, row.cosine_min,
+                                        flavor="ort")
     assert sum(n.op_type == "MatMulNBits" for n in qmodel.graph.node) >= 10
     figures = measure(gate, qmodel)
     assert figures["cosine_min"] >= row.cosine_min, figures

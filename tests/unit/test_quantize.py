@@ -117,7 +117,7 @@ def test_default_int8_is_smoothquant_plus_dynamic_and_passes_the_gate(minilm):
     gate = _gate(model, feeds)
     lines: list[str] = []
     qmodel, recipe, info = Q.quantize_model(model, Q.DynamicW8A8Config(calib_limit=8), calib, "text", gate, 0.98,
-                                            progress=lines.append)
+                                            progress=lines.append, flavor="ort")
     # One progress line per gate try, the last one the try that passed.
     assert len(lines) == len(info["passes"]["gate"]["tried"]) and "-> passes" in lines[-1]
     ops = [(n.domain, n.op_type) for n in qmodel.graph.node]
@@ -183,7 +183,8 @@ def test_one_recipe_runs_on_ort_and_openvino(minilm):
 def test_int4_weight_only_is_small_and_close(minilm):
     model, calib, feeds = minilm
     gate = _gate(model, feeds)
-    qmodel, _, info = Q.quantize_model(model, Q.WeightOnlyConfig(bits=4, group_size=32), calib, "text", gate, 0.98)
+    qmodel, _, info = Q.quantize_model(model, Q.WeightOnlyConfig(bits=4, group_size=32), calib, "text", gate, 0.98,
+                                      flavor="ort")
     ratio = len(qmodel.SerializeToString()) / len(model.SerializeToString())
     assert ratio <= 0.3
     assert info["passes"]["gate"]["figures"]["cosine_min"] >= 0.98
