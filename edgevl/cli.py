@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a model's towers to one or more targets and verify them",
         description="Export each tower (image, text) to every target and precision, verify each artifact "
         "against the PyTorch reference on real photos and captions, and write OUT/manifest.json. "
-        "Exit codes: 0 ok, 2 bad input or output not writable, 3 parity failed.",
+        "Exit codes: 0 ok; 2 bad input, a missing SDK, an attention block not fused, or output not writable; "
+        "3 a compressed precision compressed no layer of a tower (refused before parity runs) or parity failed.",
     )
     export.add_argument("model", nargs="?", default=None,
                         help="registered model name (see `edgevl models`) or a checkpoint folder; default: effnet-minilm")
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(0: none); default: {DEFAULT_PALETTE_TUNE_STEPS}")
     export.add_argument("--trt-attention", choices=("native", "plugin"), default="native",
                         help="tensorrt target: native (standard Attention, TensorRT >= 10.14 IAttention; default) or "
-                        "plugin (also writes a plugin-node graph for older TensorRT)")
+                        "plugin (also writes a plugin-node graph for older TensorRT; that graph was never loaded by "
+                        "TensorRT here: parity runs the native graph)")
     export.add_argument("--allow-unfused", action="store_true", help="do not fail when an attention block is not fused")
     export.add_argument("--allow-pickle", action="store_true",
                         help="accept a pickle checkpoint (pytorch_model.bin), loaded with torch.load(weights_only=True)")
@@ -133,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time int8 against float on this machine and keep float what is not faster "
                         "(makes the artifact depend on the building machine; timings go to the manifest)")
     export.add_argument("--keep-failed", action="store_true", help="publish the artifacts even if parity fails (exit code stays 3)")
+    export.add_argument("--allow-float-fallback", action="store_true",
+                        help="compressed precisions: when the accuracy gate keeps every layer of a tower float, ship "
+                        "that float tower under the precision's name instead of failing with exit 3; its summary "
+                        "line says so (0/N layers, float fallback) and the manifest records float_fallback")
     export.add_argument("--profile", type=_seconds, nargs="?", const=3.0, default=None, metavar="S",
                         help="after the export, run `edgevl profile OUT --budget S` (default 3 s per artifact) "
                         "and fold its summary into manifest.json")
@@ -208,7 +214,8 @@ def _quiet_libraries(quiet: bool) -> Iterator[None]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edgevl.pipeline import ExportRequest, format_parity, run_export
+    from edgevl.manifest import summary_line
+    from edgevl.pipeline import ExportRequest, run_export
     from edgevl.progress import Progress
 
     request = ExportRequest(
@@ -230,18 +237,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         coreml_input=args.coreml_input,
         palette_tune_steps=args.palette_tune_steps,
         trt_attention=args.trt_attention,
+        allow_float_fallback=args.allow_float_fallback,
     )
     with _quiet_libraries(args.quiet):
         outcome = run_export(request, Progress(enabled=not args.quiet))
     for a in outcome.manifest.artifacts:
-        figures = {"runtime": format_parity(a.parity),
-                   "reference-interpreter": f"{format_parity(a.parity)} (reference interpreter)",
-                   "onnxruntime": f"{format_parity(a.parity)} (ONNX Runtime, not TensorRT)"}.get(
-                       a.verified, "not verified")
-        print(f"{a.path}  {a.component} {a.target} {a.precision}  attention fused {a.fused_attention}/"
-              f"{a.fused_attention + a.unfused_attention}  {figures}")
-    if "tensorrt_engine" in outcome.manifest.extra:
-        print(f"tensorrt: {outcome.manifest.extra['tensorrt_engine']}")
+        print(summary_line(a))
+    for key, note in outcome.notes.items():
+        print(f"{key}: {note}")
     if args.profile is not None:
         from edgevl.profile.run import profile_into_export
         from edgevl.profile.tables import terminal_table

@@ -43,6 +43,12 @@ class ParityError(EdgevlError, RuntimeError):
     exit_code = 3
 
 
+class NothingCompressedError(ParityError):
+    """A compressed precision (int8, int8w, int4w, palettize4) whose accuracy gate kept every
+    compressible layer of a tower float: the artifact would be a float tower under a compressed
+    name. Nothing is written unless the user allows the float fallback."""
+
+
 class CalibrationError(InputError):
     """A calibration set is empty, unreadable, or produced non-finite activations."""
 

@@ -6,14 +6,21 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 MANIFEST_NAME = "manifest.json"
 # MAJOR.MINOR of the manifest's layout: readers (apps/runtime, apps/web) refuse a newer major
 # version; a minor bump only adds fields that readers may ignore.
 MANIFEST_VERSION = "1.0"
-# "onnxruntime": a TensorRT target's engine-ready ONNX run by ONNX Runtime where TensorRT is absent.
-VERIFIED_VALUES = ("runtime", "reference-interpreter", "onnxruntime", "not-run")
+# How an artifact was checked: the manifest's `verified` value -> the words every progress line
+# and summary line says for it (the one table; the runtimes set the value when they load).
+VERIFIED_LABELS = {
+    "runtime": "verified by the target's runtime",
+    "reference-interpreter": "verified by edgevl's reference interpreter, not the target's runtime",
+    "onnxruntime": "verified by ONNX Runtime standing in for TensorRT (no TensorRT here)",
+    "not-run": "not verified: no runtime for this target here",
+}
+VERIFIED_VALUES = tuple(VERIFIED_LABELS)
 
 
 def sha256_of(path: Path) -> str:
@@ -32,6 +39,60 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Compression:
+    """How much of a tower a compressed precision (int8, int8w, int4w, palettize4) compressed, as
+    its exporter counts it: `compressed` of the `compressible` layers (those the precision's
+    scheme could compress in this tower) are stored compressed; the rest stayed float. `best`
+    says in words what the accuracy gate's best candidate with any layer compressed reached
+    ("" when nothing was measured)."""
+
+    compressed: int
+    compressible: int
+    best: str = ""
+
+    @property
+    def nothing_compressed(self) -> bool:
+        return self.compressed == 0
+
+    def share(self) -> str:
+        """`41/49 layers`: what every summary line of a compressed artifact shows."""
+        return f"{self.compressed}/{self.compressible} layers"
+
+    def to_json(self, float_fallback: bool) -> dict:
+        return {"compressed_layers": self.compressed, "compressible_layers": self.compressible,
+                "float_fallback": float_fallback}
+
+
+@dataclass
+class ArtifactFacts:
+    """What the pipeline records beside an artifact without knowing its target, as the
+    exporter tells it (`Exporter.describe`): its compression (None for a float precision) and
+    notes that hold for the whole export (manifest key -> one line the summary prints once)."""
+
+    compression: Optional[Compression] = None
+    export_notes: dict[str, str] = field(default_factory=dict)
+
+
+def best_gate_try(gate: Optional[dict], precision: str) -> str:
+    """What the accuracy gate's best candidate with any layer compressed reached (the highest min
+    cosine among its tries that kept fewer than every ranked layer float), in words; "" when the
+    gate report holds no such try. `gate`: the report of `edgevl.compress.gate.run_gate`."""
+    ranked = (gate or {}).get("ranked_layers")
+    tries = [t for t in (gate or {}).get("tried", []) if isinstance(t.get("float_layers"), int)
+             and ranked is not None and t["float_layers"] < ranked and t.get("cosine_min") is not None]
+    if not tries:
+        return ""
+    best = max(tries, key=lambda t: t["cosine_min"])
+    agreement = best.get("top1_agreement")
+    asks = f"the gate asks min cosine >= {gate.get('cosine_min')}"
+    if agreement is not None and gate.get("max_drop") is not None:
+        asks += f" and top-1 agreement >= {1.0 - gate['max_drop']:.3f}"
+    return (f"best {precision} candidate {best['float_layers']} of {ranked} ranked layers float: min cosine "
+            f"{best['cosine_min']:.4f}" + (f", top-1 agreement {agreement:.4f}" if agreement is not None else "")
+            + f"; {asks}")
 
 
 @dataclass
@@ -94,3 +155,44 @@ class Manifest:
     @property
     def passed(self) -> bool:
         return all(a.parity.get("passed", False) for a in self.artifacts if a.verified != "not-run")
+
+
+def format_agreement(tie_aware: Optional[float], strict: Optional[float] = None) -> str:
+    """Top-1 agreement for people, both figures: the tie-aware one (gated) then the strict one
+    (reported), e.g. "0.982 (strict 0.964)". None (no zero-shot task on this tower) reads n/a."""
+    if tie_aware is None:
+        return "n/a"
+    return f"{tie_aware:.3f}" if strict is None else f"{tie_aware:.3f} (strict {strict:.3f})"
+
+
+def format_parity(parity: dict, long: bool = False) -> str:
+    """An artifact's parity figures for people; a figure is None when the output's shape differs
+    from the reference or the output holds NaN/Inf (parity["failures"] says which)."""
+    if parity.get("cosine_min") is None:
+        return "no figures: " + "; ".join(parity.get("failures") or ["output differs from the reference"])
+    top1 = format_agreement(parity["top1_agreement"], parity.get("top1_agreement_strict"))
+    if not long:
+        return f"cos {parity['cosine_min']:.6f} top1 {top1}"
+    return (f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "
+            f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {top1}")
+
+
+def format_attention(fused: int, unfused: int) -> str:
+    """`attention fused 6/6`, or `no attention` for a tower without attention blocks (a CNN)."""
+    return f"attention fused {fused}/{fused + unfused}" if fused + unfused else "no attention"
+
+
+def summary_line(entry: ArtifactEntry) -> str:
+    """One artifact for people, as `edgevl export` prints it: path, tower, target, precision, the
+    share of layers a compressed precision compressed, attention, the parity figures and how
+    they were obtained, e.g. `onnx/int8/image_encoder.int8.onnx  image onnx int8 41/49 layers
+    no attention  cos 0.998 top1 1.000  verified by the target's runtime`."""
+    compression = entry.extra.get("compression")
+    share = ""
+    if compression is not None:
+        share = f" {compression['compressed_layers']}/{compression['compressible_layers']} layers"
+        if compression["float_fallback"]:
+            share += " (float fallback: no layer compressed, --allow-float-fallback)"
+    figures = f"{format_parity(entry.parity)}  " if entry.verified != "not-run" else ""
+    return (f"{entry.path}  {entry.component} {entry.target} {entry.precision}{share}  "
+            f"{format_attention(entry.fused_attention, entry.unfused_attention)}  {figures}{VERIFIED_LABELS[entry.verified]}")

@@ -14,21 +14,22 @@ from typing import Any, Optional
 
 from edgevl import __version__
 from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS
-from edgevl.errors import InputError, ModelLoadError, OutputWriteError, ParityError
+from edgevl.errors import InputError, ModelLoadError, NothingCompressedError, OutputWriteError, ParityError
 from edgevl.exporters.base import (
     STATIC_AXES, TRT_ATTENTION, ExportedArtifact, Exporter, ExportOptions, check_static_shapes,
     check_static_sizes,
 )
 from edgevl.fsutil import check_output_dir, publish, staging_dir
-from edgevl.manifest import ArtifactEntry, Manifest, sha256_of
+from edgevl.manifest import (  # noqa: F401  (format_agreement, format_parity: re-exported)
+    VERIFIED_LABELS, ArtifactEntry, Compression, Manifest, format_agreement, format_attention, format_parity,
+    sha256_of,
+)
 from edgevl.models.resolve import DEFAULT_MODEL, check_model_name, resolve_model
 from edgevl.models.spec import LoadOptions, ModelSpec
 from edgevl.progress import Progress
 from edgevl.registry import EXPORTERS, RUNTIMES
 
 COMPONENTS = ("image", "text")
-# How a parity line names what ran the artifact when it was not the target's own runtime.
-VERIFIED_BY = {"reference-interpreter": " (reference interpreter)", "onnxruntime": " (ONNX Runtime, not TensorRT)"}
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,17 @@ class ExportRequest:
     coreml_input: str = "image"
     palette_tune_steps: int = DEFAULT_PALETTE_TUNE_STEPS
     trt_attention: str = "native"
+    allow_float_fallback: bool = False
 
 
 @dataclass
 class ExportOutcome:
-    """A successful export (a failed one raises): its manifest and where it was published."""
+    """A successful export (a failed one raises): its manifest, where it was published, and the
+    exporters' export-wide notes (manifest key -> one line)."""
 
     manifest: Manifest
     out: Path
+    notes: dict[str, str]
 
 
 def validate(request: ExportRequest) -> list[Exporter]:
@@ -188,6 +192,7 @@ def run_export(
         model={"name": spec.name, "source": spec.source, "params": spec.params},
     )
     failures: list[str] = []
+    notes: dict[str, str] = {}
     doing = "creating the staging folder"  # named in the message if writing fails
     try:
         with staging_dir(request.out) as stage:
@@ -232,24 +237,24 @@ def run_export(
                         doing = f"exporting the {component} tower to {exporter.name} {precision}"
                         with progress.step(f"exporting {component} tower to {exporter.name} {precision}") as details:
                             artifact = exporter.export(spec, component, folder, options)
-                            details.append(
-                                f"attention fused {artifact.fused_attention}, unfused {artifact.unfused_attention}"
-                            )
+                            facts = exporter.describe(artifact)
+                            details.append(format_attention(artifact.fused_attention, artifact.unfused_attention))
+                            if facts.compression is not None:
+                                details.append(f"{precision} {facts.compression.share()}")
+                        fallback = _check_compressed(exporter, artifact, facts.compression, request.allow_float_fallback)
+                        if fallback:
+                            progress.info(f"  {fallback}")
                         doing = f"verifying the {component} tower's {exporter.name} {precision} artifact"
-                        with progress.step(f"verifying with {artifact.runtime or 'no runtime'}") as details:
+                        with progress.step(doing) as details:
                             verified, parity, misses = _verify(artifact, data, spec, request.static_shapes,
                                                                request.max_drop)
                             if verified != "not-run":
-                                by = VERIFIED_BY.get(verified, "")
-                                details.append(format_parity(parity, long=True) + by)
-                            else:
-                                details.append("not run: no runtime for this target on this machine")
+                                details.append(format_parity(parity, long=True))
+                            details.append(VERIFIED_LABELS[verified])
                         failures += misses
-                        manifest.artifacts.append(_entry(artifact, stage, verified, parity))
-                        if artifact.target == "tensorrt" and artifact.passes.get("engine") is None:
-                            from edgevl.exporters.tensorrt_engine import NO_TENSORRT
-
-                            manifest.extra["tensorrt_engine"] = NO_TENSORRT
+                        manifest.artifacts.append(_entry(artifact, stage, verified, parity, facts.compression))
+                        notes.update(facts.export_notes)
+                        manifest.extra.update(facts.export_notes)
             doing = "writing manifest.json"
             manifest.write(stage)
             doing = f"moving the export to {request.out}"
@@ -268,15 +273,30 @@ def run_export(
     if failures:
         where = f"artifacts kept in {request.out}" if request.keep_failed else "nothing was written"
         raise ParityError(f"parity failed ({where}): " + "; ".join(failures))
-    return ExportOutcome(manifest, request.out)
+    return ExportOutcome(manifest, request.out, notes)
 
 
-def format_agreement(tie_aware: Optional[float], strict: Optional[float] = None) -> str:
-    """Top-1 agreement for people, both figures: the tie-aware one (gated) then the strict one
-    (reported), e.g. "0.982 (strict 0.964)". None (no zero-shot task on this tower) reads n/a."""
-    if tie_aware is None:
-        return "n/a"
-    return f"{tie_aware:.3f}" if strict is None else f"{tie_aware:.3f} (strict {strict:.3f})"
+def _check_compressed(exporter: Exporter, artifact: ExportedArtifact, compression: Optional[Compression],
+                      allow_float_fallback: bool) -> str:
+    """Refuse a compressed precision that compressed no layer of the tower (NothingCompressedError,
+    before parity runs) unless the user allowed the float fallback: then the line that says so."""
+    if compression is None or not compression.nothing_compressed:
+        return ""
+    what = f"{artifact.target} {artifact.precision} {artifact.component} tower"
+    if compression.compressible:
+        found = (f"the accuracy gate kept all {compression.compressible} compressible layers float"
+                 + (f" ({compression.best})" if compression.best else ""))
+    else:
+        found = f"{artifact.target} {artifact.precision} finds no layer to compress in this tower"
+    if allow_float_fallback:
+        return f"{what}: {found}; shipped float as --allow-float-fallback asks"
+    fixes = ["a looser --max-drop (e.g. 0.05)"] if compression.compressible else []
+    fixes += [f"--precision {p}" for p in ("int8w",) if p != artifact.precision and p in exporter.precisions]
+    fixes.append("--allow-float-fallback to ship the float tower (the summary says so)")
+    raise NothingCompressedError(
+        f"{what}: {found}, so the artifact would be a float tower named {artifact.precision}; nothing was "
+        f"written; try {', or '.join(fixes)}"
+    )
 
 
 def data_splits(calibration: "Optional[object]") -> dict:
@@ -291,18 +311,6 @@ def data_splits(calibration: "Optional[object]") -> dict:
         "gate": split_record("gate"),
         "parity": split_record("parity"),
     }
-
-
-def format_parity(parity: dict, long: bool = False) -> str:
-    """An artifact's parity figures for people; a figure is None when the output's shape differs
-    from the reference or the output holds NaN/Inf (parity["failures"] says which)."""
-    if parity.get("cosine_min") is None:
-        return "no figures: " + "; ".join(parity.get("failures") or ["output differs from the reference"])
-    top1 = format_agreement(parity["top1_agreement"], parity.get("top1_agreement_strict"))
-    if not long:
-        return f"cos {parity['cosine_min']:.6f} top1 {top1}"
-    return (f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "
-            f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {top1}")
 
 
 def _os_reason(exc: OSError) -> str:
@@ -326,13 +334,16 @@ def _relative_paths(value: Any, stage: Path) -> Any:
     return value
 
 
-def _entry(artifact: ExportedArtifact, stage: Path, verified: str, parity: dict) -> ArtifactEntry:
+def _entry(artifact: ExportedArtifact, stage: Path, verified: str, parity: dict,
+           compression: Optional[Compression]) -> ArtifactEntry:
     files = [f for f in artifact.files if f.exists()]
     extra = {
         "files": [str(f.relative_to(stage)) for f in files],
         "unfused_blocks": artifact.unfused_blocks,
         "passes": _relative_paths(artifact.passes, stage),
     }
+    if compression is not None:
+        extra["compression"] = compression.to_json(float_fallback=compression.nothing_compressed)
     if artifact.runtime_options:
         extra["runtime_options"] = artifact.runtime_options
     if artifact.notes:

@@ -38,6 +38,7 @@ from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, ref
 from edgevl.exporters.coreml_compress import plan_compression, write_compressed
 from edgevl.exporters.coreml_convert import ImageInput, convert_tower, op_types, silent
 from edgevl.exporters.coreml_ops import SDPA_OP
+from edgevl.manifest import ArtifactFacts, Compression
 from edgevl.models.spec import Component, ModelSpec
 from edgevl.registry import register_exporter
 
@@ -155,3 +156,16 @@ class CoreMLExporter(Exporter):
             passes=passes,
             notes=notes,
         )
+
+    def describe(self, artifact: ExportedArtifact) -> ArtifactFacts:
+        """The layers the package stores compressed, of the gate's candidates (those it stores
+        dense and those kept float stay float); the best candidate is the least damaging layer
+        compressed alone."""
+        report = artifact.passes.get("compression")
+        if not report:
+            return ArtifactFacts()
+        done = int(report["compressed_layers"])
+        least = report.get("least_damage")
+        best = (f"best {artifact.precision} candidate, the least damaging layer alone compressed: min cosine "
+                f"{1.0 - least:.4f} on the gate split" if least is not None else "")
+        return ArtifactFacts(Compression(done, done + len(report["stored_dense"]) + len(report["kept_float"]), best))

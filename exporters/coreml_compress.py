@@ -101,6 +101,7 @@ class CompressionPlan:
             "gate_agreement": self.gate_agreement,
             "gate_passed": self.gate_passed,
             "most_damaging_layers": {name: round(value, 6) for name, value in worst},
+            "least_damage": round(min(self.damage.values()), 6) if self.damage else None,
             "tuning": self.tuning,
         }
 

@@ -35,6 +35,7 @@ from edgevl.exporters.openvino_ir import OV_LOGGERS, SDPA_OP, convert_tower, cou
 from edgevl.exporters.openvino_quant import (
     INT8_INSTEAD, INT8_PLANS, WEIGHT_ONLY_INSTEAD, Int8Settings, compress_weights, quantize_int8, weight_levels,
 )
+from edgevl.manifest import ArtifactFacts, Compression, best_gate_try
 from edgevl.models.spec import Component, ModelSpec, TowerSpec
 from edgevl.registry import register_exporter
 
@@ -53,6 +54,36 @@ INFERENCE_PRECISION = {
 }
 # Precisions whose IR stores float weights as fp16.
 _FP16_STORAGE = ("fp16", "bf16")
+
+
+# What a weight passes through between its constant and the op that reads it (weight-only
+# compression adds Convert, Subtract and Multiply: the decompression).
+_WEIGHT_PATH = ("Convert", "Reshape", "Transpose", "Subtract", "Multiply")
+# Ops with a weight constant, and which of their inputs holds it.
+_WEIGHT_INPUT = {"MatMul": 1, "Convolution": 1, "GroupConvolution": 1, "Gather": 0}
+
+
+def _integer_weight_counts(xml: Path) -> tuple[int, int]:
+    """(ops whose weight constant is stored as integers, ops with a weight constant) in an IR."""
+    import openvino as ov
+
+    compressed = weighted = 0
+    for op in ov.Core().read_model(str(xml)).get_ops():
+        if op.get_type_name() not in _WEIGHT_INPUT:
+            continue
+        node, path = op.input_value(_WEIGHT_INPUT[op.get_type_name()]).get_node(), set()
+        while node.get_type_name() in _WEIGHT_PATH:
+            path.add(node.get_type_name())
+            node = node.input_value(0).get_node()
+        if node.get_type_name() != "Constant":
+            continue
+        # An integer table read as it is (a Gather of token positions) holds indices, not weights.
+        integer = not node.get_element_type().is_real()
+        if integer and "Convert" not in path:
+            continue
+        weighted += 1
+        compressed += integer
+    return compressed, weighted
 
 
 def benchmark_command(xml_name: str, shapes: dict[str, list[int]], precision: str) -> str:
@@ -156,6 +187,19 @@ class OpenVinoExporter(Exporter):
             passes=passes,
             notes=notes,
         )
+
+    def describe(self, artifact: ExportedArtifact) -> ArtifactFacts:
+        """int8: the gate's ranked layers less those it kept float (none when the whole tower
+        stayed float); int8w / int4w: the weighted ops of the saved IR whose weights are stored
+        as integers, of every weighted op."""
+        quant = artifact.passes.get("quantization")
+        if not quant:
+            return ArtifactFacts()
+        if "gate" in quant:
+            ranked = int(quant["gate"]["ranked_layers"])
+            done = 0 if quant["whole_tower_float"] else ranked - int(quant["float_layer_count"])
+            return ArtifactFacts(Compression(done, ranked, best_gate_try(quant["gate"], artifact.precision)))
+        return ArtifactFacts(Compression(*_integer_weight_counts(artifact.path)))
 
     @staticmethod
     def _benchmark_shapes(

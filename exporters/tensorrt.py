@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions
+from edgevl.manifest import ArtifactFacts
 from edgevl.models.spec import Component, ModelSpec
 from edgevl.registry import register_exporter
 
@@ -162,3 +163,12 @@ class TensorRTExporter(Exporter):
             fused_attention=fused, unfused_attention=report.unfused, unfused_blocks=report.unfused_blocks,
             runtime=self.runtime, runtime_options=runtime_options, passes=passes, notes=notes,
         )
+
+    def describe(self, artifact: ExportedArtifact) -> ArtifactFacts:
+        """The default's compression, and once per export that no engine was built here."""
+        from edgevl.exporters.tensorrt_engine import NO_TENSORRT
+
+        facts = super().describe(artifact)
+        if artifact.passes.get("engine") is None:
+            facts.export_notes["tensorrt_engine"] = NO_TENSORRT
+        return facts

@@ -75,7 +75,8 @@ def test_cli_fp16_int8_pass_parity_verified_by_onnxruntime(trt_export, tiny_clip
             assert flag in t11 and flag in text
     if not tensorrt_available():
         assert manifest["tensorrt_engine"] == NO_TENSORRT
-        assert stdout.count(NO_TENSORRT) == 1 and "(ONNX Runtime, not TensorRT)" in stdout
+        assert stdout.count(NO_TENSORRT) == 1
+        assert stdout.count("verified by ONNX Runtime standing in for TensorRT") == len(manifest["artifacts"])
         assert all(a["passes"]["engine"] is None for a in manifest["artifacts"])
         assert not list(out.rglob("*.engine"))
 

@@ -167,6 +167,28 @@ def test_parity_failure_exits_3_and_publishes_only_when_asked(tiny_clip_dir, tmp
     assert manifest["artifacts"][0]["parity"]["passed"] is False
 
 
+def test_int8_that_compresses_no_layer_exits_3_unless_the_float_fallback_is_allowed(tiny_clip_dir, tmp_path, capsys):
+    """The tiny random CLIP's text tower at OpenVINO int8: the gate keeps all 15 ranked layers
+    float (its best int8 candidate reached min cosine 0.986 against the gate's 0.995, measured).
+    Refused with exit 3 before parity, one line, nothing written (--keep-failed too); with
+    --allow-float-fallback it ships and the summary says 0/15 and why."""
+    pytest.importorskip("nncf")
+    args = [str(tiny_clip_dir), "--target", "openvino", "--precision", "int8", "--components", "text"]
+    for extra in ([], ["--keep-failed"]):
+        code, err = _run([*args, *extra, "--out", str(tmp_path / "out")], capsys)
+        assert code == 3
+        _assert_one_line(err, "openvino int8 text tower: the accuracy gate kept all 15 compressible layers float",
+                         "best int8 candidate", "nothing was written", "--max-drop", "--precision int8w",
+                         "--allow-float-fallback")
+        _assert_clean(tmp_path, tmp_path / "out")
+    assert main(["export", *args, "--allow-float-fallback", "--out", str(tmp_path / "fallback"), "-q"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("openvino/int8/"))
+    assert line.startswith("openvino/int8/text_encoder.int8.xml  text openvino int8 0/15 layers (float fallback")
+    assert line.endswith("verified by the target's runtime")
+    art = json.loads((tmp_path / "fallback" / "manifest.json").read_text())["artifacts"][0]
+    assert art["compression"] == {"compressed_layers": 0, "compressible_layers": 15, "float_fallback": True}
+
+
 def test_console_script_exit_code_and_help_without_torch(tmp_path):
     exe = Path(sys.executable).with_name("edgevl")
     proc = subprocess.run([str(exe), "export", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
