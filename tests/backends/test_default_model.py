@@ -5,6 +5,8 @@ ONNX and OpenVINO, shared with the apps' tests); these tests read its ONNX artif
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -122,69 +124,90 @@ def _assert_saturation_safe(quant: dict, path: Path) -> None:
     assert sat["outputs_differing_without_vnni"] == 0
 
 
-# The loosest agreement drop the gate is asked for: whether it keeps any of the default text
-# tower's layers int8 is the gate's decision (the test checks either outcome).
+# The default text tower cannot be int8 today: its fitted projection multiplies the int8 error
+# (/work/shared/ENVIRONMENT.md), so even at a loose --max-drop the gate keeps every layer float.
+# Without --allow-float-fallback that is a refused export (exit 3); with it, a float tower that
+# says so. Both runs search the same gate, so they also show its tries are reproducible.
 INT8_TEXT = ["export", "--precision", "int8", "--components", "text", "--max-drop", "0.05", "-q"]
 
 
 @pytest.fixture(scope="module")
-def int8_text_export(tmp_path_factory) -> Path:
+def int8_text_float_fallback(tmp_path_factory) -> tuple[Path, str]:
+    """The default text tower at int8 with --allow-float-fallback: (export folder, stdout)."""
     out = tmp_path_factory.mktemp("int8") / "out"
-    assert main([*INT8_TEXT, "--out", str(out)]) == 0
-    return out
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main([*INT8_TEXT, "--allow-float-fallback", "--out", str(out)]) == 0
+    return out, stdout.getvalue()
 
 
-def test_exports_are_reproducible(default_export, int8_text_export, tmp_path):
+def test_exports_are_reproducible(default_export, tmp_path):
     """The same inputs give byte-identical artifacts: nothing that shapes an artifact depends on
     timing, on run-to-run state or on the other targets of the command (fp32 both towers: an
-    ONNX-only export against the session's ONNX+OpenVINO one; int8 text tower)."""
+    ONNX-only export against the session's ONNX+OpenVINO one; the int8 gate's tries are compared
+    across two runs by the refusal test below)."""
     def digests(out: Path) -> dict:
         manifest = json.loads((out / "manifest.json").read_text())
         return {(a["precision"], a["component"]): a["sha256"] for a in _onnx(manifest)}
 
     again = tmp_path / "again"
     assert main(["export", "--target", "onnx", "--out", str(again / "fp32"), "-q"]) == 0
-    assert main([*INT8_TEXT, "--out", str(again / "int8")]) == 0
     assert digests(again / "fp32") == digests(default_export)
-    assert digests(again / "int8") == digests(int8_text_export)
 
 
-def test_int8_text_tower_through_the_cli(int8_text_export):
-    """`--precision int8` end to end: calibrated on the bundled samples (and said so), gated,
-    quantized MatMuls in the graph, the recipe beside the artifact, parity on real captions."""
-    out = int8_text_export
+def test_int8_text_tower_that_stays_float_is_refused(int8_text_float_fallback, tmp_path, capsys):
+    """Without the opt-in, an int8 export whose gate kept every layer float fails with exit 3 and
+    one line naming the tower, the best int8 candidate's figures and what to try; nothing is
+    written. The figures equal those the opt-in run's manifest recorded (the same gate tries)."""
+    out = tmp_path / "refused"
+    assert main([*INT8_TEXT, "--out", str(out)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("edgevl: error: onnx int8 text tower: ")
+    assert "kept all 37 compressible layers float" in err and "would be a float tower named int8" in err
+    for fix in ("--max-drop", "--precision int8w", "--allow-float-fallback"):
+        assert fix in err, err
+    assert not out.exists() and not list(tmp_path.iterdir()), "a refused export wrote something"
+    art = json.loads((int8_text_float_fallback[0] / "manifest.json").read_text())["artifacts"][0]
+    gate = art["passes"]["quantization"]["gate"]
+    tries = [t for t in gate["tried"] if isinstance(t["float_layers"], int) and t["float_layers"] < gate["ranked_layers"]]
+    best = max(tries, key=lambda t: t["cosine_min"])
+    assert (f"best int8 candidate {best['float_layers']} of {gate['ranked_layers']} ranked layers float: "
+            f"min cosine {best['cosine_min']:.4f}, top-1 agreement {best['top1_agreement']:.4f}") in err
+
+
+def test_int8_text_tower_float_fallback_ships_float_and_says_so(int8_text_float_fallback):
+    """--allow-float-fallback: the float tower ships under the int8 name because the user asked,
+    and the summary line, the manifest and the graph all say it holds no int8 layer: every
+    candidate with an int8 layer failed on the gate split, each float layer is named with why."""
+    out, stdout = int8_text_float_fallback
     manifest = json.loads((out / "manifest.json").read_text())
     art = manifest["artifacts"][0]
     quant = art["passes"]["quantization"]
-    assert art["precision"] == "int8" and art["parity"]["passed"]
-    assert art["parity"]["cosine_min"] >= 0.99 and art["parity"]["top1_agreement"] >= 0.98
-    assert art["parity"]["top1_agreement_strict"] is not None  # reported beside the gated figure
+    assert art["compression"] == {"compressed_layers": 0, "compressible_layers": 37, "float_fallback": True}
+    line = next(line for line in stdout.splitlines() if line.startswith(art["path"]))
+    assert "text onnx int8 0/37 layers (float fallback" in line and "attention fused 6/6" in line
+    assert line.endswith("verified by the target's runtime")
+    assert art["precision"] == "int8" and art["parity"]["passed"] and art["parity"]["cosine_min"] >= 0.99
     assert (art["fused_attention"], art["unfused_attention"]) == (6, 0)
     # Calibrated on the calibration split, gated on the gate split: neither is the parity split.
     recorded = manifest["data_splits"]["calibration"]
     assert (quant["calibration"]["images"], quant["calibration"]["texts"]) == (recorded["images"], recorded["texts"])
-    assert quant["gate"]["passed"]
-    if quant["quantized_layers"] == 0:
-        # The gate may keep every layer float (one int8 layer of this tower can cost more than the
-        # gate's cosine floor on short prompts): then every candidate with an int8 layer failed on
-        # the gate split, and the manifest names each float layer with its reason.
-        gate = quant["gate"]
-        assert all(not t["passed"] for t in gate["tried"] if t["float_layers"] != gate["ranked_layers"])
-        assert len(quant["float_layers"]) == 37 and all(v["why"] for v in quant["float_layers"].values())
+    gate = quant["gate"]
+    assert gate["passed"] and quant["quantized_layers"] == 0
+    assert all(not t["passed"] for t in gate["tried"] if t["float_layers"] != gate["ranked_layers"])
+    assert len(quant["float_layers"]) == 37 and all(v["why"] for v in quant["float_layers"].values())
     assert any("bundled real samples" in n for n in quant["notes"])
     ops = Counter(n.op_type for n in onnx.load(str(out / art["path"])).graph.node)
-    # Q/K/V are packed into one attention op per block: QAttention (int8) or, kept float by
-    # the gate, com.microsoft.Attention; the recipe still lists the three projections.
-    assert quant["passes"]["qkv_packed"] == 6 and ops["QAttention"] + ops["Attention"] == 6
-    assert ops["MatMulInteger"] + 3 * ops["QAttention"] == quant["quantized_layers"]
+    # Every layer float: the fp32 graph's 37 MatMuls and 6 standard Attention ops, no int8 op.
+    assert ops["Attention"] == 6 and ops["MatMul"] == 37
+    assert not {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"} & set(ops)
     recipe = json.loads((out / "onnx" / "int8" / "text_encoder.int8.recipe.json").read_text())
-    assert len(recipe["layers"]) == quant["quantized_layers"]
-    assert set(recipe["float_layers"]) == set(quant["float_layers"])
+    assert recipe["layers"] == {} and set(recipe["float_layers"]) == set(quant["float_layers"])
     assert not list((out / "onnx" / "int8").glob(".*fp32*")), "the intermediate fp32 graph was left behind"
-    if quant["quantized_layers"]:
-        _assert_saturation_safe(quant, out / art["path"])
-    else:
-        assert quant["saturation"]["int8_gemms"] == 0 and not _int8_weights(out / art["path"])
+    assert quant["saturation"]["int8_gemms"] == 0 and not _int8_weights(out / art["path"])
+
+
+INT8_IMAGE_FLOOR = 10
 
 
 def test_int8_image_tower_through_the_cli(tmp_path):
@@ -204,6 +227,12 @@ def test_int8_image_tower_through_the_cli(tmp_path):
     assert "speed_guard" not in quant["passes"], "timing decisions are opt-in (--speed-guard)"
     _assert_saturation_safe(quant, out / art["path"])
     assert quant["quantized_layers"] == len(recipe["layers"]) > 0
+    # The share every summary line shows: 13 of the 49 convs int8 measured (Sapphire Rapids); the
+    # 7-bit weights give every x86 CPU the same numbers, the floor leaves room for the gate's
+    # bisection to land a step or two away.
+    assert art["compression"] == {"compressed_layers": quant["quantized_layers"], "compressible_layers": 49,
+                                  "float_fallback": False}
+    assert quant["quantized_layers"] >= INT8_IMAGE_FLOOR
     assert set(recipe["float_layers"]) == set(quant["float_layers"])
     # The float part is a prefix of the conv chain: every float conv comes before every int8 one.
     position = {name: i for i, name in enumerate(convs)}
