@@ -46,7 +46,8 @@ def _read(xml: Path):
 
 def _check_gate(q: dict, max_drop: float = 0.01) -> None:
     """The accuracy gate's report: every try recorded, the chosen try passing with every try of
-    fewer float layers failing, and the float layers it chose named with a reason."""
+    fewer float layers failing, and the float layers it chose named with a reason. The IR is not
+    the whole float tower (a gate that needs it fails the export, as the pipeline's tests show)."""
     gate = q["gate"]
     tried = gate["tried"]
     assert gate["passed"] and gate["cosine_min"] == 0.995 and gate["max_drop"] == max_drop
@@ -55,11 +56,7 @@ def _check_gate(q: dict, max_drop: float = 0.01) -> None:
     assert tried[0]["float_layers"] == 0
     chosen = [t for t in tried if t["passed"] and t["cosine_min"] == gate["figures"]["cosine_min"]]
     assert chosen and chosen[0]["cosine_min"] >= 0.995
-    if q["whole_tower_float"]:
-        assert not any(t["passed"] for t in tried[:-1]) and tried[-1]["float_layers"] == "whole tower"
-        assert q["fake_quantize"] == 0
-        assert all("whole tower stays float" in e["why"] for e in q["float_layers"].values())
-        return
+    assert not q["whole_tower_float"]
     k = q["float_layer_count"]
     assert q["float_layer_count"] == len(q["float_layers"]) == chosen[0]["float_layers"]
     assert all(not t["passed"] for t in tried if isinstance(t["float_layers"], int) and t["float_layers"] < k)
@@ -222,35 +219,52 @@ def test_missing_sdk_is_one_line_naming_the_extra(module, precision, tiny_clip_d
     assert not list(tmp_path.glob("*.xml"))
 
 
+# The default text tower's layers left int8 by the gate at --max-drop 0.05, measured 1 of 43
+# (Sapphire Rapids; 42 float: gate min cosine 0.9975, 41 float: 0.9901 against the 0.995 floor).
+# Its fitted projection multiplies the int8 error; a tower the gate left with none would be
+# refused (exit 3), which tests/unit/test_bad_input.py shows on a tiny tower.
+OV_INT8_TEXT_FLOOR = 1
+
+
 @pytest.mark.slow
 def test_default_model_text_tower_fp32_and_int8(tmp_path, capsys):
     """The embedded default model's MiniLM tower (real weights): 6/6 SDPA, fp32 exact, int8
-    through the accuracy gate with 7-bit weights, parity passing on real captions."""
+    through the accuracy gate with 7-bit weights and at least the measured share of its ranked
+    layers int8, which the summary line shows, parity passing on real captions."""
     out = tmp_path / "out"
-    # --max-drop 0.05: at the default the gate keeps every ranked layer float on this tower.
     code = main(["export", "--target", "openvino", "--precision", "fp32,int8", "--components", "text",
                  "--max-drop", "0.05", "--out", str(out), "-q"])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
     arts = {a["precision"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
     for art in arts.values():
         assert (art["fused_attention"], art["unfused_attention"]) == (6, 0)
         assert _ir_ops(out / art["path"]).get(SDPA_OP, 0) == 6
         assert art["parity"]["passed"]
-    assert arts["fp32"]["parity"]["cosine_min"] >= 0.9999
+    assert arts["fp32"]["parity"]["cosine_min"] >= 0.9999 and "compression" not in arts["fp32"]
     q = arts["int8"]["passes"]["quantization"]
     _check_gate(q, max_drop=0.05)
     # Ranked: the 37 weighted MatMuls and the 6 attention ops (NNCF quantizes their Q and K inputs).
     assert arts["int8"]["parity"]["cosine_min"] >= 0.99 and q["gate"]["ranked_layers"] == 37 + 6
+    share = arts["int8"]["compression"]
+    assert share == {"compressed_layers": 43 - q["float_layer_count"], "compressible_layers": 43, "float_fallback": False}
+    assert share["compressed_layers"] >= OV_INT8_TEXT_FLOOR and q["fake_quantize"] > 0
+    assert f"text openvino int8 {share['compressed_layers']}/43 layers  attention fused 6/6" in captured.out
     levels = weight_levels(_read(out / arts["int8"]["path"]))
-    assert set(levels).isdisjoint(q["float_layers"]) and max(levels.values()) <= SATURATION_SAFE_LEVEL
+    assert set(levels).isdisjoint(q["float_layers"]) and max(levels.values(), default=0) <= SATURATION_SAFE_LEVEL
+
+
+# The default image tower's convs left int8 by the gate at the default --max-drop, measured 1 of
+# 49 (Sapphire Rapids): NNCF's activation quantizers outside the convs already cost most of the
+# gate's margin (every conv float: min cosine 0.9958, 48 float: 0.9957, against the 0.995 floor).
+OV_INT8_IMAGE_FLOOR = 1
 
 
 @pytest.mark.slow
 def test_default_model_image_int8_keeps_a_float_prefix_chosen_by_the_gate(tmp_path, capsys):
     """The CNN tower's int8 IR (real EfficientNet-Lite0 weights, real photos): the gate keeps the
     first k convolutions float (depth order), the rest read their input through a FakeQuantize,
-    weights within 7 bits, parity passes; or, when no int8 candidate passes, the IR holds no
-    quantization at all and the manifest names every conv with why."""
+    weights within 7 bits, parity passes, and the summary's share is at least the measured floor."""
     out = tmp_path / "out"
     code = main(["export", "--target", "openvino", "--precision", "int8", "--components", "image",
                  "--out", str(out), "-q"])
@@ -262,11 +276,10 @@ def test_default_model_image_int8_keeps_a_float_prefix_chosen_by_the_gate(tmp_pa
     model = _read(out / art["path"])
     convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
     assert q["gate"]["ranked_layers"] == len(convs)
-    if q["whole_tower_float"]:  # no int8 candidate passed: the IR says so by holding none
-        assert not any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-        assert set(q["float_layers"]) == {op.get_friendly_name() for op in convs}
-        return
     k = q["float_layer_count"]
+    assert art["compression"] == {"compressed_layers": len(convs) - k, "compressible_layers": len(convs),
+                                  "float_fallback": False}
+    assert len(convs) - k >= OV_INT8_IMAGE_FLOOR
     assert list(q["float_layers"]) == [op.get_friendly_name() for op in convs[:k]]
     # A quantized conv reads its input through a FakeQuantize; the float prefix does not.
     fed_by_fq = [op.input_value(0).get_node().get_type_name() == "FakeQuantize" for op in convs]
