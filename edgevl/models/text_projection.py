@@ -59,12 +59,14 @@ def _polar(m: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
-def fit_isometry(x: np.ndarray, targets: np.ndarray, fit_on: Sequence[int] | None = None) -> np.ndarray:
+def fit_isometry(
+    x: np.ndarray, targets: np.ndarray, fit_on: Sequence[int] | None = None, steps: int = REFINE_STEPS,
+) -> np.ndarray:
     """The semi-orthogonal map M [in, out] (M^T M = I) sending prompt embeddings to class vectors.
 
     `x` [templates, classes, in] are the prompt embeddings, `targets` [classes, out] the
     normalised class vectors (the same for every template); fits on the templates `fit_on` (all
-    when None). Prompt i's class scores are `x_i @ M @ targets.T`.
+    when None), with `steps` refinement steps. Prompt i's class scores are `x_i @ M @ targets.T`.
     """
     xs = x if fit_on is None else x[list(fit_on)]
     n_templates, n_classes, width = xs.shape
@@ -73,7 +75,7 @@ def fit_isometry(x: np.ndarray, targets: np.ndarray, fit_on: Sequence[int] | Non
     m = _polar(xs.sum(0).T @ targets)
     flat = xs.reshape(-1, width)
     rows, labels = np.arange(flat.shape[0]), np.tile(np.arange(n_classes), n_templates)
-    for _ in range(REFINE_STEPS):
+    for _ in range(steps):
         logits = LOGIT_SCALE * (flat @ (m @ targets.T))
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
@@ -90,14 +92,14 @@ def retrieval_accuracy(x: np.ndarray, m: np.ndarray, targets: np.ndarray) -> flo
     return float((scores.argmax(-1) == np.arange(x.shape[1])).mean())
 
 
-def heldout_accuracy(x: np.ndarray, targets: np.ndarray) -> float:
+def heldout_accuracy(x: np.ndarray, targets: np.ndarray, steps: int = REFINE_STEPS) -> float:
     """Leave one template out: the mean over templates of the retrieval accuracy of that
     template's prompts under the map fitted on the other templates."""
     n_templates = x.shape[0]
     if n_templates < 2:
         raise ValueError("need at least 2 prompt templates to hold one out")
     return float(np.mean([
-        retrieval_accuracy(x[held : held + 1], fit_isometry(x, targets, [t for t in range(n_templates) if t != held]),
+        retrieval_accuracy(x[held : held + 1], fit_isometry(x, targets, [t for t in range(n_templates) if t != held], steps),
                            targets)
         for held in range(n_templates)
     ]))
