@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from edgevl import __version__
+from edgevl.version import __version__
 from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS
 from edgevl.errors import InputError, ModelLoadError, NothingCompressedError, OutputWriteError, ParityError
 from edgevl.exporters.base import (
