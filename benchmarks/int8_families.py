@@ -23,6 +23,11 @@ from typing import Callable
 
 import numpy as np
 
+from edgevl.tolerances import tolerance_for as _tolerance_for  # noqa: E402
+
+# The parity row whose cosine floor decides which zero-shot picks are ties (parity.tie_bands).
+INT8_FLOOR = _tolerance_for("onnx", "int8").cosine_min
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -110,13 +115,13 @@ def tower(spec: "object", component: str, tmp: Path, rounds: int, iters: int, lo
     fp32 = onnx.load(str(fp32_path))
     n_linear = len(linear_nodes(prepare(fp32)[0]))
     feeds = bundled().feeds(spec, component)
-    judge = gate_data(spec, component, ort_run(fp32), split="parity")
+    judge = gate_data(spec, component, ort_run(fp32), INT8_FLOOR, split="parity")
 
     onnx_models: dict[str, object] = {"ORT fp32": fp32}
     notes: dict[str, dict] = {"ORT fp32": {"int8_layers": 0}}
     log(f"{component}: edgevl int8 (default config, gated) ...")
     t0 = time.perf_counter()
-    gate = Q.build_gate_data(spec, component, fp32)
+    gate = Q.build_gate_data(spec, component, fp32, INT8_FLOOR)
     config = Q.default_config("int8", fp32, max_drop=0.01)
     floor = gate_cosine_floor(tolerance_for("onnx", "int8").cosine_min)  # what `edgevl export` asks of the gate
     model, recipe, _ = Q.quantize_model(fp32, config, feeds, component, gate, floor, progress=log)
@@ -174,8 +179,8 @@ def markdown(report: dict) -> str:
             lines.append("")
     lines += ["ratio = latency / fp32 latency on the same runtime in the same run (ORT rows against ORT fp32, "
               "NNCF against OpenVINO fp32), 2 threads, best of interleaved rounds. Cosine and agreement against "
-              "the fp32 ONNX artifact on the held-out parity split; top1_agreement is tie-aware (picks within 1e-3 of "
-              "the reference best agree), strict beside it. int8_layers for ORT's quantizer: every MatMul/Gemm it was given."]
+              "the fp32 ONNX artifact on the held-out parity split; top1_agreement is tie-aware (a pick within its "
+              "tie band at the int8 row's cosine floor agrees, edgevl.parity.tie_bands), strict beside it. int8_layers for ORT's quantizer: every MatMul/Gemm it was given."]
     return "\n".join(lines) + "\n"
 
 

@@ -73,7 +73,7 @@ def markdown(report: dict) -> str:
             lines += ["", *verdicts(t["rows"], component), ""]
     lines += ["Latency in ms, best of interleaved rounds (the machine is shared; compare rows within one table). "
               "Cosine and agreement against the PyTorch reference on the held-out parity split; "
-              "top1_agreement is tie-aware (picks within 1e-3 of the reference best agree), strict beside it. "
+              "top1_agreement is tie-aware (a pick within its tie band at the int8 row's cosine floor agrees, edgevl.parity.tie_bands), strict beside it. "
               "Peers' towers are cut out of their two-tower graphs. OpenVINO peers run with OpenVINO's defaults, "
               "edgevl's OpenVINO artifacts with their manifest's runtime options. ORT `quantize_dynamic` is given "
               "MatMul/Gemm only (its dynamic ConvInteger path is not what users ship), so on a convolutional tower "

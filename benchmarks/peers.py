@@ -32,6 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevl.tolerances import tolerance_for as _tolerance_for  # noqa: E402
+
+# The parity row whose cosine floor decides which zero-shot picks are ties (parity.tie_bands).
+INT8_FLOOR = _tolerance_for("onnx", "int8").cosine_min
+
 from int8_families import RESULTS, best_seconds, vitb32_checkpoint
 from peer_report import markdown, machine_info
 from peer_towers import Tower, extract_onnx_tower, hf_clip_eager, ort_tower, ov_sub_model, ov_tower, torch_tower
@@ -163,7 +168,7 @@ def measure_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     for component in ("image", "text"):
         log(f"{name} {component}: loading rows")
         tower = spec.tower(component)
-        judge = gate_data(spec, component, tower.forward_numpy, split="parity")
+        judge = gate_data(spec, component, tower.forward_numpy, INT8_FLOOR, split="parity")
         fp32_onnx = tmp / f"{name}-{component}.fp32.onnx"
         export_tower_onnx(tower, fp32_onnx)
         calib = bundled().feeds(spec, component, limit=64)

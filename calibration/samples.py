@@ -41,6 +41,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from edgevl.calibration.class_names import split_class_prompts
+
 SPLITS = ("calibration", "gate", "parity")
 PROMPT_TEMPLATE = "a photo of a {}."
 # The gate split also reads its labels in these phrasings: the gate judges a candidate by its
@@ -336,7 +338,15 @@ def bundled_split(split: str, max_photos: int | None = None) -> ParitySet:
 
 
 def _extra_texts(split: str, labels: list[str]) -> list[str]:
-    return [template.format(label) for template in GATE_TEMPLATES for label in labels] if split == "gate" else []
+    """The texts a split reads beside its captions: its third of the class-name prompts, and for
+    the gate its labels in `GATE_TEMPLATES`."""
+    gate = [template.format(label) for template in GATE_TEMPLATES for label in labels] if split == "gate" else []
+    return gate + class_prompts(split)
+
+
+def class_prompts(split: str) -> list[str]:
+    """This split's third of the ImageNet class-name prompts (`class_names.split_class_prompts`)."""
+    return split_class_prompts(split, SPLITS, PROMPT_TEMPLATE, frozenset(row.label for row in _ROWS))
 
 
 def bundled_parity_set(max_photos: int | None = None) -> ParitySet:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, NoReturn, Optional, Sequence
 
 from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS
+from edgevl.compress.ort_graph import ONNX_FLAVORS
 
 MODEL_HELP = {
     "effnet-minilm": "embedded default: EfficientNet-Lite0 image tower + all-MiniLM-L6-v2 text tower, "
@@ -105,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty unless --force)")
     export.add_argument("--force", action="store_true", help="replace an output folder that holds an earlier edgevl export (never a folder of other files)")
     export.add_argument("--components", type=_csv, default=("image", "text"), help="towers to export; default: image,text")
-    export.add_argument("--onnx-flavor", choices=("standard", "ort"), default="standard",
-                        help="ONNX attention op: standard `Attention` (opset 23) or ORT's com.microsoft.MultiHeadAttention")
+    export.add_argument("--onnx-flavor", choices=ONNX_FLAVORS, default="standard",
+                        help="standard (default): ai.onnx ops only, attention as `Attention` (opset 23), int8 as "
+                             "MatMulInteger or QuantizeLinear/DequantizeLinear, int8w/int4w as blocked DequantizeLinear + MatMul; ort: may "
+                             "hold ONNX Runtime's com.microsoft ops (MultiHeadAttention, QAttention, "
+                             "EmbedLayerNormalization, MatMulNBits, GatherBlockQuantized)")
     export.add_argument("--coreml-input", choices=("image", "tensor"), default="image",
                         help="Core ML image tower input: a Core ML image (RGB 0-255, normalisation folded in) "
                              "or the normalised float tensor; default: image")

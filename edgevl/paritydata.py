@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from edgevl.models.spec import Component, ModelSpec, random_token_feeds
-from edgevl.parity import ParityResult, agreement, check_parity, zero_shot_scores
+from edgevl.parity import Agreement, ParityResult, agreement, check_parity, tie_bands, zero_shot_scores
 from edgevl.preprocess import preprocess_images
 from edgevl.tolerances import Tolerance
 
@@ -126,14 +126,28 @@ def verify_outputs(
     data: ParityData, component: Component, candidate: np.ndarray, tolerance: Tolerance, output_name: str
 ) -> ParityResult:
     """Figures for one tower's artifact output, including zero-shot agreement against the
-    reference of the other tower."""
-    ref_images, ref_texts = data.reference["image"], data.reference["text"]
-    ref_prompts = ref_texts[-data.n_prompts :]
-    expected = zero_shot_scores(ref_images, ref_prompts)
+    reference of the other tower (ties judged at the row's cosine floor, `parity.tie_bands`)."""
     top1 = None
     if candidate.shape == data.reference[component].shape:
-        if component == "image":
-            top1 = agreement(expected, zero_shot_scores(candidate, ref_prompts))
-        else:
-            top1 = agreement(expected, zero_shot_scores(ref_images, candidate[-data.n_prompts :]))
+        top1 = zero_shot_agreement(data, component, data.reference[component], candidate, tolerance.cosine_min)
     return check_parity(data.reference[component], candidate, tolerance, top1, output_name)
+
+
+def zero_shot_agreement(
+    data: ParityData, component: Component, reference: np.ndarray, candidate: np.ndarray, cosine_floor: float
+) -> Optional[Agreement]:
+    """Agreement of `candidate` (this tower's outputs on `data`) with `reference` (the same
+    tower's outputs that it is judged against): the photos rank the label prompts, the other
+    tower's side taken from the PyTorch reference. None when the towers' widths differ (no
+    zero-shot task) or there are no label prompts. The parity check and the accuracy gate both
+    judge through this function, so the gate measures exactly what parity will."""
+    n = data.n_prompts
+    if n == 0 or data.reference["image"].shape[-1] != data.reference["text"].shape[-1]:
+        return None
+    if component == "image":
+        prompts = data.reference["text"][-n:]
+        bands = tie_bands(reference, prompts, cosine_floor, moved="queries")
+        return agreement(zero_shot_scores(reference, prompts), zero_shot_scores(candidate, prompts), bands)
+    images = data.reference["image"]
+    bands = tie_bands(images, reference[-n:], cosine_floor, moved="labels")
+    return agreement(zero_shot_scores(images, reference[-n:]), zero_shot_scores(images, candidate[-n:]), bands)

@@ -3,12 +3,14 @@
 Float artifacts must reproduce the reference; quantized ones are judged by cosine, SQNR and
 zero-shot agreement, never by allclose. `max_abs` None means "reported, not gated".
 
-`top1_agreement` gates the TIE-AWARE zero-shot agreement (`edgevl.parity.agreement`: a pick whose
-reference score is within `parity.TIE_MARGIN` of the reference's best counts as agreeing). The
-strict agreement (identical picks) is reported beside it in the manifest
-(`top1_agreement_strict`), the progress lines and the CLI summary, and is not gated. Both are
-measured on the held-out parity split (`edgevl/calibration/samples.py`), which int8 calibration
-and the int8 accuracy gate never see. For quantized precisions `--max-drop` is the agreement drop
+`top1_agreement` gates the TIE-AWARE zero-shot agreement (`edgevl.parity.agreement`): a pick
+counts as agreeing when it is the reference's, or a label whose reference score trails the best
+by less than the row's own cosine floor is likely to move it (`parity.tie_bands`: three standard
+deviations of the change an error of that size in a random direction makes). The strict
+agreement (identical picks) and the number of decisive queries are reported beside it in the
+manifest (`top1_agreement_strict`, `decisive_queries`), and are not gated. All are measured on
+the held-out parity split (`edgevl/calibration/samples.py`), which int8 calibration and the int8
+accuracy gate never see; the gate judges its own split through the same function. For quantized precisions `--max-drop` is the agreement drop
 the user accepts: it can loosen the agreement floor (never the cosine floor), and the gate asks
 for at least as much on its own split.
 """

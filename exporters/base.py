@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS, check_cpu_isa
+from edgevl.compress.ort_graph import ONNX_FLAVORS
 from edgevl.errors import InputError, MissingBackendError, UnfusedAttentionError
 from edgevl.models.spec import Component, ModelSpec
 
-ONNX_FLAVORS = ("standard", "ort")
 COREML_INPUTS = ("image", "tensor")
 # TensorRT attention: the IAttention-ready standard op, or a plugin node for TensorRT < 10.14.
 TRT_ATTENTION = ("native", "plugin")

@@ -245,12 +245,13 @@ def quantize_int8(
         with quiet(*OV_LOGGERS):
             return nncf.quantize(model.clone(), nncf.Dataset(samples), subset_size=len(samples), **kwargs, **scope)
 
-    gate = gate_data(spec, tower.component, compiled_run(model, names))
+    parity_floor = tolerance_for("openvino", "int8").cosine_min
+    gate = gate_data(spec, tower.component, compiled_run(model, names), parity_floor)
     # NNCF also quantizes activations outside the ranked layers (residual adds, pooling), so
     # the unquantized IR is the last candidate.
     result = run_gate(
         [name for name, _ in ranked], build, lambda m: compiled_run(m, names), gate,
-        gate_cosine_floor(tolerance_for("openvino", "int8").cosine_min), settings.max_drop, tower.component,
+        gate_cosine_floor(parity_floor), settings.max_drop, tower.component,
         lambda name, rank: f"kept float by the accuracy gate (rank {rank}: {why[name]})",
         progress, whole_float=model.clone,
     )

@@ -66,8 +66,8 @@ def int8_graph(spec: ModelSpec, component: Component, fp32: "object", options: E
 
     calib = resolve_calibration(options.calibration)  # no quantize_ plan applies here (refused)
     feeds = calib.feeds(spec, component, limit=64)
-    gate = build_gate_data(spec, component, fp32)
     parity_floor = tolerance_for("tensorrt", "int8").cosine_min
+    gate = build_gate_data(spec, component, fp32, parity_floor)
     model, report = gated_int8(fp32, feeds, gate, parity_floor, options.max_drop, component, options.progress)
     report["calibration"] = calib.describe()
     return model, report

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from edgevl.compress.gate_data import Feeds, GateData  # noqa: F401  (GateData r
 from edgevl.compress.handlers import QuantContext
 from edgevl.compress.ort_graph import session
 from edgevl.errors import ParityError
+
+if TYPE_CHECKING:
+    from edgevl.parity import Agreement
 
 RunFn = Callable[[Feeds], np.ndarray]
 
@@ -45,38 +48,27 @@ def ort_run(model: "object") -> RunFn:
     return lambda feeds: sess.run(None, feeds)[0]
 
 
-def gate_data(spec: "object", component: str, run_fp32: RunFn, split: str = "gate") -> GateData:
+def gate_data(spec: "object", component: str, run_fp32: RunFn, cosine_floor: float, split: str = "gate") -> GateData:
     """Gate data for `component`; `run_fp32` (the fp32 artifact on its own runtime) gives the
-    reference, so the gate measures what quantization changed and nothing else. Which inputs
+    reference, so the gate measures what quantization changed and nothing else; `cosine_floor`
+    is the parity row's, which decides the zero-shot ties exactly as parity will. Which inputs
     the gate sees is decided here only: the gate split, disjoint from calibration and parity
     (`split="parity"` gives the same figures on the held-out split, for reports)."""
-    from edgevl.parity import agreement
-    from edgevl.paritydata import build_parity_data, run_batched
+    from edgevl.paritydata import build_parity_data, run_batched, zero_shot_agreement
 
     data = build_parity_data(spec, split=split)
     feeds = data.feeds(component)
     reference = run_batched(run_fp32, feeds)
-    n_prompts = data.n_prompts
     fn = None
-    # Agreement is judged as the parity check judges it (paritydata.verify_outputs): on the
-    # label prompts, or on the random-id texts of a checkpoint without a tokenizer.
-    comparable = n_prompts > 0 and data.reference["image"].shape[-1] == data.reference["text"].shape[-1]
-    if component == "text" and comparable:
-        images = data.reference["image"].astype(np.float64)
-
-        def fn(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
-            return agreement(images @ ref[-n_prompts:].T, images @ cand[-n_prompts:].T)
-    elif component == "image" and comparable:
-        prompts = data.reference["text"][-n_prompts:].astype(np.float64)
-
-        def fn(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
-            return agreement(ref @ prompts.T, cand @ prompts.T)
+    if zero_shot_agreement(data, component, reference, reference, cosine_floor) is not None:
+        def fn(ref: np.ndarray, cand: np.ndarray) -> "Agreement":
+            return zero_shot_agreement(data, component, ref, cand, cosine_floor)
     return GateData(feeds, reference, fn, int(reference.shape[0]))
 
 
-def build_gate_data(spec: "object", component: str, fp32_model: "object") -> GateData:
+def build_gate_data(spec: "object", component: str, fp32_model: "object", cosine_floor: float) -> GateData:
     """Gate data with an fp32 ONNX graph (run on ONNX Runtime) as the reference."""
-    return gate_data(spec, component, ort_run(fp32_model))
+    return gate_data(spec, component, ort_run(fp32_model), cosine_floor)
 
 
 def measure(gate: GateData, model: "object") -> dict:
@@ -93,7 +85,7 @@ def figures_of(gate: GateData, out: np.ndarray) -> dict:
     gate's reference: the same figures whichever runtime produced `out`."""
     from edgevl.parity import cosine_per_row, sqnr_db
 
-    figures: dict[str, Any] = {"top1_agreement": None, "top1_agreement_strict": None}
+    figures: dict[str, Any] = {"top1_agreement": None, "top1_agreement_strict": None, "decisive_queries": None}
     if not np.all(np.isfinite(out)):
         # NaN/Inf outputs fail the gate; -1 is the lowest cosine and stays valid JSON.
         return {**figures, "cosine_min": -1.0, "cosine_mean": -1.0, "sqnr_db": None,
@@ -102,8 +94,9 @@ def figures_of(gate: GateData, out: np.ndarray) -> dict:
     figures.update(cosine_min=round(float(cos.min()), 6), cosine_mean=round(float(cos.mean()), 6),
                    sqnr_db=round(float(sqnr_db(gate.reference, out)), 2))
     if gate.agreement_fn is not None:
-        tie, strict = gate.agreement_fn(gate.reference, out)
-        figures["top1_agreement"], figures["top1_agreement_strict"] = round(tie, 4), round(strict, 4)
+        found = gate.agreement_fn(gate.reference, out)
+        figures.update(top1_agreement=round(found.tie_aware, 4), top1_agreement_strict=round(found.strict, 4),
+                       decisive_queries=found.decisive)
     return figures
 
 

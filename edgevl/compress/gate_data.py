@@ -8,9 +8,12 @@ it without importing the gate, and the gate can take that context: imports go ga
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgevl.parity import Agreement
 
 Feeds = dict[str, np.ndarray]
 
@@ -18,9 +21,9 @@ Feeds = dict[str, np.ndarray]
 @dataclass
 class GateData:
     """The gate's inputs for one tower, the fp32 artifact's outputs on them, and the zero-shot
-    agreement function `(reference, candidate) -> (tie-aware, strict)` (None: not defined)."""
+    agreement function `(reference, candidate) -> parity.Agreement` (None: not defined)."""
 
     feeds: Feeds
     reference: np.ndarray
-    agreement_fn: Optional[Callable[[np.ndarray, np.ndarray], tuple[float, float]]]
+    agreement_fn: Optional[Callable[[np.ndarray, np.ndarray], "Agreement"]]
     n_samples: int

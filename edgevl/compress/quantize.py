@@ -79,8 +79,8 @@ def quantize_onnx_artifact(
         notes.append("no --calib given: calibrated on the bundled real samples")
     t0 = time.perf_counter()
     feeds = calib.feeds(spec, component, limit=getattr(config, "calib_limit", 64))
-    gate = build_gate_data(spec, component, fp32)
     tol = tolerance_for("onnx", precision)
+    gate = build_gate_data(spec, component, fp32, tol.cosine_min)
     qmodel, recipe, info = quantize_model(
         fp32, config, feeds, component, gate, gate_cosine_floor(tol.cosine_min), calib.describe(), progress, flavor
     )

@@ -21,13 +21,16 @@ TEMPERATURE = 0.05
 
 
 def word_tokenizer(folder: Path, bos: int, eos: int, pad: int, size: int) -> None:
-    """Save a word-level tokenizer over the bundled captions and prompts (ids below `size`, the
+    """Save a word-level tokenizer over the bundled photos' captions and prompts (ids below `size`, the
     special ids as given) into `folder`, so the text tower reads real sentences of real lengths."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    from edgevl.calibration.samples import SPLITS, split_texts
+    from edgevl.calibration.samples import SPLITS, class_prompts, split_texts
 
-    words = sorted({w for split in SPLITS for t in split_texts(split) for w in t.lower().replace(".", " ").split()})
+    # The photos' own texts only: the ImageNet class prompts the splits also hold would crowd
+    # them out of the vocabulary, and training never reads them.
+    texts = [t for split in SPLITS for t in split_texts(split) if t not in set(class_prompts(split))]
+    words = sorted({w for t in texts for w in t.lower().replace(".", " ").split()})
     vocab = {"<unk>": 0, "<pad>": pad, **{w: i + 2 for i, w in enumerate(words[: size - 2])}}
     vocab.update({"<bos>": bos, "<eos>": eos})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

@@ -124,28 +124,10 @@ def _assert_saturation_safe(quant: dict, path: Path) -> None:
     assert sat["outputs_differing_without_vnni"] == 0
 
 
-# The default text tower cannot be int8 today: its fitted projection multiplies the int8 error
-# (/work/shared/ENVIRONMENT.md), so even at a loose --max-drop the gate keeps every layer float.
-# Without --allow-float-fallback that is a refused export (exit 3); with it, a float tower that
-# says so. Both runs search the same gate, so they also show its tries are reproducible.
-INT8_TEXT = ["export", "--precision", "int8", "--components", "text", "--max-drop", "0.05", "-q"]
-
-
-@pytest.fixture(scope="module")
-def int8_text_float_fallback(tmp_path_factory) -> tuple[Path, str]:
-    """The default text tower at int8 with --allow-float-fallback: (export folder, stdout)."""
-    out = tmp_path_factory.mktemp("int8") / "out"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        assert main([*INT8_TEXT, "--allow-float-fallback", "--out", str(out)]) == 0
-    return out, stdout.getvalue()
-
-
 def test_exports_are_reproducible(default_export, tmp_path):
     """The same inputs give byte-identical artifacts: nothing that shapes an artifact depends on
     timing, on run-to-run state or on the other targets of the command (fp32 both towers: an
-    ONNX-only export against the session's ONNX+OpenVINO one; the int8 gate's tries are compared
-    across two runs by the refusal test below)."""
+    ONNX-only export against the session's ONNX+OpenVINO one)."""
     def digests(out: Path) -> dict:
         manifest = json.loads((out / "manifest.json").read_text())
         return {(a["precision"], a["component"]): a["sha256"] for a in _onnx(manifest)}
@@ -155,56 +137,37 @@ def test_exports_are_reproducible(default_export, tmp_path):
     assert digests(again / "fp32") == digests(default_export)
 
 
-def test_int8_text_tower_that_stays_float_is_refused(int8_text_float_fallback, tmp_path, capsys):
-    """Without the opt-in, an int8 export whose gate kept every layer float fails with exit 3 and
-    one line naming the tower, the best int8 candidate's figures and what to try; nothing is
-    written. The figures equal those the opt-in run's manifest recorded (the same gate tries)."""
-    out = tmp_path / "refused"
-    assert main([*INT8_TEXT, "--out", str(out)]) == 3
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("edgevl: error: onnx int8 text tower: ")
-    assert "kept all 37 compressible layers float" in err and "would be a float tower named int8" in err
-    for fix in ("--max-drop", "--precision int8w", "--allow-float-fallback"):
-        assert fix in err, err
-    assert not out.exists() and not list(tmp_path.iterdir()), "a refused export wrote something"
-    art = json.loads((int8_text_float_fallback[0] / "manifest.json").read_text())["artifacts"][0]
-    gate = art["passes"]["quantization"]["gate"]
-    tries = [t for t in gate["tried"] if isinstance(t["float_layers"], int) and t["float_layers"] < gate["ranked_layers"]]
-    best = max(tries, key=lambda t: t["cosine_min"])
-    assert (f"best int8 candidate {best['float_layers']} of {gate['ranked_layers']} ranked layers float: "
-            f"min cosine {best['cosine_min']:.4f}, top-1 agreement {best['top1_agreement']:.4f}") in err
+# Measured floors on the share of compressed layers (the measured shares are in the README's
+# compression section); the 7-bit default weights give every x86 CPU the same numbers, and the
+# floors leave room for the gate's bisection to land a step or two away.
+INT8_TEXT_FLOOR = 30
 
 
-def test_int8_text_tower_float_fallback_ships_float_and_says_so(int8_text_float_fallback):
-    """--allow-float-fallback: the float tower ships under the int8 name because the user asked,
-    and the summary line, the manifest and the graph all say it holds no int8 layer: every
-    candidate with an int8 layer failed on the gate split, each float layer is named with why."""
-    out, stdout = int8_text_float_fallback
+def test_int8_text_tower_is_int8(tmp_path):
+    """The MiniLM tower at `--precision int8` (default --max-drop): most of its 37 MatMuls int8
+    (MatMulInteger, ai.onnx ops only in the standard flavour), attention still fused, parity on
+    the held-out split's hundreds of texts, calibrated and gated on other data."""
+    out = tmp_path / "int8-text"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["export", "--precision", "int8", "--components", "text", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     art = manifest["artifacts"][0]
     quant = art["passes"]["quantization"]
-    assert art["compression"] == {"compressed_layers": 0, "compressible_layers": 37, "float_fallback": True}
-    line = next(line for line in stdout.splitlines() if line.startswith(art["path"]))
-    assert "text onnx int8 0/37 layers (float fallback" in line and "attention fused 6/6" in line
-    assert line.endswith("verified by the target's runtime")
-    assert art["precision"] == "int8" and art["parity"]["passed"] and art["parity"]["cosine_min"] >= 0.99
+    assert quant["gate"]["passed"] and quant["quantized_layers"] >= INT8_TEXT_FLOOR
+    assert art["compression"] == {"compressed_layers": quant["quantized_layers"], "compressible_layers": 37,
+                                  "float_fallback": False}
+    line = next(line for line in stdout.getvalue().splitlines() if line.startswith(art["path"]))
+    assert f"text onnx int8 {quant['quantized_layers']}/37 layers" in line and "attention fused 6/6" in line
+    assert art["parity"]["passed"] and art["parity"]["cosine_min"] >= 0.99 and art["parity"]["n_samples"] >= 200
     assert (art["fused_attention"], art["unfused_attention"]) == (6, 0)
-    # Calibrated on the calibration split, gated on the gate split: neither is the parity split.
     recorded = manifest["data_splits"]["calibration"]
     assert (quant["calibration"]["images"], quant["calibration"]["texts"]) == (recorded["images"], recorded["texts"])
-    gate = quant["gate"]
-    assert gate["passed"] and quant["quantized_layers"] == 0
-    assert all(not t["passed"] for t in gate["tried"] if t["float_layers"] != gate["ranked_layers"])
-    assert len(quant["float_layers"]) == 37 and all(v["why"] for v in quant["float_layers"].values())
-    assert any("bundled real samples" in n for n in quant["notes"])
-    ops = Counter(n.op_type for n in onnx.load(str(out / art["path"])).graph.node)
-    # Every layer float: the fp32 graph's 37 MatMuls and 6 standard Attention ops, no int8 op.
-    assert ops["Attention"] == 6 and ops["MatMul"] == 37
-    assert not {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"} & set(ops)
-    recipe = json.loads((out / "onnx" / "int8" / "text_encoder.int8.recipe.json").read_text())
-    assert recipe["layers"] == {} and set(recipe["float_layers"]) == set(quant["float_layers"])
-    assert not list((out / "onnx" / "int8").glob(".*fp32*")), "the intermediate fp32 graph was left behind"
-    assert quant["saturation"]["int8_gemms"] == 0 and not _int8_weights(out / art["path"])
+    graph = onnx.load(str(out / art["path"])).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["Attention"] == 6 and ops["MatMulInteger"] == quant["quantized_layers"]
+    assert {n.domain for n in graph.node} <= {"", "ai.onnx"}, "the standard flavour holds ai.onnx ops only"
+    _assert_saturation_safe(quant, out / art["path"])
 
 
 INT8_IMAGE_FLOOR = 10

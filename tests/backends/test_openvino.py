@@ -219,21 +219,22 @@ def test_missing_sdk_is_one_line_naming_the_extra(module, precision, tiny_clip_d
     assert not list(tmp_path.glob("*.xml"))
 
 
-# The default text tower's layers left int8 by the gate at --max-drop 0.05, measured 1 of 43
-# (Sapphire Rapids; 42 float: gate min cosine 0.9975, 41 float: 0.9901 against the 0.995 floor).
-# Its fitted projection multiplies the int8 error; a tower the gate left with none would be
-# refused (exit 3), which tests/unit/test_bad_input.py shows on a tiny tower.
-OV_INT8_TEXT_FLOOR = 1
+# The default text tower's layers left int8 by the gate at the default --max-drop: measured 31 of
+# 43 (Sapphire Rapids; the gate's tries are in the manifest). The floor leaves room for the
+# bisection to land a few steps away on another CPU; 7-bit weights make the figures the same on
+# every x86 CPU, and a tower the gate left with none would be refused (exit 3,
+# tests/unit/test_bad_input.py).
+OV_INT8_TEXT_FLOOR = 25
 
 
 @pytest.mark.slow
 def test_default_model_text_tower_fp32_and_int8(tmp_path, capsys):
     """The embedded default model's MiniLM tower (real weights): 6/6 SDPA, fp32 exact, int8
     through the accuracy gate with 7-bit weights and at least the measured share of its ranked
-    layers int8, which the summary line shows, parity passing on real captions."""
+    layers int8, which the summary line shows, parity passing on the held-out split's texts."""
     out = tmp_path / "out"
     code = main(["export", "--target", "openvino", "--precision", "fp32,int8", "--components", "text",
-                 "--max-drop", "0.05", "--out", str(out), "-q"])
+                 "--out", str(out), "-q"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     arts = {a["precision"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
@@ -243,7 +244,7 @@ def test_default_model_text_tower_fp32_and_int8(tmp_path, capsys):
         assert art["parity"]["passed"]
     assert arts["fp32"]["parity"]["cosine_min"] >= 0.9999 and "compression" not in arts["fp32"]
     q = arts["int8"]["passes"]["quantization"]
-    _check_gate(q, max_drop=0.05)
+    _check_gate(q)
     # Ranked: the 37 weighted MatMuls and the 6 attention ops (NNCF quantizes their Q and K inputs).
     assert arts["int8"]["parity"]["cosine_min"] >= 0.99 and q["gate"]["ranked_layers"] == 37 + 6
     share = arts["int8"]["compression"]

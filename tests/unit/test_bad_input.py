@@ -168,12 +168,16 @@ def test_parity_failure_exits_3_and_publishes_only_when_asked(tiny_clip_dir, tmp
 
 
 def test_int8_that_compresses_no_layer_exits_3_unless_the_float_fallback_is_allowed(tiny_clip_dir, tmp_path, capsys):
-    """The tiny random CLIP's text tower at OpenVINO int8: the gate keeps all 15 ranked layers
-    float (its best int8 candidate reached min cosine 0.986 against the gate's 0.995, measured).
-    Refused with exit 3 before parity, one line, nothing written (--keep-failed too); with
-    --allow-float-fallback it ships and the summary says 0/15 and why."""
+    """The tiny random CLIP's text tower at OpenVINO int8, calibrated on one one-word text (data
+    unlike what it will see): the gate keeps all 15 ranked layers float (its best int8 candidate
+    reached min cosine 0.974 against the gate's 0.995, measured). Refused with exit 3 before
+    parity, one line, nothing written (--keep-failed too); with --allow-float-fallback it ships
+    and the summary says 0/15 and why."""
     pytest.importorskip("nncf")
-    args = [str(tiny_clip_dir), "--target", "openvino", "--precision", "int8", "--components", "text"]
+    calib = tmp_path / "one-text.jsonl"
+    calib.write_text(json.dumps({"text": "a"}) + "\n")
+    args = [str(tiny_clip_dir), "--target", "openvino", "--precision", "int8", "--components", "text",
+            "--calib", str(calib)]
     for extra in ([], ["--keep-failed"]):
         code, err = _run([*args, *extra, "--out", str(tmp_path / "out")], capsys)
         assert code == 3

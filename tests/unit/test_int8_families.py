@@ -19,8 +19,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from edgevl.compress import quantize as Q  # noqa: E402
 from edgevl.compress.gate import gate_loop, measure  # noqa: E402
 from edgevl.errors import ParityError  # noqa: E402
+from edgevl.tolerances import tolerance_for  # noqa: E402
 
 FAMILIES = [("clip", "image"), ("clip", "text"), ("siglip", "image"), ("siglip", "text")]
+
+INT8_FLOOR = tolerance_for("onnx", "int8").cosine_min
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def towers(tiny_clip_dir, tiny_siglip_dir, tmp_path_factory):
             export_tower_onnx(spec.tower(component), path)
             fp32 = onnx.load(str(path))
             feeds = load_calibration(None).feeds(spec, component, limit=16)
-            built[(family, component)] = (spec, fp32, feeds, Q.build_gate_data(spec, component, fp32))
+            built[(family, component)] = (spec, fp32, feeds, Q.build_gate_data(spec, component, fp32, INT8_FLOOR))
         return built[(family, component)]
 
     return get
