@@ -137,8 +137,8 @@ def test_exports_are_reproducible(default_export, tmp_path):
     assert digests(again / "fp32") == digests(default_export)
 
 
-# Measured floors on the share of compressed layers (the measured shares are in the README's
-# compression section); the 7-bit default weights give every x86 CPU the same numbers, and the
+# Measured floors on the share of compressed layers (the measured shares are in
+# docs/compression-and-gate.md); the 7-bit default weights give every x86 CPU the same numbers, and the
 # floors leave room for the gate's bisection to land a step or two away.
 INT8_TEXT_FLOOR = 30
 
