@@ -6,13 +6,13 @@ Splits (a photo belongs to exactly one):
 * ``calibration``: what int8 observes when no ``--calib`` is given (its photos' views, its
   captions, its label prompts and the everyday captions in `EXTRA_CAPTIONS`).
 * ``gate``: what the int8 accuracy gate measures on when it decides which layers stay float.
-* ``parity``: held out; it only judges the finished artifact. It keeps the photos the README
-  quotes (chelsea = cat, coffee, rocket, astronaut).
+* ``parity``: held out; it only judges the finished artifact. It keeps the photos the docs
+  quote (chelsea = cat, coffee, rocket, astronaut).
 
 Like the parity split, the gate holds photos whose best two labels lie close together (the
 stairs and the portrait): the gate must see the kind of data the verdict is given on, or it
-passes int8 candidates that flip near-tie picks on the held-out photos (README, "Parity on real
-data"). Both splits' agreement is tie-aware.
+passes int8 candidates that flip near-tie picks on the held-out photos (docs/data-splits.md).
+Both splits' agreement is tie-aware.
 
 The splits are disjoint by source file (content hash), by caption, and by label: every photo has
 its own label, and each of the gate and parity splits measures zero-shot agreement over the label

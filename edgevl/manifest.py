@@ -1,4 +1,4 @@
-"""manifest.json: the contract users' pipelines read (schema in README.md, "Manifest")."""
+"""manifest.json: the contract users' pipelines read (schema in docs/manifest.md)."""
 
 from __future__ import annotations
 

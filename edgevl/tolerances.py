@@ -43,7 +43,7 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("openvino", "fp32"): _FP32,
     ("openvino", "fp16"): _HALF,
     # bf16 keeps 8 mantissa bits: looser than fp16, and zero-shot picks whose reference margins
-    # are tiny flip (the README's OpenVINO section has the default model's figures).
+    # are tiny flip (docs/openvino.md has the default model's figures).
     ("openvino", "bf16"): Tolerance(cosine_min=0.99, top1_agreement=0.95, sqnr_db=18.0),
     ("openvino", "int8"): _INT8,
     ("openvino", "int8w"): _WEIGHT_ONLY_INT8,

@@ -49,7 +49,7 @@ PALETTE_GROUP = 16
 # row with 16-value tables everywhere and is fine-tuned, the layers with the most damage per
 # weight get 64-value (6-bit) tables while the estimated size stays within it. 4 bits everywhere
 # is 0.25 plus the tables and the layers that stay fp16; 0.3 leaves room for the widest layers
-# that do most damage (the README's Core ML section has the default text tower's figures).
+# that do most damage (docs/coreml.md has the default text tower's figures).
 PALETTE_SIZE_BUDGET = 0.3
 WIDE_BITS = 6
 

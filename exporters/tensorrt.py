@@ -135,7 +135,7 @@ class TensorRTExporter(Exporter):
             save_checked(plugin_graph, plugin_path)
             plugin_name = plugin_path.name
             files.append(plugin_path)
-            passes["plugin"] = {"file": plugin_name, "rewritten": rewritten,
+            passes["plugin"] = {"file": str(plugin_path), "rewritten": rewritten,
                                 "plugin_nodes": count_plugin_nodes(plugin_graph, PLUGINS),
                                 "plugins": [f"{p.namespace}::{p.name} v{p.version}" for p in PLUGINS]}
         profile = profiles(tower, spec.preprocess.context_length, options.static_shapes)
@@ -143,7 +143,7 @@ class TensorRTExporter(Exporter):
         script, lines = write_script(out_dir, path.name, engine_name, profile, plugin_name)
         files.append(script)
         passes["profiles"] = profile
-        passes["trtexec"] = {"script": script.name, **lines}
+        passes["trtexec"] = {"script": str(script), **lines}
         notes = [f"tensorrt attention: {options.trt_attention}"]
         if precision == "int8" and not passes["quantization"]["quantized_layers"]:
             notes.append(f"{component} tower: the accuracy gate kept every layer float; this artifact computes in float")
@@ -151,7 +151,7 @@ class TensorRTExporter(Exporter):
             engine = build_engine(path, out_dir / engine_name, profile)
             files.append(engine)
             runtime_options["engine"] = engine.name
-            passes["engine"] = engine.name
+            passes["engine"] = str(engine)
         else:
             passes["engine"] = None
             notes.append(NO_TENSORRT)

@@ -35,7 +35,7 @@ QMAX = 127
 QUANTIZED_OPS = ("MatMul", "Conv")
 # The gate's cosine floor asks for this fraction of the parity floor's distance to 1: half for
 # transformer towers (compress/gate.py's GATE_COSINE_MARGIN), a quarter for convolutional ones,
-# whose symmetric int8 lost more between the gate split and held-out photos (README).
+# whose symmetric int8 lost more between the gate split and held-out photos (docs/tensorrt.md).
 CONV_GATE_MARGIN = 0.25
 
 
@@ -185,7 +185,7 @@ def gated_int8(
     conv_tower = is_conv_tower(model)
     # Min-max ranges for transformer towers (modelopt's default); MSE-fitted ranges for
     # convolutional ones, where min-max lost more on the default model's EfficientNet-Lite0 at
-    # the same float prefix (README, TensorRT section).
+    # the same float prefix (docs/tensorrt.md).
     observer = "mse" if conv_tower else "minmax"
     cosine_min = (round(1.0 - CONV_GATE_MARGIN * (1.0 - parity_cosine_min), 6) if conv_tower
                   else gate_cosine_floor(parity_cosine_min))

@@ -163,7 +163,7 @@ class DynamicW8A8Config(CalibratedInt8Config):
     projections packed with its attention into one op that ORT runs as `QAttention`, the BERT
     embedding fused into `EmbedLayerNormalization`. The default for `--precision int8` on ONNX.
 
-    Why this scheme, with figures: benchmarks/results/onnx_int8.md and the README.
+    Why this scheme, with figures: benchmarks/results/onnx_int8.md and docs/compression-and-gate.md.
     Calibration sets the SmoothQuant factors, the GPTQ rounding and the gate's layer ranking.
 
     Attributes:

@@ -1,7 +1,7 @@
 """Palettization-aware fine-tuning: the tower relearns around its 4-bit palettes.
 
 Plain k-means palettes (16 values per group of channels) cost a small text tower like MiniLM
-much of its embedding's accuracy (the README's Core ML section has the default model's figures):
+much of its embedding's accuracy (docs/coreml.md has the default model's figures):
 4-bit weights without training hold up on large models only. So, as in Deep Compression (Han et
 al., ICLR 2016: shared centroids fine-tuned after clustering) and in quantization-aware training:
 

@@ -1,5 +1,5 @@
 """`edgevl profile DIR`: latency, memory, FLOPs and accuracy of every artifact of an export, side by
-side, against this machine's measured GEMM peak (schema of profile.json in README.md, "Profile").
+side, against this machine's measured GEMM peak (schema of profile.json in docs/profile.md).
 
 Modules: machine (CPU facts and the cached GEMM peak; probe_graphs: the probe's ONNX graphs),
 flops (FLOPs counted from a graph), inputs (the feeds an artifact is timed on), timing (timed runs
