@@ -212,7 +212,7 @@ def run_export(
                 d = data.describe()
                 details.append(f"{d['images']} real images, {d['texts']} texts: {d['text_source']}")
             manifest.extra["parity_set"] = data.describe()
-            manifest.extra["data_splits"] = data_splits(calibration)
+            manifest.extra["data_splits"] = data_splits(calibration, spec, tuple(request.components))
             manifest.extra["preprocess"] = "preprocess.json"
             if spec.tokenizer_files:
                 manifest.extra["tokenizer"] = "tokenizer"
@@ -299,18 +299,32 @@ def _check_compressed(exporter: Exporter, artifact: ExportedArtifact, compressio
     )
 
 
-def data_splits(calibration: "Optional[object]") -> dict:
+def data_splits(calibration: "Optional[object]", spec: Optional[ModelSpec] = None,
+                components: tuple[str, ...] = ()) -> dict:
     """The manifest's record of the three disjoint data splits: what int8 calibrates on (the
     user's `--calib` data when given, else the bundled calibration split), what the int8 accuracy
     gate measures on, and the held-out parity split every artifact is judged on. Each holds its
-    source, photo / image / text counts and a content hash."""
+    source, photo / image / text counts and a content hash. Without `--calib`, a tower of `spec`
+    whose `quantize_` plan carries its own data calibrates on that instead, at the plan's
+    precision: `quantize_calibration` records it per tower."""
+    from edgevl.calibration.datasets import load_calibration
     from edgevl.calibration.samples import split_record
 
-    return {
+    splits = {
         "calibration": calibration.record() if calibration is not None else split_record("calibration"),
         "gate": split_record("gate"),
         "parity": split_record("parity"),
     }
+    if calibration is None and spec is not None:
+        planned = {}
+        for component in components:
+            tower = spec.tower(component)
+            config, data = getattr(tower, "quant_config", None), getattr(tower, "calibration", None)
+            if config is not None and data is not None:
+                planned[component] = {"precision": config.precision, **load_calibration(data).record()}
+        if planned:
+            splits["quantize_calibration"] = planned
+    return splits
 
 
 def _os_reason(exc: OSError) -> str:

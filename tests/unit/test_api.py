@@ -126,3 +126,27 @@ def test_targets_line_names_the_verification_this_machine_runs(monkeypatch):
     assert "interpreter" not in CoreMLExporter().verification
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     assert "reference interpreter here" in CoreMLExporter().verification
+
+
+def test_manifest_records_the_calibration_data_quantize_was_given(tiny_clip_dir):
+    """Without --calib, a tower whose quantize_ plan carries data calibrates on it: the
+    manifest's data_splits say so per tower (the bundled split stays recorded for the rest)."""
+    from edgevl.calibration.samples import split_record
+    from edgevl.compress.quantize import W8A8Config
+    from edgevl.pipeline import data_splits
+
+    spec = edgevl.load(str(tiny_clip_dir))
+    edgevl.quantize_(spec, W8A8Config(), calib=PLAN_TEXTS, components=["text"])
+    splits = data_splits(None, spec, ("image", "text"))
+    assert splits["calibration"] == split_record("calibration")
+    planned = splits["quantize_calibration"]
+    assert set(planned) == {"text"} and planned["text"]["precision"] == "int8"
+    assert (planned["text"]["source"], planned["text"]["texts"]) == ("texts given in code", len(PLAN_TEXTS))
+    assert "quantize_calibration" not in data_splits(_given(), spec, ("text",))  # --calib wins
+
+
+def _given():
+    """The same texts as --calib gives them."""
+    from edgevl.calibration.datasets import load_calibration
+
+    return load_calibration(PLAN_TEXTS)
