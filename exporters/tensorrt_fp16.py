@@ -1,20 +1,27 @@
-"""edgevl's fp16 pass for TensorRT: a strongly typed fp16 graph, with the nodes that must stay
-fp32 found by measurement.
+"""edgevl's fp16 pass for TensorRT: a strongly typed fp16 graph written by ONNX Runtime's
+converter (`onnxruntime.transformers.float16.convert_float_to_float16`), with the nodes that must
+stay fp32 found by edgevl's own measurement.
 
 nvidia-modelopt's `modelopt.onnx.autocast` does this job in NVIDIA's tool chain, but installing
-`nvidia-modelopt[onnx]` replaces onnx and onnxruntime with older builds (onnxruntime-gpu), so
-edgevl has its own pass:
+`nvidia-modelopt[onnx]` replaces onnx and onnxruntime with older builds (onnxruntime-gpu).
 
 1. The fp32 graph runs on ONNX Runtime over the gate split (never the parity split) with every
    float tensor as an output; each node's peak |value| over its float inputs and outputs is
    recorded (an attention mask input is left out: the pass casts it with saturation, below).
-2. Every node whose peak exceeds fp16's range (65504) stays fp32; every other node computes in
-   fp16: fp16 weights, fp16 activations, `Cast` nodes where an fp32 node meets an fp16 one. A
-   cast into fp16 from a tensor whose measured peak overflows fp16 saturates first (`Clip` to
-   +-65504): an additive attention mask filled with float32's minimum becomes -65504, not -inf.
-3. Graph inputs and outputs stay fp32 (a Cast right after each float input and before each
-   output), so feeding the engine is the same at every precision.
-4. The graph runs on the gate split; if it misses the fp16 tolerance row, nodes with the largest
+2. Every node whose peak exceeds fp16's range (65504) goes into the converter's
+   `node_block_list` and stays fp32; the op types of its default `op_block_list` (ops such as
+   Upsample, TopK, Range, CumSum) stay fp32 too; every other node computes in fp16, with fp16
+   weights (clamped to +-65504) and `Cast` nodes where fp32 meets fp16. The converter knows no op
+   by name beyond its lists, so opset-23 `Attention` converts like any other node (its float
+   inputs, mask included, become fp16).
+3. Three fixes after the converter: it writes fp32 -> fp16 -> fp32 between two blocked nodes,
+   which turns an overflowing value into inf, so the second node reads the fp32 tensor; a cast
+   into fp16 from a tensor whose measured peak overflows saturates first (`Clip` to +-65504: an
+   additive attention mask filled with float32's minimum becomes -65504, not -inf); its casts
+   are appended after the graph, so the nodes are sorted again for the ONNX checker.
+4. Graph inputs and outputs stay fp32 (`keep_io_types`), so feeding the engine is the same at
+   every precision.
+5. The graph runs on the gate split; if it misses the fp16 tolerance row, nodes with the largest
    peaks stay fp32 too, at thresholds `fp16_guard.ESCALATION` below the range, then every node.
 """
 
@@ -27,8 +34,6 @@ import numpy as np
 from edgevl.exporters.fp16_guard import FP16_MAX, MAX_LISTED, THRESHOLDS, guard_reason, peak
 
 FLOAT, FLOAT16 = 1, 10
-# Inputs that ONNX types as float32 only, whatever the node computes in.
-FP32_ONLY_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
 MASK_INPUT = {"Attention": 3}
 
 
@@ -79,82 +84,65 @@ def node_peaks(model: "object", peaks: dict[str, float]) -> dict[str, float]:
 
 
 def convert_fp16(model: "object", keep_fp32: set[str], peaks: dict[str, float]) -> tuple["object", dict]:
-    """A copy of `model` computing in fp16 except the nodes named in `keep_fp32`; returns it and
-    the counts (casts inserted, saturating casts, nodes in fp16 / fp32)."""
+    """A copy of `model` computing in fp16 except the nodes named in `keep_fp32` and those of the
+    converter's default `op_block_list`; returns it and the counts (casts inserted, saturating
+    casts, nodes in fp16 / fp32, the nodes its op types kept fp32)."""
     import onnx
     from onnx import helper, numpy_helper
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    floats = float_tensors(model)
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    inits = {i.name: i for i in model.graph.initializer}
-    half: set[str] = set()  # float tensors that are fp16 in the new graph
-    casts: dict[tuple[str, int], str] = {}
-    new_inits: dict[str, "object"] = {}
-    nodes: list = []
-    counts = {"casts": 0, "saturating_casts": 0, "fp16_nodes": 0, "fp32_nodes": 0}
+    blocked = {n.name for n in model.graph.node if n.name in keep_fp32 or n.op_type in DEFAULT_OP_BLOCK_LIST}
+    casts_before = sum(n.op_type == "Cast" for n in model.graph.node)
+    graph_floats = {i.name for i in model.graph.input if i.type.tensor_type.elem_type == FLOAT}
+    half = convert_float_to_float16(onnx.ModelProto.FromString(model.SerializeToString()), keep_io_types=True,
+                                    op_block_list=DEFAULT_OP_BLOCK_LIST, node_block_list=sorted(blocked))
+    graph = half.graph
 
-    def cast(tensor: str, to: int) -> str:
-        key = (tensor, to)
-        if key in casts:
-            return casts[key]
-        if to == FLOAT and tensor in inits:
-            return tensor
-        if to == FLOAT16 and tensor in inits:
-            name = f"{tensor}__fp16"
-            if name not in new_inits:
-                value = np.clip(numpy_helper.to_array(inits[tensor]), -FP16_MAX, FP16_MAX).astype(np.float16)
-                new_inits[name] = numpy_helper.from_array(value, name)
-            casts[key] = name
-            return name
-        source = tensor
-        if to == FLOAT16 and peaks.get(tensor, 0.0) > FP16_MAX:
-            lo, hi = f"{tensor}__fp16_lo", f"{tensor}__fp16_hi"
-            new_inits[lo] = numpy_helper.from_array(np.array(-FP16_MAX, np.float32), lo)
-            new_inits[hi] = numpy_helper.from_array(np.array(FP16_MAX, np.float32), hi)
-            source = f"{tensor}__saturated"
-            nodes.append(helper.make_node("Clip", [tensor, lo, hi], [source], name=f"{tensor}__saturate"))
-            counts["saturating_casts"] += 1
-        out = f"{tensor}__to_{'fp16' if to == FLOAT16 else 'fp32'}"
-        nodes.append(helper.make_node("Cast", [source], [out], to=to, name=out))
-        counts["casts"] += 1
-        casts[key] = out
-        return out
+    def cast_to(node: "object") -> int:
+        return next((a.i for a in node.attribute if a.name == "to"), 0) if node.op_type == "Cast" else 0
 
-    for node in model.graph.node:
-        fp16 = node.name not in keep_fp32
-        counts["fp16_nodes" if fp16 else "fp32_nodes"] += 1
-        fixed = FP32_ONLY_INPUTS.get(node.op_type, ())
-        for i, name in enumerate(node.input):
-            if name not in floats:
-                continue
-            want = FLOAT16 if fp16 and i not in fixed else FLOAT
-            is_half = name in half
-            if (want == FLOAT16) != is_half or (want == FLOAT16 and name in inits):
-                node.input[i] = cast(name, want)
-        if fp16:
-            half.update(o for o in node.output if o in floats)
-            for attr in node.attribute:
-                if node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT:
-                    attr.i = FLOAT16
-                if attr.name == "value" and attr.t.data_type == FLOAT:
-                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
-        nodes.append(node)
-    for out in model.graph.output:
-        if out.name in half:
-            inner = f"{out.name}__fp16_out"
-            for node in nodes:
-                node.output[:] = [inner if o == out.name else o for o in node.output]
-                node.input[:] = [inner if i == out.name else i for i in node.input]
-            nodes.append(helper.make_node("Cast", [inner], [out.name], to=FLOAT, name=f"{out.name}__to_fp32_out"))
-            counts["casts"] += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    del model.graph.value_info[:]
-    used = {i for n in nodes for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep + [v for k, v in new_inits.items() if k in used])
-    return model, counts
+    producer = {o: n for n in graph.node for o in n.output}
+    # The converter's casts into fp16 from a blocked node's fp32 output or a graph input.
+    to_half = {n.output[0]: n for n in graph.node if cast_to(n) == FLOAT16
+               and (n.input[0] in graph_floats or getattr(producer.get(n.input[0]), "name", None) in blocked)}
+    # Its casts back to fp32 for a blocked node read fp32 -> fp16 -> fp32 where the producer is
+    # blocked too (an overflowing value would become inf) and fp32 -> fp32 from an fp32 weight:
+    # the node reads the fp32 tensor instead (a graph output's cast reads it, fp32 -> fp32).
+    fp32_weights = {i.name for i in graph.initializer if i.data_type == FLOAT}
+    outputs = {o.name for o in graph.output}
+    rename = {}
+    for node in graph.node:
+        source = node.input[0] if node.input and node.input[0] in fp32_weights else None
+        source = to_half[node.input[0]].input[0] if node.input and node.input[0] in to_half else source
+        if cast_to(node) == FLOAT and source:
+            if node.output[0] in outputs:
+                node.input[0] = source
+            else:
+                rename[node.output[0]] = source
+    for node in graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+    used = {i for n in graph.node if n.output[0] not in rename for i in n.input} | outputs
+    keep = [n for n in graph.node if n.output[0] not in rename and not (n.output[0] in to_half and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(keep)
+    # A cast into fp16 from a tensor whose measured peak overflows saturates first.
+    saturating = 0
+    for node in graph.node:
+        out = node.output[0]
+        if out in to_half and max(peaks.get(out, 0.0), peaks.get(node.input[0], 0.0)) > FP16_MAX:
+            lo, hi = f"{out}__fp16_lo", f"{out}__fp16_hi"
+            graph.initializer.extend([numpy_helper.from_array(np.array(-FP16_MAX, np.float32), lo),
+                                      numpy_helper.from_array(np.array(FP16_MAX, np.float32), hi)])
+            graph.node.append(helper.make_node("Clip", [node.input[0], lo, hi], [f"{out}__saturated"], name=f"{out}__saturate"))
+            node.input[0] = f"{out}__saturated"
+            saturating += 1
+    del graph.value_info[:]
+    OnnxModel.graph_topological_sort(graph)
+    counts = {"casts": sum(n.op_type == "Cast" for n in graph.node) - casts_before, "saturating_casts": saturating,
+              "fp16_nodes": len(model.graph.node) - len(blocked), "fp32_nodes": len(blocked),
+              "kept_fp32_by_op_type": sorted(blocked - set(keep_fp32))[:MAX_LISTED]}
+    return half, counts
 
 
 def guarded_fp16(
@@ -173,7 +161,7 @@ def guarded_fp16(
             break
     overflow = sorted(n for n, p in by_node.items() if p > FP16_MAX)
     report = {
-        "pass": "edgevl (exporters/tensorrt_fp16.py)",
+        "pass": "onnxruntime.transformers.float16.convert_float_to_float16, node_block_list from edgevl's measurement",
         "kept_fp32": sorted(kept)[:MAX_LISTED],
         "kept_fp32_count": len(kept),
         "kept_fp32_ops": sorted({n.op_type for n in fp32.graph.node if n.name in kept}),
