@@ -92,7 +92,12 @@ def convert_fp16(model: "object", keep_fp32: set[str], peaks: dict[str, float]) 
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    blocked = {n.name for n in model.graph.node if n.name in keep_fp32 or n.op_type in DEFAULT_OP_BLOCK_LIST}
+    # Nodes the converter keeps fp32 by op type; one on integers only (a Range, a Max of sizes)
+    # computes no float either way and is not counted.
+    floats = float_tensors(model)
+    by_op_type = {n.name for n in model.graph.node if n.name not in keep_fp32 and n.op_type in DEFAULT_OP_BLOCK_LIST
+                  and any(t in floats for t in (*n.input, *n.output))}
+    blocked = set(keep_fp32) | by_op_type
     casts_before = sum(n.op_type == "Cast" for n in model.graph.node)
     graph_floats = {i.name for i in model.graph.input if i.type.tensor_type.elem_type == FLOAT}
     half = convert_float_to_float16(onnx.ModelProto.FromString(model.SerializeToString()), keep_io_types=True,
@@ -141,7 +146,7 @@ def convert_fp16(model: "object", keep_fp32: set[str], peaks: dict[str, float]) 
     OnnxModel.graph_topological_sort(graph)
     counts = {"casts": sum(n.op_type == "Cast" for n in graph.node) - casts_before, "saturating_casts": saturating,
               "fp16_nodes": len(model.graph.node) - len(blocked), "fp32_nodes": len(blocked),
-              "kept_fp32_by_op_type": sorted(blocked - set(keep_fp32))[:MAX_LISTED]}
+              "kept_fp32_by_op_type": sorted(by_op_type)[:MAX_LISTED]}
     return half, counts
 
 
