@@ -148,10 +148,13 @@ def export_tower_onnx(
 
 
 def pin_static_dims(path: Path, tower: TowerSpec, static: dict[str, int]) -> dict[str, int]:
-    """Fix the named dynamic axes of a saved graph's inputs and output to `static` sizes (what
-    onnxruntime's `make_dynamic_shape_fixed` tool does for NNAPI / Core ML); the graph computes
-    its inner shapes at run time, so it runs unchanged. Returns the sizes pinned."""
+    """Fix the named dynamic axes of a saved graph's inputs and output to `static` sizes with
+    onnxruntime's `make_dim_param_fixed` (the tool behind `make_dynamic_shape_fixed`): the axis's
+    symbol becomes the size wherever the graph names it, inner value_info included; an axis with
+    no symbol gets the size directly. The graph computes its inner shapes at run time, so it runs
+    unchanged. Returns the sizes pinned."""
     import onnx
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 
     model = onnx.load(str(path))
     sigs = {sig.name: sig for sig in (*tower.inputs, tower.output)}
@@ -163,8 +166,10 @@ def pin_static_dims(path: Path, tower: TowerSpec, static: dict[str, int]) -> dic
         for axis, name in enumerate(sig.shape):
             if isinstance(name, str) and name in static:
                 dim = value.type.tensor_type.shape.dim[axis]
-                dim.Clear()
-                dim.dim_value = static[name]
+                if dim.HasField("dim_param"):
+                    make_dim_param_fixed(model.graph, dim.dim_param, static[name])
+                else:
+                    dim.dim_value = static[name]
                 pinned[name] = static[name]
     save_checked(model, path)
     return pinned
