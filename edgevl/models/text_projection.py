@@ -1,7 +1,9 @@
 """The text projection of a dual encoder whose image space is a classifier's: a semi-orthogonal
 map (orthonormal columns, no bias) from sentence embeddings of prompts such as "a photo of a tabby
 cat." onto the directions of that class's normalised classifier row, over every class x every
-prompt template. Fitted once, deterministically (fixed order, float64), and cached.
+prompt template. Fitted deterministically (fixed order, float64); the default model's fit ships
+in the package (data/effnet-minilm-text-projection.safetensors, 1.9 MB: 1280 x 384 float32,
+rewritten by `python -m edgevl.models.text_projection`), other fits are cached on first load.
 
 Why semi-orthogonal: such a map preserves inner products, so the cosine between two sentence
 embeddings equals the cosine between their projections. A perturbation of the sentence embedding
@@ -155,9 +157,18 @@ def fit_text_projection(
     return m.T.copy(), np.zeros(m.shape[1]), info
 
 
-def _cache_path(
-    cache_dir: Path, name: str, class_names: Sequence[str], weight_files: Sequence[Path], context_length: int,
-) -> Path:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inputs_digest(class_names: Sequence[str], weight_files: Sequence[Path], context_length: int) -> str:
+    """The hash of everything the fit reads: the procedure (`FIT_VERSION`, templates, refinement
+    settings), the classes, the context length and the weight files' contents (sha256, ~0.1 s for
+    the default model's 110 MB). A shipped or cached projection is used only when it matches."""
     key = json.dumps(
         {
             "version": FIT_VERSION,
@@ -165,12 +176,58 @@ def _cache_path(
             "templates": list(PROMPT_TEMPLATES),
             "refine": [REFINE_STEPS, LOGIT_SCALE, STEP_SIZE],
             "context_length": context_length,
-            "weights": [[p.name, p.stat().st_size] for p in weight_files],
+            "weights": [[p.name, _sha256(p)] for p in weight_files],
         },
         sort_keys=True,
     )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir / f"{name}-text-projection-{digest}.safetensors"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def shipped_path(name: str) -> Path:
+    """Where model `name`'s fitted projection ships inside the package (edgevl/models/data/)."""
+    return Path(__file__).with_name("data") / f"{name}-text-projection.safetensors"
+
+
+def save_projection(path: Path, weight: np.ndarray, bias: np.ndarray, info: dict, digest: str) -> None:
+    """Write a fitted projection (float32) with the fit version and inputs' digest it was fitted
+    for; written beside `path`, then renamed, so readers never see a half-written file."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        # One metadata key: safetensors writes several in a per-process random order, and one
+        # keeps the file byte-identical from fit to fit.
+        fit = json.dumps({"fit_version": FIT_VERSION, "inputs": digest, "info": info}, sort_keys=True)
+        save_file({"weight": np.ascontiguousarray(weight, dtype=np.float32),
+                   "bias": np.ascontiguousarray(bias, dtype=np.float32)}, tmp, metadata={"fit": fit})
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache may be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_projection(path: Path, digest: str, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, dict] | None:
+    """(weight, bias, info) from `path` when it was fitted for `digest` at this `FIT_VERSION` and
+    fits `linear`'s shapes; None otherwise (missing, stale, foreign or unreadable)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            fit = json.loads((f.metadata() or {}).get("fit", "{}"))
+            if fit.get("fit_version") != FIT_VERSION or fit.get("inputs") != digest:
+                return None
+            weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+            info = fit.get("info", {})
+    except Exception:  # noqa: BLE001 - an unreadable file is refitted, never fatal
+        return None
+    if weight.shape != linear.weight.shape or bias.shape != linear.bias.shape:
+        return None
+    return weight, bias, info
 
 
 def load_or_fit_projection(
@@ -183,23 +240,18 @@ def load_or_fit_projection(
     name: str,
     context_length: int,
 ) -> dict:
-    """Set `tower.projection` from the cache under `cache_dir`, or fit it (`fit_text_projection`)
-    and cache it; returns the fit's info. The cache key covers the fit procedure, the classes,
-    the prompts, the context length and the weight files, so a change of any of them refits."""
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    path = _cache_path(cache_dir, name, class_names, weight_files, context_length)
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
-                info = json.loads((f.metadata() or {}).get("info", "{}"))
-            if weight.shape == tower.projection.weight.shape and bias.shape == tower.projection.bias.shape:
-                _set_projection(tower.projection, weight, bias)
-                return info
-        except Exception:  # noqa: BLE001 - a corrupt cache is refitted, never fatal
-            pass
+    """Set `tower.projection` and return the fit's info, from the first of: the projection shipped
+    in the package (`shipped_path(name)`), the cache under `cache_dir`, a fit
+    (`fit_text_projection`, then cached). Each file is used only when it was fitted for these
+    inputs (`inputs_digest`), so a change of procedure, classes, prompts, context length or
+    weights refits."""
+    digest = inputs_digest(class_names, weight_files, context_length)
+    path = cache_dir / f"{name}-text-projection-{digest}.safetensors"
+    for candidate in ([] if _SKIP_SHIPPED else [shipped_path(name)]) + [path]:
+        found = read_projection(candidate, digest, tower.projection)
+        if found is not None:
+            _set_projection(tower.projection, found[0], found[1])
+            return found[2]
     print(f"edgevl: {name}: fitting the text projection (one time; later loads read the cache)...",
           file=sys.stderr, flush=True)
     w, b, info = fit_text_projection(tower, tokenize, class_names, class_vectors)
@@ -207,17 +259,7 @@ def load_or_fit_projection(
     bias = np.ascontiguousarray(b, dtype=np.float32)
     _set_projection(tower.projection, torch.from_numpy(weight), torch.from_numpy(bias))
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Write beside the target, then rename: readers never see a half-written file.
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"weight": weight, "bias": bias}, tmp, metadata={"info": json.dumps(info)})
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache may be shared
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_projection(path, weight, bias, info, digest)
     except OSError as exc:
         print(f"edgevl: {name}: could not cache the projection in {cache_dir} ({exc})", file=sys.stderr)
     return info
@@ -227,3 +269,47 @@ def _set_projection(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor)
     with torch.no_grad():
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
+
+
+# Set while `refit` runs: the loader then skips the shipped file and fits.
+_SKIP_SHIPPED = False
+
+
+def refit(model: str, cache_dir: Path) -> Path:
+    """Fit `model`'s projection from scratch through its own loader, as a user without the shipped
+    file would, into `cache_dir`; returns the written file (the form `shipped_path` holds)."""
+    global _SKIP_SHIPPED
+    from edgevl.models.resolve import resolve_model
+    from edgevl.models.spec import LoadOptions
+
+    _SKIP_SHIPPED = True
+    try:
+        resolve_model(model, LoadOptions(cache_dir=cache_dir))
+    finally:
+        _SKIP_SHIPPED = False
+    written = sorted(Path(cache_dir).glob(f"{model}-text-projection-*.safetensors"))
+    if len(written) != 1:
+        raise RuntimeError(f"refitting {model} wrote {len(written)} projection files in {cache_dir}, expected 1")
+    return written[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m edgevl.models.text_projection [MODEL]`: refit MODEL's projection (default
+    effnet-minilm; minutes on 2 cores) and write it where the package ships it."""
+    import argparse
+    import shutil
+
+    from edgevl.models import text_projection as module  # the instance the loader imports, not __main__
+
+    parser = argparse.ArgumentParser(prog="python -m edgevl.models.text_projection", description=main.__doc__)
+    parser.add_argument("model", nargs="?", default="effnet-minilm", help="registered model name (default: %(default)s)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        fitted = module.refit(args.model, Path(tmp))
+        shutil.copyfile(fitted, shipped_path(args.model))
+    print(f"wrote {shipped_path(args.model)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
