@@ -28,6 +28,7 @@ from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS, check_cpu_isa
 from edgevl.compress.ort_graph import ONNX_FLAVORS
 from edgevl.errors import InputError, MissingBackendError, UnfusedAttentionError
 from edgevl.models.spec import Component, ModelSpec
+from edgevl.models.quiet import quiet_transformers
 
 COREML_INPUTS = ("image", "tensor")
 # TensorRT attention: the IAttention-ready standard op, or a plugin node for TensorRT < 10.14.
@@ -186,7 +187,8 @@ class Exporter(ABC):
             )
         self.check_available(options.precision)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return self._export(spec, component, out_dir, options)
+        with quiet_transformers():  # converters that walk the model trip transformers' warnings
+            return self._export(spec, component, out_dir, options)
 
     def describe(self, artifact: ExportedArtifact) -> "ArtifactFacts":
         """What the pipeline records beside `artifact` without knowing the target: its compressed

@@ -150,15 +150,14 @@ def _check_safetensors(path: Path) -> None:
 
 def load_model(folder: Path, model_type: str, weights: Path, is_pickle: bool):  # noqa: ANN201 - a transformers model
     """The checkpoint as its transformers class on edgevl's attention, in eval mode; refused when a
-    weight is missing, mis-shaped or not finite."""
+    weight is missing, mis-shaped or not finite. Callers load through `resolve_model`, which keeps
+    transformers quiet meanwhile (edgevl.models.quiet)."""
     import torch
     import transformers
 
     from edgevl.ops.attention import ATTN_IMPLEMENTATION, register_with_transformers
 
     register_with_transformers()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
     cls = getattr(transformers, SUPPORTED[model_type])
     try:
         if is_pickle:

@@ -9,6 +9,7 @@ from typing import Optional
 
 from edgevl.errors import ModelLoadError
 from edgevl.models.spec import LoadOptions, ModelSpec
+from edgevl.models.quiet import quiet_transformers
 from edgevl.registry import MODELS
 
 DEFAULT_MODEL = "effnet-minilm"
@@ -26,7 +27,12 @@ def check_model_name(name_or_path: Optional[str]) -> None:
 
 def resolve_model(name_or_path: Optional[str], options: LoadOptions) -> ModelSpec:
     """A registered name (None: the default model), or a folder: one `edgevl distill` wrote or a
-    Hugging Face checkpoint."""
+    Hugging Face checkpoint. transformers draws no bar and logs no warning while it loads."""
+    with quiet_transformers():
+        return _resolve_model(name_or_path, options)
+
+
+def _resolve_model(name_or_path: Optional[str], options: LoadOptions) -> ModelSpec:
     check_model_name(name_or_path)
     if name_or_path is None:
         return MODELS.get(DEFAULT_MODEL)(None, options)
