@@ -28,16 +28,25 @@ def add_distill_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--heldout", default=None,
                    help="evaluation images never trained on: bundled-parity or fashion-mnist-test[:N]; default: by --data")
     p.add_argument("--out", type=Path, required=True, help="output folder (new or empty, or an earlier run with --resume)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=32, help="global image batch (split across processes)")
-    p.add_argument("--text-batch", type=int, default=32, help="extra corpus texts per step (global)")
-    p.add_argument("--views", type=int, default=2, help="augmented views per training image")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--feature-kind", choices=("cosine", "mse"), default="cosine")
-    p.add_argument("--text-corpus", choices=("data", "data+imagenet"), default="data+imagenet")
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--steps", type=int, default=200,
+                   help="optimizer steps, half feature distillation then half joint alignment; default: 200")
+    p.add_argument("--batch", type=int, default=32, help="global image batch, split across processes; default: 32")
+    p.add_argument("--text-batch", type=int, default=32, help="extra corpus texts per step (global; feature distillation only); default: 32")
+    p.add_argument("--views", type=int, default=2, help="augmented views per training image (their teacher embeddings are cached); default: 2")
+    p.add_argument("--lr", type=float, default=2e-3,
+                   help="AdamW learning rate (linear warm-up, then cosine decay); default: 2e-3")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the student's initial weights, the augmented views and each step's batch; default: 0")
+    p.add_argument("--feature-kind", choices=("cosine", "mse"), default="cosine",
+                   help="feature-distillation loss: 1 - cosine, or squared distance of the unit embeddings; "
+                   "default: cosine")
+    p.add_argument("--text-corpus", choices=("data", "data+imagenet"), default="data+imagenet",
+                   help="texts the text tower learns from: the data's own, or also the 1000 ImageNet class prompts "
+                   "and everyday captions; default: data+imagenet")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="steps between checkpoints under OUT/checkpoints (0: only at the end); default: 50")
+    p.add_argument("--eval-every", type=int, default=50,
+                   help="steps between held-out evaluations (0: only at the end); default: 50")
     p.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,12 +122,33 @@ def _tokens(spec: ModelSpec, texts: list[str]) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def _teacher_embeddings(teacher: ModelSpec, images: list, texts: list[str], chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    image_out = [teacher.image.module(pixel_values=torch.from_numpy(preprocess_images(images[i:i + chunk], teacher.preprocess)))
-                 for i in range(0, len(images), chunk)]
+def _teacher_embeddings(teacher: ModelSpec, images: list, texts: list[str], chunk: int = 32,
+                        log: Callable[[str], None] = lambda m: None, what: str = "",
+                        every: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher image and text embeddings, `chunk` inputs at a time; a progress line through `log`
+    at most every `every` seconds and one at the end (this runs for minutes on a CPU)."""
+    total, done, start = len(images) + len(texts), 0, time.perf_counter()
+    last = start
+
+    def tick(n: int) -> None:
+        nonlocal done, last
+        done += n
+        now = time.perf_counter()
+        if now - last >= every or done == total:
+            last = now
+            left = (now - start) * (total - done) / done
+            log(f"teacher embeddings{what}: {done}/{total} images+texts, {now - start:.0f} s"
+                + (f", ~{left:.0f} s left" if done < total else ""))
+
+    image_out, text_out = [], []
+    for i in range(0, len(images), chunk):
+        pixels = torch.from_numpy(preprocess_images(images[i:i + chunk], teacher.preprocess))
+        image_out.append(teacher.image.module(pixel_values=pixels))
+        tick(len(pixels))
     feeds = teacher.tokenize(texts)
-    text_out = [teacher.text.module(**{k: torch.from_numpy(v[i:i + chunk]) for k, v in feeds.items()})
-                for i in range(0, len(texts), chunk)]
+    for i in range(0, len(texts), chunk):
+        text_out.append(teacher.text.module(**{k: torch.from_numpy(v[i:i + chunk]) for k, v in feeds.items()}))
+        tick(len(text_out[-1]))
     return torch.cat(image_out).float(), torch.cat(text_out).float()
 
 
@@ -154,8 +176,8 @@ def build_data(teacher: ModelSpec, source: Source, heldout: HeldOut, resolution:
     else:
         log(f"teacher embeddings: running the teacher on {len(view_images)} views, {len(texts)} texts, "
             f"{len(heldout.images)} held-out images")
-        timg, ttxt = _teacher_embeddings(teacher, view_images, texts)
-        himg, htxt = _teacher_embeddings(teacher, heldout.images, heldout.prompts)
+        timg, ttxt = _teacher_embeddings(teacher, view_images, texts, log=log)
+        himg, htxt = _teacher_embeddings(teacher, heldout.images, heldout.prompts, log=log, what=" (held out)")
         cached = {"image": timg, "text": ttxt, "heldout_image": himg, "heldout_text": htxt}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
