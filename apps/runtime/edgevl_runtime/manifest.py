@@ -114,6 +114,21 @@ def artifacts(folder: Path, data: dict) -> list[Artifact]:
     return found
 
 
+def other_targets(data: dict) -> list[str]:
+    """'target/precision/component' of each manifest entry this library does not run (Core ML,
+    TensorRT, ...), so a message can say they are there and why they are not used."""
+    return sorted({f"{e.get('target')}/{e.get('precision')}/{e.get('component')}" for e in data["artifacts"]
+                   if isinstance(e, dict) and e.get("target") not in TARGET_RUNTIME})
+
+
+def not_run_here(others: list[str]) -> str:
+    """The clause a message adds for `other_targets`: empty when there are none."""
+    if not others:
+        return ""
+    return (f"; {', '.join(others)} {'is' if len(others) == 1 else 'are'} for other apps "
+            f"(edgevl-runtime runs {' and '.join(TARGET_RUNTIME)} artifacts)")
+
+
 def _inside(folder: Path, relative: str) -> Path:
     # Lexical containment: an artifact may be a symlink to shared storage, but the manifest may
     # not name a path that climbs out of the folder.
@@ -134,23 +149,22 @@ def check_files(artifact: Artifact, verify_sha256: bool = True) -> None:
         )
 
 
-def choose(found: list[Artifact], component: str, runtime: str, precision: Optional[str]) -> Artifact:
+def choose(found: list[Artifact], component: str, runtime: str, precision: Optional[str],
+           others: Optional[list[str]] = None) -> Artifact:
     """The artifact `component` runs from on `runtime`: the precision asked for, or else the best
     verified one (run by its runtime at export time and passed parity; highest min cosine, then
-    the smallest)."""
+    the smallest). `others` (`other_targets`) are named in the message when nothing fits."""
     mine = [a for a in found if a.component == component and a.runtime == runtime]
     available = sorted({f"{a.runtime}/{a.precision}" for a in found if a.component == component})
+    has = f"it has: {', '.join(available)}" if available else f"it has no {component} artifact edgevl-runtime runs"
+    elsewhere = not_run_here([o for o in others or [] if o.endswith(f"/{component}")])
     if precision is not None:
         for artifact in mine:
             if artifact.precision == precision:
                 return artifact
-        raise NoArtifact(
-            f"the export has no {component} artifact for {runtime}/{precision}; it has: {', '.join(available) or 'none'}"
-        )
+        raise NoArtifact(f"the export has no {component} artifact for {runtime}/{precision}; {has}{elsewhere}")
     trusted = [a for a in mine if a.trusted]
     if not trusted:
-        raise NoArtifact(
-            f"the export has no verified {component} artifact for {runtime}; it has: "
-            f"{', '.join(available) or 'none'} (ask for a precision to run an unverified one)"
-        )
+        hint = " (ask for a precision to run an unverified one)" if mine else ""
+        raise NoArtifact(f"the export has no verified {component} artifact for {runtime}; {has}{hint}{elsewhere}")
     return max(trusted, key=lambda a: (a.cosine_min, -a.size))

@@ -11,8 +11,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from edgevl_runtime.backends import Session, check_options, installed, load
-from edgevl_runtime.errors import BadInput, NoArtifact
-from edgevl_runtime.manifest import TARGET_RUNTIME, Artifact, artifacts, check_files, choose, read_manifest
+from edgevl_runtime.errors import BadInput, MissingRuntime, NoArtifact
+from edgevl_runtime.manifest import (RUNTIME_EXTRA, TARGET_RUNTIME, Artifact, artifacts, check_files, choose,
+                                     not_run_here, other_targets, read_manifest)
 from edgevl_runtime.preprocess import ImageLike, Preprocess, pixel_values
 from edgevl_runtime.tokenize import Tokenizer
 
@@ -32,10 +33,12 @@ class EdgeModel:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         found = artifacts(self.folder, self.manifest)
-        self.runtime = runtime or _pick_runtime(found, precision)
+        others = other_targets(self.manifest)
+        self.runtime = runtime or _pick_runtime(found, precision, others)
         if self.runtime not in RUNTIMES:
             raise BadInput(f"runtime {self.runtime!r} is not one of {', '.join(RUNTIMES)}")
-        self.artifacts: dict[str, Artifact] = {c: choose(found, c, self.runtime, precision) for c in COMPONENTS}
+        self.artifacts: dict[str, Artifact] = {c: choose(found, c, self.runtime, precision, others)
+                                               for c in COMPONENTS}
         for artifact in self.artifacts.values():
             check_files(artifact, verify_sha256)
             check_options(artifact, threads)
@@ -90,13 +93,31 @@ def _fit(values: np.ndarray, seq: int, pad: int) -> np.ndarray:
     return np.concatenate([values, np.full((values.shape[0], seq - values.shape[1]), pad, values.dtype)], axis=1)
 
 
-def _pick_runtime(found: list[Artifact], precision: Optional[str]) -> str:
-    for runtime in RUNTIMES:
-        has = {a.component for a in found if a.runtime == runtime and precision in (None, a.precision)}
-        if installed(runtime) and has >= set(COMPONENTS):
+def _pick_runtime(found: list[Artifact], precision: Optional[str], others: list[str]) -> str:
+    """The first installed runtime the export has both towers for (at `precision`); otherwise an
+    error naming what is missing: the runtime to install, the precision to pick, or artifacts
+    of a target this library does not run."""
+    def complete(runtime: str, at: Optional[str]) -> bool:
+        return {a.component for a in found if a.runtime == runtime and at in (None, a.precision)} >= set(COMPONENTS)
+
+    ready = [r for r in RUNTIMES if complete(r, precision)]
+    for runtime in ready:
+        if installed(runtime):
             return runtime
+    if ready:  # the export has what it takes; its runtime is not installed
+        extras = " or ".join(f"'edgevl-runtime[{RUNTIME_EXTRA[r]}]'" for r in ready)
+        raise MissingRuntime(
+            f"this export runs on {' or '.join(ready)}, which {'is' if len(ready) == 1 else 'are'} not installed; "
+            f"pip install {extras}"
+        )
+    at = f" at {precision}" if precision else ""
+    if not found:
+        fix = "; re-export with --target onnx or openvino" if others else "; re-export"
+        raise NoArtifact(f"the export has no artifact edgevl-runtime runs{not_run_here(others) or ''}{fix}")
     have = sorted({f"{a.runtime}/{a.precision}/{a.component}" for a in found})
+    whole = sorted({a.precision for a in found if complete(a.runtime, a.precision)})
+    fix = (f"pick --precision {' or '.join(whole)}" if whole
+           else "re-export with both towers (--components image,text)")
     raise NoArtifact(
-        f"no installed runtime has both towers{f' at {precision}' if precision else ''} in this export "
-        f"(it has: {', '.join(have) or 'none'}); install edgevl-runtime[onnx] or [openvino], or pick --precision"
+        f"no runtime has both towers{at} in this export (it has: {', '.join(have)}){not_run_here(others)}; {fix}"
     )
