@@ -60,6 +60,7 @@ EXPORTERS: Registry = Registry(
         "openvino": "edgevl.exporters.openvino",
         "coreml": "edgevl.exporters.coreml",
         "tensorrt": "edgevl.exporters.tensorrt",
+        "executorch": "edgevl.exporters.executorch",
     },
 )
 RUNTIMES: Registry = Registry(
@@ -69,6 +70,7 @@ RUNTIMES: Registry = Registry(
         "openvino": "edgevl.runtimes.openvino",
         "coreml": "edgevl.runtimes.coreml",
         "tensorrt": "edgevl.runtimes.tensorrt",
+        "executorch": "edgevl.runtimes.executorch",
     },
 )
 

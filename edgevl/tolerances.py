@@ -58,6 +58,9 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("tensorrt", "fp32"): _FP32,
     ("tensorrt", "fp16"): _HALF,
     ("tensorrt", "int8"): _INT8,
+    # ExecuTorch: the .pte run by ExecuTorch's runtime (XNNPACK delegate, portable kernels).
+    ("executorch", "fp32"): _FP32,
+    ("executorch", "int8"): _INT8,
 }
 
 

@@ -1,0 +1,163 @@
+"""ExecuTorch target: each tower becomes one `.pte` program delegated to XNNPACK (the CPU delegate
+ExecuTorch ships for Android, iOS and Linux), verified by ExecuTorch's own runtime bindings.
+
+Shapes: dynamic batch (1..16, ExecuTorch plans memory for the upper bound) and sequence (1..the
+context length) by default; `--static-shapes` fixes them. With dynamic shapes the reshapes around
+each attention block's matmuls carry symbolic sizes and run on portable kernels, so a block's
+arithmetic is delegated in pieces; with static shapes XNNPACK takes each block whole. The
+manifest's `passes.lowering.attention` says which, per block (`executorch_lower` has the why).
+A block whose arithmetic lands on portable kernels is refused as an unfused block is elsewhere.
+
+Precisions:
+    fp32   float weights and activations.
+    int8   PT2E with XNNPACK's quantizer: symmetric per-channel int8 weights, per-tensor int8
+           activations, calibrated on the calibration split; attention's matmuls stay float
+           (edgevl's attention op is opaque to the quantizer). The accuracy gate judges the
+           WHOLE-tower candidate only (one PT2E pass and one lowering per candidate make the
+           layer-by-layer search too costly); when it fails the tower would ship float, which
+           is refused (exit 3) unless --allow-float-fallback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgevl.errors import ExportError
+from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, quiet, refuse_unfused
+from edgevl.manifest import ArtifactFacts, Compression, best_gate_try
+from edgevl.models.spec import Component, ModelSpec
+from edgevl.registry import register_exporter
+
+_LOGGERS = ("executorch", "torch.export", "torchao", "torch._export")
+# Calibration samples for PT2E observers (one forward each).
+CALIBRATION_SAMPLES = 64
+
+
+@register_exporter("executorch")
+class ExecuTorchExporter(Exporter):
+    name = "executorch"
+    requires = ("executorch", "torchao")
+    extra = "executorch"
+    precisions = ("fp32", "int8")
+    runtime = "executorch"
+
+    def _export(
+        self, spec: ModelSpec, component: Component, out_dir: Path, options: ExportOptions
+    ) -> ExportedArtifact:
+        from edgevl.exporters.executorch_lower import example_and_shapes, lower
+        from edgevl.ops.attention import attention_blocks, unrouted_blocks
+
+        precision = options.precision
+        tower = spec.tower(component)
+        module = tower.module.eval()
+        context = spec.preprocess.context_length
+        examples, dynamic, shapes = example_and_shapes(tower, context, options.static_shapes)
+        blocks = attention_blocks(module)
+        unrouted = unrouted_blocks(module, lambda: module(**examples))
+        refuse_unfused(component, len(unrouted), unrouted, len(blocks), options.allow_unfused,
+                       "edgevl's attention op (lowered to XNNPACK)")
+
+        try:
+            with quiet(*_LOGGERS):
+                program, lowering = lower(module, examples, dynamic)
+        except Exception as exc:  # export and lowering raise many types; one clear line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"ExecuTorch export of the {component} tower failed: {first}") from exc
+        passes: dict[str, Any] = {"attention_blocks": len(blocks), "shapes": shapes,
+                                  "dynamic": dynamic is not None, "lowering": lowering}
+        if precision == "int8":
+            program, passes["lowering"], passes["quantization"] = self._int8(spec, tower, module, examples, dynamic,
+                                                                            program, lowering, options)
+        # Refused like an unfused block: attention arithmetic that runs outside the delegate.
+        attn = passes["lowering"]["attention"]
+        portable = [name for name, how in attn.items() if how["lowered_to"] == "portable"]
+        fused = len(blocks) - len(unrouted) - len(portable)
+        refuse_unfused(component, len(portable), portable, len(blocks), options.allow_unfused,
+                       "the XNNPACK delegate (its arithmetic ran on portable kernels)")
+        passes["attention_fused"] = fused
+
+        suffix = "" if precision == "fp32" else f".{precision}"
+        path = out_dir / f"{component}_encoder{suffix}.pte"
+        path.write_bytes(program.buffer)
+        split = sorted(name for name, how in attn.items() if how["lowered_to"].startswith("xnnpack, split"))
+        notes = [
+            "attention: decomposed to bmm/softmax/bmm for XNNPACK (its SDPA fusion takes 2-D masks only); "
+            + (f"{len(split)} blocks split by portable reshapes (dynamic shapes; --static-shapes keeps them whole)"
+               if split else "every block delegated whole"),
+            "shapes: " + ", ".join(f"{n}{dims}" for n, dims in shapes.items()),
+        ]
+        return ExportedArtifact(
+            target=self.name,
+            precision=precision,
+            component=component,
+            path=path,
+            files=[path],
+            fused_attention=fused,
+            unfused_attention=len(blocks) - fused,
+            unfused_blocks=list(unrouted) + portable,
+            runtime=self.runtime,
+            runtime_options={"input_names": list(tower.input_names), "output_names": [tower.output.name]},
+            passes=passes,
+            notes=notes,
+        )
+
+    def _int8(self, spec: ModelSpec, tower: Any, module: Any, examples: dict, dynamic: Any, fp32_program: Any,
+              fp32_lowering: dict, options: ExportOptions) -> tuple[Any, dict, dict]:
+        """PT2E int8 of the tower, gated as a whole against the fp32 program on the gate split."""
+        from edgevl.compress.gate import gate_cosine_floor, gate_data, run_gate
+        from edgevl.compress.plan import resolve_calibration, tower_plan
+        from edgevl.exporters.executorch_lower import example_and_shapes, lower, quantize_pt2e, weighted_op_count
+        from edgevl.runtimes.executorch import load_program
+        from edgevl.tolerances import tolerance_for
+
+        tower_plan(tower, self.name, "int8", (), "it quantizes with PT2E and XNNPACK's quantizer, settings fixed")
+        names = {"input_names": list(tower.input_names), "output_names": [tower.output.name]}
+
+        def run_fn(program: Any):
+            loaded = load_program(program.buffer, names)
+            return lambda feeds: loaded.run(feeds)[tower.output.name]
+
+        calib = resolve_calibration(options.calibration, None)
+        feeds = calib.feeds(spec, tower.component, limit=CALIBRATION_SAMPLES)
+        # Observers run on a dynamic export (calibration samples come one at a time), the static
+        # sizes, if any, apply to the lowering afterwards.
+        calib_examples, calib_dynamic, _ = example_and_shapes(tower, spec.preprocess.context_length, None)
+        built: dict[str, Any] = {}
+
+        def build(float_layers: list[str]) -> Any:
+            try:
+                with quiet(*_LOGGERS):
+                    converted, built["quantized"] = quantize_pt2e(module, calib_examples, calib_dynamic, feeds)
+                    program, built["lowering"] = lower(converted, examples, dynamic)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExportError(f"ExecuTorch int8 export of the {tower.component} tower failed: {first}") from exc
+            return program
+
+        parity_floor = tolerance_for(self.name, "int8").cosine_min
+        gate = gate_data(spec, tower.component, run_fn(fp32_program), parity_floor)
+        result = run_gate(
+            [], build, run_fn, gate, gate_cosine_floor(parity_floor), options.max_drop, tower.component,
+            lambda name, rank: "", options.progress, whole_float=lambda: fp32_program,
+        )
+        weighted = weighted_op_count(module, calib_examples)
+        report = {
+            "scheme": "PT2E XNNPACKQuantizer: int8 per-channel symmetric weights, int8 per-tensor activations",
+            "calibration": {"samples": len(feeds), **calib.describe()},
+            "gate": {**result.report, "candidates": "whole tower only (no layer-by-layer search)"},
+            "whole_tower_float": result.whole_tower_float,
+            "weighted_ops": weighted,
+            "quantized_ops": 0 if result.whole_tower_float else built.get("quantized", 0),
+        }
+        if result.whole_tower_float:
+            return fp32_program, fp32_lowering, report
+        return result.model, built["lowering"], report
+
+    def describe(self, artifact: ExportedArtifact) -> ArtifactFacts:
+        """int8: the linear / convolution ops quantized, of all of them in the tower."""
+        quant = artifact.passes.get("quantization")
+        if not quant:
+            return ArtifactFacts()
+        best = best_gate_try(quant.get("gate"), artifact.precision)
+        return ArtifactFacts(Compression(int(quant["quantized_ops"]), int(quant["weighted_ops"]), best))

@@ -1,0 +1,195 @@
+"""One tower to an ExecuTorch program: `torch.export`, attention decomposed for XNNPACK, PT2E int8,
+`to_edge_transform_and_lower` with the XNNPACK partitioner, and what the delegate took.
+
+Attention: edgevl's op (`torch.ops.edgevl.attention`) has no ExecuTorch kernel, so each block is
+decomposed into batched matmuls and a last-axis softmax (`attention_as_bmm`), ops XNNPACK takes.
+`torch.matmul` on 4-D tensors is avoided on purpose: its decomposition adds `expand_copy` nodes
+the partitioner leaves on portable kernels, and `F.scaled_dot_product_attention` decomposes to a
+"safe softmax" (eq / any / where) that also stays portable. XNNPACK's own SDPA fusion
+(`ConvertToSDPAPass`) matches only a 2-D float mask, which CLIP-style towers never have (no mask
+in the image tower, a 4-D padding mask in the text tower), so no block becomes one SDPA op; a
+block counts as fused when its compute (bmm, softmax, scale, mask add) runs inside XNNPACK.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Optional
+
+from edgevl.models.spec import TowerSpec
+
+# The upper bound of a dynamic batch: ExecuTorch plans activation memory for the largest shape.
+DYNAMIC_BATCH_MAX = 16
+# Nodes that only reshape or compute sizes: on portable kernels they split a delegated block,
+# they do not run its arithmetic.
+SHAPE_ONLY = ("view_copy", "expand_copy", "sym_size", "mul", "_assert_scalar", "sym_constrain_range")
+
+
+def attention_as_bmm(q, k, v, mask, scale):  # noqa: ANN001 - a decomposition, traced by torch.export
+    """edgevl's attention as bmm / softmax(-1) / bmm on [batch * heads, seq, dim] views."""
+    import torch
+
+    b, h, s, d = q.shape
+    sk = k.shape[2]
+    scores = torch.bmm(q.reshape(b * h, s, d), k.reshape(b * h, sk, d).transpose(1, 2)) * scale
+    if mask is not None:
+        scores = (scores.reshape(b, h, s, sk) + mask).reshape(b * h, s, sk)
+    out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(b * h, sk, v.shape[-1]))
+    return out.reshape(b, h, s, v.shape[-1])
+
+
+def example_and_shapes(tower: TowerSpec, context: int, static: Optional[dict[str, int]]) -> tuple[dict, Optional[dict], dict]:
+    """(example inputs at the sizes to trace, torch.export dynamic_shapes or None, the shape
+    record for the manifest: each axis's size or its range)."""
+    import torch
+
+    from edgevl.exporters.onnx import _example_inputs
+
+    static = static or {}
+    examples = _example_inputs(tower, static)
+    dims: dict[str, Any] = {}
+    spec: dict[str, dict[int, Any]] = {}
+    record: dict[str, list] = {}
+    bounds = {"batch": DYNAMIC_BATCH_MAX, "seq": context}
+    for sig in tower.inputs:
+        axes, shown = {}, []
+        for axis, size in enumerate(sig.shape):
+            if isinstance(size, str) and size not in static:
+                dims.setdefault(size, torch.export.Dim(size, min=1, max=bounds.get(size, 4096)))
+                axes[axis] = dims[size]
+                shown.append(f"{size} 1..{bounds.get(size, 4096)}")
+            else:
+                shown.append(int(static[size]) if isinstance(size, str) else int(size))
+        spec[sig.name] = axes
+        record[sig.name] = shown
+    return examples, (spec if dims else None), record
+
+
+def quantize_pt2e(module: Any, examples: dict, dynamic: Optional[dict], calib_feeds: list[dict]) -> tuple[Any, int]:
+    """PT2E int8 with XNNPACK's quantizer (symmetric per-channel weights, per-tensor activations),
+    calibrated on `calib_feeds`; returns (the converted module, how many weighted ops it quantized)."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with torch.no_grad():
+        graph = torch.export.export(module, (), kwargs=examples, dynamic_shapes=dynamic).module()
+        prepared = _integer_constants_back(prepare_pt2e(graph, quantizer))
+        for feeds in calib_feeds:
+            # Token ids as int64: the towers index with them.
+            prepared(**{k: torch.from_numpy(v.astype("int64") if v.dtype.kind in "iu" else v) for k, v in feeds.items()})
+        converted = convert_pt2e(prepared)
+    weighted = sum(
+        1 for n in converted.graph.nodes
+        if n.op == "call_function" and str(n.target).startswith(("aten.linear", "aten.conv"))
+        and any("dequantize" in str(a.target) for a in n.all_input_nodes[1:2] if hasattr(a, "target"))
+    )
+    return converted, weighted
+
+
+def _integer_constants_back(prepared: Any) -> Any:
+    """PT2E preparation turns the scalar operand of every add / mul into a float tensor constant,
+    which makes integer arithmetic (the position indices of transformers' mask building) float;
+    such a constant next to an integer tensor gets the integer dtype back."""
+    import torch
+
+    for node in prepared.graph.nodes:
+        if node.op != "call_function" or len(node.args) != 2:
+            continue
+        a, b = node.args
+        if not (hasattr(a, "op") and hasattr(b, "op") and b.op == "get_attr"):
+            continue
+        val = a.meta.get("val")
+        if isinstance(val, torch.Tensor) and not val.dtype.is_floating_point:
+            const = getattr(prepared, b.target)
+            if const.is_floating_point() and torch.equal(const, const.round()):
+                setattr(prepared, b.target, const.to(val.dtype))
+    return prepared
+
+
+def weighted_op_count(module: Any, examples: dict) -> int:
+    """Linear and convolution ops in the exported float tower (what int8 could quantize)."""
+    import torch
+
+    with torch.no_grad():
+        ep = torch.export.export(module, (), kwargs=examples)
+    return sum(1 for n in ep.graph.nodes if n.op == "call_function" and str(n.target).startswith(("aten.linear", "aten.conv")))
+
+
+def lower(module: Any, examples: dict, dynamic: Optional[dict]) -> tuple[Any, dict]:
+    """Export, decompose attention, lower to XNNPACK; returns (ExecuTorch program, lowering report)."""
+    import executorch.kernels.quantized  # noqa: F401  (out variants of ops the delegate leaves)
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        ep = torch.export.export(module, (), kwargs=examples, dynamic_shapes=dynamic)
+    table = torch.export.default_decompositions()
+    table[torch.ops.edgevl.attention.default] = attention_as_bmm
+    ep = ep.run_decompositions(table)
+    blocks = _block_names(ep.graph_module)
+    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+    report = _delegation_report(edge.exported_program().graph_module, blocks)
+    return edge.to_executorch(), report
+
+
+def _origin(node: Any) -> Optional[str]:
+    """The edgevl attention node a decomposed node came from (torch's from_node provenance)."""
+    stack = list(node.meta.get("from_node") or [])
+    while stack:
+        src = stack.pop()
+        if "edgevl.attention" in str(src.target):
+            return src.name
+        stack.extend(getattr(src, "from_node", None) or [])
+    return None
+
+
+def _block_names(gm: Any) -> dict[str, str]:
+    """attention node name -> the module path of its block (from nn_module_stack)."""
+    names: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        origin = _origin(node) if node.op == "call_function" else None
+        if origin and origin not in names:
+            stack = node.meta.get("nn_module_stack") or {}
+            names[origin] = list(stack.values())[-1][0] if stack else origin
+    return names
+
+
+def _op_name(node: Any) -> str:
+    return getattr(node.target, "__name__", str(node.target)).replace("aten.", "").split(".")[0]
+
+
+def _delegation_report(gm: Any, blocks: dict[str, str]) -> dict:
+    """Delegated vs portable nodes of the lowered graph, and per attention block where its nodes
+    ran: "xnnpack" (every node in the delegate), "xnnpack, split by portable reshapes" (the
+    arithmetic delegated, reshape nodes portable) or "portable" (arithmetic on portable kernels)."""
+    delegated = portable = delegate_calls = 0
+    portable_ops: Counter = Counter()
+    per_block: dict[str, Counter] = {name: Counter() for name in blocks}
+    for name, child in gm.named_children():
+        if name.startswith("lowered_module"):
+            delegated += sum(1 for n in child.original_module.graph.nodes if n.op == "call_function")
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or "getitem" in str(node.target):
+            continue
+        if "executorch_call_delegate" in str(node.target):
+            delegate_calls += 1
+            continue
+        portable += 1
+        portable_ops[_op_name(node)] += 1
+        origin = _origin(node)
+        if origin is not None:
+            per_block.setdefault(origin, Counter())[_op_name(node)] += 1
+    lowering = {}
+    for origin, ops in per_block.items():
+        arithmetic = {op: c for op, c in ops.items() if op not in SHAPE_ONLY}
+        lowering[blocks.get(origin, origin)] = {
+            "lowered_to": "portable" if arithmetic else ("xnnpack, split by portable reshapes" if ops else "xnnpack"),
+            "portable_nodes": dict(sorted(ops.items())),
+        }
+    return {"delegated_nodes": delegated, "portable_nodes": portable, "delegate_calls": delegate_calls,
+            "portable_ops": dict(sorted(portable_ops.items())), "attention": lowering, "sdpa_ops": 0}
