@@ -170,19 +170,22 @@ def test_compressed_precisions_hold_compressed_weights_and_are_judged_by_their_r
             assert parity["passed"]
 
 
-@pytest.mark.slow  # the default model in fp32 and fp16, both towers, interpreted: minutes on 2 cores
-def test_default_model_fp32_and_fp16(tmp_path, capsys):
+@pytest.mark.slow  # the default model's two towers, interpreted: a minute or more on 2 cores
+def test_default_model_fp16(tmp_path, capsys):
+    """What only the real default model shows on Core ML: MiniLM's six blocks convert to fused
+    SDPA and EfficientNet-Lite0 converts, in fp16 under the overflow guard, passing parity on
+    the held-out split (fp32 packages are covered on the CLIP and SigLIP checkpoints above)."""
     out = tmp_path / "out"
-    code = main(["export", "--target", "coreml", "--precision", "fp32,fp16", "--out", str(out), "-q"])
+    code = main(["export", "--target", "coreml", "--precision", "fp16", "--out", str(out), "-q"])
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
-    floors = {"fp32": 0.9999, "fp16": 0.999}
+    assert {a["component"] for a in manifest["artifacts"]} == {"image", "text"}
     for art in manifest["artifacts"]:
         assert art["verified"] == VERIFIED
         blocks = 6 if art["component"] == "text" else 0  # MiniLM's six layers; a CNN has none
         assert art["fused_attention"] == sdpa_count(out / art["path"]) == blocks
         parity = art["parity"]
-        assert parity["passed"] and parity["cosine_min"] >= floors[art["precision"]]
+        assert parity["passed"] and parity["cosine_min"] >= 0.999
         assert parity["top1_agreement"] == 1.0
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ def test_duplicate_name_is_an_error():
 
 
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(UnknownNameError, match="unknown target 'tflite'; choose one of: coreml, onnx, openvino"):
+    valid = ", ".join(sorted(EXPORTERS.names()))
+    assert {"coreml", "executorch", "onnx", "openvino", "tensorrt"} <= set(EXPORTERS.names())
+    with pytest.raises(UnknownNameError, match=re.escape(f"unknown target 'tflite'; choose one of: {valid}")):
         EXPORTERS.get("tflite")
 
 
