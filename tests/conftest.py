@@ -49,7 +49,7 @@ def _private_folder(tmp_path_factory, variable: str, name: str) -> Iterator[Path
 @pytest.fixture(scope="session", autouse=True)
 def edgevl_cache(tmp_path_factory) -> Iterator[Path]:
     """A cache private to this test run (hermetic: the user's ~/.cache/edgevl is never read), shared
-    by every test so the default model's projection is fitted once per run."""
+    by every test (a projection fitted for other weights is fitted once per run)."""
     yield from _private_folder(tmp_path_factory, "EDGEVL_CACHE", "edgevl-cache")
 
 
