@@ -2,7 +2,10 @@
 The float graph is the one `edgevl.compress.qdq.prepare` gives; ONNX Runtime's own static
 quantizer places the Q/DQ pairs (it knows which ops its int8 kernels fuse: Conv, the ReLU6 Clip
 folded into the output range, residual Add), calibrated on the user's images with min-max
-ranges. The scales it chose are read back into edgevl's recipe, so the same file describes this
+ranges. Before that the graph is conditioned for int8 (`edgevl.compress.equalize`, measured in
+docs/compression-and-gate.md): linear conv -> conv pairs are range-equalized, which is exact in
+float, and each candidate's int8 convs get bias correction for the mean shift their quantized
+weights and inputs cause. The scales it chose are read back into edgevl's recipe, so the same file describes this
 graph as it does the MatMul towers'. The whole-tower speed guard is opt-in.
 """
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevl.compress.config import ConvW8A8Config, weight_qmax
+from edgevl.compress.equalize import correct_bias, equalize, input_means
 from edgevl.compress.gate import gate_loop
 from edgevl.compress.handlers import QuantContext, register_handler
 from edgevl.compress.ort_graph import layer_paths, producers, quiet_ort_quantizer
@@ -89,31 +93,44 @@ def _conv_w8a8(ctx: QuantContext, cfg: ConvW8A8Config) -> tuple["object", dict]:
         quant_pre_process(str(work / "float.onnx"), str(work / "pre.onnx"), skip_symbolic_shape=True)
         pre = onnx.load(str(work / "pre.onnx"))
         convs = conv_nodes(pre)
+        qmax = weight_qmax(cfg.cpu_isa)
+        # Linear conv -> conv pairs range-equalized (exact); the ReLU6 pairs are not (ReLU6 is
+        # cut at 6, and unseen photos exceed the calibration maxima: edgevl.compress.equalize).
+        pre, equalized = equalize(pre, feeds, relu6=False)
+        onnx.save(pre, str(work / "equalized.onnx"))
+        means = input_means(pre, feeds, convs)
         reader = ort_reader(feeds)
-        # The activation ranges do not depend on which convs stay float (ORT calibrates every
-        # tensor of the quantizable op types), so the first gate try calibrates and the later
-        # ones reuse its ranges from this cache instead of re-running the calibration set.
+        # The activation ranges are calibrated once, on the float graph, and every gate try
+        # reuses them from this cache: they do not depend on which convs stay float.
         ranges = work / "calibration.json"
 
-        def build(drop: dict[str, str]) -> tuple["object", dict]:
+        def quantize(source: Path, exclude: list[str]) -> "object":
             target = work / "quantized.onnx"
             with quiet_ort_quantizer():
                 quantize_static(
-                    str(work / "pre.onnx"), str(target), reader, quant_format=QuantFormat.QDQ,
+                    str(source), str(target), reader, quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     # 7-bit weights (|w| <= 64) unless the target CPU has exact int8 dot products.
-                    reduce_range=weight_qmax(cfg.cpu_isa) < 127,
-                    nodes_to_exclude=_prefix(pre, convs, len(drop)), calibration_cache_path=str(ranges),
+                    reduce_range=qmax < 127, nodes_to_exclude=exclude, calibration_cache_path=str(ranges),
                 )
-            quantized = onnx.load(str(target))
-            return quantized, {"quantized_convs": len(convs) - len(drop)}
+            return onnx.load(str(target))
+
+        quantize(work / "equalized.onnx", [])
+
+        def build(drop: dict[str, str]) -> tuple["object", dict]:
+            int8 = convs[len(drop):]
+            # Bias correction on the convs this candidate quantizes (the float ones keep theirs).
+            onnx.save(correct_bias(pre, means, int8, qmax), str(work / "candidate.onnx"))
+            quantized = quantize(work / "candidate.onnx", _prefix(pre, convs, len(drop)))
+            return quantized, {"quantized_convs": len(int8)}
 
         def reason(name: str, rank: int) -> str:
             return (f"kept float by the accuracy gate (conv {rank} of {len(convs)} in depth order; "
                     "early convs measured the most sensitive)")
 
         qmodel, drop, (counts,), gate_report = gate_loop(ctx, convs, {}, cfg.max_drop, build, reason)
-        passes: dict = {"gate": gate_report, **counts}
+        passes: dict = {"gate": gate_report, **counts, "equalization": equalized,
+                        "bias_corrected_convs": counts["quantized_convs"]}
         recipe = QuantRecipe(ctx.component, "int8", cfg.to_json(), calibration=dict(ctx.calibration))
         recipe.layers = _recipe_layers(qmodel, [c for c in convs if c not in drop])
         recipe.float_layers = dict(drop)

@@ -170,7 +170,7 @@ def test_int8_text_tower_is_int8(tmp_path):
     _assert_saturation_safe(quant, out / art["path"])
 
 
-INT8_IMAGE_FLOOR = 10
+INT8_IMAGE_FLOOR = 30
 
 
 def test_int8_image_tower_through_the_cli(tmp_path):
@@ -190,7 +190,7 @@ def test_int8_image_tower_through_the_cli(tmp_path):
     assert "speed_guard" not in quant["passes"], "timing decisions are opt-in (--speed-guard)"
     _assert_saturation_safe(quant, out / art["path"])
     assert quant["quantized_layers"] == len(recipe["layers"]) > 0
-    # The share every summary line shows: 13 of the 49 convs int8 measured (Sapphire Rapids); the
+    # The share every summary line shows (measured share in docs/compression-and-gate.md); the
     # 7-bit weights give every x86 CPU the same numbers, the floor leaves room for the gate's
     # bisection to land a step or two away.
     assert art["compression"] == {"compressed_layers": quant["quantized_layers"], "compressible_layers": 49,
