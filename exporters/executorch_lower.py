@@ -38,36 +38,13 @@ def attention_as_bmm(q, k, v, mask, scale):  # noqa: ANN001 - a decomposition, t
     return out.reshape(b, h, s, v.shape[-1])
 
 
-def _resized_examples(tower: TowerSpec, static: dict[str, int]) -> dict:
-    """The tower's example inputs at the static sizes (batch by repeating the last row, seq by
-    cutting or repeating the last column), so the traced program has exactly those shapes."""
-    import torch
-
-    out = {}
-    for sig in tower.inputs:
-        t = tower.example_inputs[sig.name]
-        for axis, size in enumerate(sig.shape):
-            want = static.get(size) if isinstance(size, str) else None
-            if want is None or t.shape[axis] == want:
-                continue
-            if t.shape[axis] > want:
-                t = t.narrow(axis, 0, want)
-            else:
-                last = t.narrow(axis, t.shape[axis] - 1, 1)
-                reps = [1] * t.dim()
-                reps[axis] = want - t.shape[axis]
-                t = torch.cat([t, last.repeat(*reps)], dim=axis)
-        out[sig.name] = t.contiguous()
-    return out
-
-
 def example_and_shapes(tower: TowerSpec, context: int, static: Optional[dict[str, int]]) -> tuple[dict, Optional[dict], dict]:
     """(example inputs at the sizes to trace, torch.export dynamic_shapes or None, the shape
     record for the manifest: each axis's size or its range)."""
     import torch
 
     static = static or {}
-    examples = _resized_examples(tower, static)
+    examples = tower.examples_at(static)
     dims: dict[str, Any] = {}
     spec: dict[str, dict[int, Any]] = {}
     record: dict[str, list] = {}

@@ -55,31 +55,6 @@ def _dynamic_shapes(tower: TowerSpec, static: Optional[dict[str, int]]) -> dict:
     return spec
 
 
-def _example_inputs(tower: TowerSpec, static: Optional[dict[str, int]]) -> dict:
-    """Example inputs, resized to the requested static sizes (batch by repeating, seq by cutting
-    or padding with the last column) so the traced graph has exactly those shapes."""
-    import torch
-
-    if not static:
-        return dict(tower.example_inputs)
-    out = {}
-    for sig in tower.inputs:
-        t = tower.example_inputs[sig.name]
-        for axis, size in enumerate(sig.shape):
-            want = static.get(size) if isinstance(size, str) else None
-            if want is None or t.shape[axis] == want:
-                continue
-            if t.shape[axis] > want:
-                t = t.narrow(axis, 0, want)
-            else:
-                reps = [1] * t.dim()
-                last = t.narrow(axis, t.shape[axis] - 1, 1)
-                reps[axis] = want - t.shape[axis]
-                t = torch.cat([t, last.repeat(*reps)], dim=axis)
-        out[sig.name] = t.contiguous()
-    return out
-
-
 # Node metadata the dynamo exporter writes with absolute source paths and line numbers: it would
 # make the same export differ by where edgevl is installed (and publish the builder's paths).
 _SOURCE_LOCATION_KEYS = ("pkg.torch.onnx.stack_trace",)
@@ -111,7 +86,7 @@ def export_tower_onnx(
     from edgevl.ops.attention import attention_blocks, unrouted_blocks
 
     module = tower.module.eval()
-    inputs = _example_inputs(tower, static_shapes)
+    inputs = tower.examples_at(static_shapes)
     blocks = attention_blocks(module)
     unrouted = unrouted_blocks(module, lambda: module(**inputs))
     try:

@@ -46,6 +46,30 @@ class TowerSpec:
     def input_names(self) -> list[str]:
         return [sig.name for sig in self.inputs]
 
+    def examples_at(self, static: Optional[dict[str, int]]) -> dict[str, "torch.Tensor"]:
+        """The example inputs at the static sizes `static` names (dimension name -> size): batch
+        by repeating the last row, seq by cutting or repeating the last column, so a traced graph
+        has exactly those shapes. Without `static`, the examples as they are."""
+        import torch
+
+        if not static:
+            return dict(self.example_inputs)
+        out = {}
+        for sig in self.inputs:
+            t = self.example_inputs[sig.name]
+            for axis, size in enumerate(sig.shape):
+                want = static.get(size) if isinstance(size, str) else None
+                if want is None or t.shape[axis] == want:
+                    continue
+                if t.shape[axis] > want:
+                    t = t.narrow(axis, 0, want)
+                else:
+                    reps = [1] * t.dim()
+                    reps[axis] = want - t.shape[axis]
+                    t = torch.cat([t, t.narrow(axis, t.shape[axis] - 1, 1).repeat(*reps)], dim=axis)
+            out[sig.name] = t.contiguous()
+        return out
+
     def forward_numpy(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The PyTorch reference: run the tower eagerly on numpy inputs."""
         import torch
