@@ -46,9 +46,10 @@ def plots(profile: dict[str, Any]) -> dict[str, str]:
     return {
         "plot-latency": bar_chart("Latency per artifact, batch 1: p50 bar, p99 whisker", latency, "ms", "plot-latency"),
         "plot-accuracy-cosine": scatter("Accuracy vs latency: parity min cosine", cos_points, "p50 latency (ms)",
-                                        "min cosine vs PyTorch", "plot-accuracy-cosine", legend=targets),
+                                        "min cosine vs PyTorch", "plot-accuracy-cosine", legend=targets, y_max=1.0),
         "plot-accuracy-top1": scatter("Accuracy vs latency: zero-shot top-1 agreement (filled tie-aware, hollow strict)",
-                                      top1_points, "p50 latency (ms)", "top-1 agreement", "plot-accuracy-top1", legend=targets),
+                                      top1_points, "p50 latency (ms)", "top-1 agreement", "plot-accuracy-top1", legend=targets,
+                                      y_max=1.0),
         "plot-size": bar_chart("Size on disk", size, "MB", "plot-size"),
         "plot-flops": bar_chart("Achieved FLOP/s at batch 1; dashed tick: this machine's GEMM peak for the precision",
                                 flops, "GFLOP/s", "plot-flops"),

@@ -11,6 +11,12 @@ ROW = 22
 LABEL_W = 230
 PALETTE = ("#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6", "#dd4477", "#66aa00")
 FONT = 'font-family="sans-serif" font-size="12"'
+# Width of one character of the 12 px sans-serif labels, rounded up (digits and lower case are
+# narrower): what a label is given so it is not clipped at the chart's right edge.
+CHAR_W = 7.0
+# Smallest y span a scatter shows, as a share of the values' magnitude: equal values (every point
+# at agreement 1.0) get a readable axis instead of one of +-1e-4.
+MIN_Y_SPAN = 0.01
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,9 @@ def _nice_max(value: float) -> float:
 def bar_chart(title: str, bars: Sequence[Bar], unit: str, plot_id: str) -> str:
     """One row per bar; the scale is shared, starting at zero."""
     top = max([b.value or 0 for b in bars] + [b.whisker or 0 for b in bars] + [b.limit or 0 for b in bars])
-    scale = (WIDTH - LABEL_W - 90) / _nice_max(top)
+    # The bars leave room for the longest value text printed past their end (p99, peak).
+    text_room = max([90.0] + [CHAR_W * len(b.text) + 8 for b in bars])
+    scale = (WIDTH - LABEL_W - text_room) / _nice_max(top)
     height = 40 + ROW * len(bars) + 24
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="{plot_id}" class="plot" width="{WIDTH}" '
              f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}">',
@@ -64,24 +72,50 @@ def bar_chart(title: str, bars: Sequence[Bar], unit: str, plot_id: str) -> str:
             end = max(end, lx)
         parts.append(f'<text x="{end + 4:.1f}" y="{y + 14}" {FONT}>{escape(bar.text)}</text>')
     axis_y = 34 + ROW * len(bars) + 4
-    parts.append(f'<line x1="{LABEL_W}" y1="{axis_y}" x2="{WIDTH - 90}" y2="{axis_y}" stroke="#999"/>')
+    axis_end = WIDTH - text_room
+    parts.append(f'<line x1="{LABEL_W}" y1="{axis_y}" x2="{axis_end:.1f}" y2="{axis_y}" stroke="#999"/>')
     parts.append(f'<text x="{LABEL_W}" y="{axis_y + 16}" {FONT} fill="#555">0</text>')
-    parts.append(f'<text x="{WIDTH - 90}" y="{axis_y + 16}" {FONT} fill="#555" text-anchor="end">'
+    parts.append(f'<text x="{axis_end:.1f}" y="{axis_y + 16}" {FONT} fill="#555" text-anchor="end">'
                  f'{_nice_max(top):.3g} {escape(unit)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
 
+def _y_range(ys: Sequence[float], y_max: Optional[float]) -> tuple[float, float]:
+    """The y axis: the values padded by a tenth of their span, at least `MIN_Y_SPAN` of their
+    magnitude in all, never past `y_max` (a cosine or an agreement never exceeds 1)."""
+    lo, hi = min(ys), max(ys)
+    span = max(hi - lo, MIN_Y_SPAN * max(abs(lo), abs(hi), 1e-12))
+    pad = max((hi - lo) * 0.1, (span - (hi - lo)) / 2)
+    lo, hi = lo - pad, hi + pad
+    if y_max is not None and hi > y_max >= max(ys):
+        lo, hi = lo - (hi - y_max), y_max
+    return lo, hi
+
+
+def _spread_labels(anchors: list[tuple[float, float, str]], line: float = 12.0) -> list[float]:
+    """Baselines for point labels (x, y, text) so that no two whose text spans overlap share a
+    line: a label that would collide with one already placed moves down a line at a time."""
+    placed: list[tuple[float, float, float]] = []  # (x from, x to, baseline)
+    out = []
+    for x, y, text in anchors:
+        x_to = x + 6.0 * len(text)  # the 10 px labels
+        while any(a < x_to and x < b and abs(base - y) < line for a, b, base in placed):
+            y += line
+        placed.append((x, x_to, y))
+        out.append(y)
+    return out
+
+
 def scatter(title: str, points: Sequence[Point], x_label: str, y_label: str, plot_id: str,
-            legend: Sequence[str] = ()) -> str:
-    """Points on linear axes fitted to the data (y range padded so equal values stay visible)."""
+            legend: Sequence[str] = (), y_max: Optional[float] = None) -> str:
+    """Points on linear axes fitted to the data (equal values get a readable span, capped at
+    `y_max`), each labelled, labels kept off each other."""
     width, height, left, bottom, top_pad, right_pad = WIDTH, 340, 70, 50, 36, 180
     xs = [p.x for p in points] or [0.0, 1.0]
     ys = [p.y for p in points] or [0.0, 1.0]
     x0, x1 = 0.0, _nice_max(max(xs))
-    y0, y1 = min(ys), max(ys)
-    pad = max((y1 - y0) * 0.1, 1e-4)
-    y0, y1 = y0 - pad, y1 + pad
+    y0, y1 = _y_range(ys, y_max)
     px = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right_pad)  # noqa: E731
     py = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - bottom - top_pad)  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="{plot_id}" class="plot" width="{width}" '
@@ -97,12 +131,13 @@ def scatter(title: str, points: Sequence[Point], x_label: str, y_label: str, plo
                      f'text-anchor="middle">{value:.3g}</text>')
     for value in (y0, (y0 + y1) / 2, y1):
         parts.append(f'<text x="{left - 4}" y="{py(value) + 4:.1f}" {FONT} fill="#555" text-anchor="end">{value:.5g}</text>')
-    for p in points:
+    baselines = _spread_labels([(px(p.x) + 7, py(p.y) - 6, p.label) for p in points])
+    for p, baseline in zip(points, baselines):
         color = PALETTE[p.series % len(PALETTE)]
         fill = color if p.filled else "white"
         parts.append(f'<circle cx="{px(p.x):.1f}" cy="{py(p.y):.1f}" r="5" fill="{fill}" stroke="{color}" stroke-width="2">'
                      f'<title>{escape(p.label)}</title></circle>')
-        parts.append(f'<text x="{px(p.x) + 7:.1f}" y="{py(p.y) - 6:.1f}" font-family="sans-serif" font-size="10">'
+        parts.append(f'<text x="{px(p.x) + 7:.1f}" y="{baseline:.1f}" font-family="sans-serif" font-size="10">'
                      f'{escape(p.label)}</text>')
     for i, name in enumerate(legend):
         y = top_pad + 16 * i
