@@ -16,7 +16,7 @@ from typing import Optional
 from edgevl.errors import InputError
 
 FEATURE_KINDS = ("cosine", "mse")
-IMAGE_KINDS = ("vit", "conv")
+IMAGE_KINDS = ("vit", "conv", "effnet")
 TEXT_KINDS = ("fresh", "inherit")
 
 
@@ -106,10 +106,15 @@ class StudentConfig:
     """The student's shape.
 
     Attributes:
-        image: "vit" (patch transformer on edgevl's fused attention) or "conv" (a small CNN, for
-            teachers whose image tower is a CNN).
+        image: "vit" (patch transformer on edgevl's fused attention), "conv" (a small CNN, for
+            teachers whose image tower is a CNN) or "effnet" (the teacher's own EfficientNet
+            trunk, weights copied, with fewer blocks: TinyCLIP's weight inheritance for images).
         width, depth, heads, patch: the ViT's sizes (width and depth also size the conv student).
         resolution: the student's input side in pixels (its own preprocessing).
+        blocks: for image=effnet, how many of the teacher's blocks to keep (0: all); every
+            stage's first block is kept and the residual blocks that matter least, measured on
+            the calibration photos at `resolution`, are dropped (`inherit.block_importance`).
+        keep_blocks: for image=effnet, the teacher's block indices to keep, instead of `blocks`.
         text: "fresh" (a small transformer) or "inherit" (TinyCLIP weight inheritance: the
             teacher's text transformer with only `text_layers` kept; CLIP- and BERT-style towers).
         text_width, text_depth, text_heads: the fresh text transformer's sizes.
@@ -127,6 +132,8 @@ class StudentConfig:
     text_depth: int = 3
     text_heads: int = 3
     text_layers: tuple[int, ...] = (0, -1)
+    blocks: int = 0
+    keep_blocks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.image not in IMAGE_KINDS:
@@ -141,6 +148,16 @@ class StudentConfig:
             raise InputError(f"student width {self.width} must be a multiple of heads {self.heads}")
         if self.text == "fresh" and self.text_width % self.text_heads:
             raise InputError(f"student text_width {self.text_width} must be a multiple of text_heads {self.text_heads}")
+        if isinstance(self.blocks, bool) or not isinstance(self.blocks, int) or self.blocks < 0:
+            raise InputError(f"student blocks={self.blocks!r} must be an integer >= 0 (0 keeps every teacher block)")
+        if self.image != "effnet" and (self.blocks or self.keep_blocks):
+            raise InputError("student blocks and keep_blocks choose the teacher's EfficientNet blocks; "
+                             "they need image=effnet")
+        if self.blocks and self.keep_blocks:
+            raise InputError("student blocks (a count) and keep_blocks (indices) both choose blocks; give one")
+        if self.image == "effnet" and self.resolution % 32:
+            raise InputError(f"student resolution {self.resolution} must be a multiple of 32 for image=effnet "
+                             "(e.g. 160, 192 or 224)")
         if self.image == "vit" and self.resolution % self.patch:
             raise InputError(f"student resolution {self.resolution} must be a multiple of patch {self.patch}")
         if not self.text_layers:
@@ -152,12 +169,16 @@ PRESETS: dict[str, StudentConfig] = {
     "vit-micro": StudentConfig(width=32, depth=2, heads=2, patch=16, resolution=32, text_width=32, text_depth=2,
                                text_heads=2),
     "conv-tiny": StudentConfig(image="conv", width=32, depth=4, resolution=96),
+    # The default teacher's own towers, shrunk: 12 of EfficientNet-Lite0's 16 blocks at 160 px,
+    # 3 of MiniLM's 6 layers.
+    "effnet-lite0": StudentConfig(image="effnet", blocks=12, resolution=160, text="inherit", text_layers=(0, 2, 5)),
 }
 
 
 def parse_student(text: str) -> StudentConfig:
-    """`--student`: a preset (`vit-tiny`, `vit-micro`, `conv-tiny`) and/or `key=value` pairs,
-    comma-separated; list values join with `+` (e.g. `vit-tiny,text=inherit,text_layers=0+5`)."""
+    """`--student`: a preset (`vit-tiny`, `vit-micro`, `conv-tiny`, `effnet-lite0`) and/or
+    `key=value` pairs, comma-separated; list values join with `+` (e.g.
+    `vit-tiny,text=inherit,text_layers=0+5`, `effnet-lite0,blocks=10,resolution=192`)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
     base = StudentConfig()
     if parts and "=" not in parts[0]:
@@ -172,7 +193,7 @@ def parse_student(text: str) -> StudentConfig:
         if key not in fields or not value:
             raise InputError(f"--student {part!r}: expected key=value with key one of {', '.join(fields)}")
         try:
-            if key == "text_layers":
+            if key in ("text_layers", "keep_blocks"):
                 changes[key] = tuple(int(v) for v in value.split("+"))
             elif key in ("image", "text"):
                 changes[key] = value
@@ -180,6 +201,8 @@ def parse_student(text: str) -> StudentConfig:
                 changes[key] = int(value)
         except ValueError:
             raise InputError(f"--student {part!r}: {key} needs an integer (lists joined with +)") from None
+    if "keep_blocks" in changes and "blocks" not in changes:
+        changes["blocks"] = 0  # explicit indices replace a preset's count
     return replace(base, **changes)
 
 

@@ -1,5 +1,6 @@
-"""Student towers: a ViT and a small CNN for images, a transformer for text. Each returns
-L2-normalised embeddings in the teacher's space (a projection maps its width onto it).
+"""Student towers: a ViT, a small CNN or the teacher's own EfficientNet with fewer blocks for
+images, a transformer for text. Each returns L2-normalised embeddings in the teacher's space (a
+projection maps its width onto it; the inherited EfficientNet is already in it).
 
 Every attention block is `StudentAttention`, which runs edgevl's one attention op outside
 training (so `torch.export` keeps each block as one node and every exporter fuses it) and plain
@@ -41,6 +42,23 @@ class ConvArch:
 
 
 @dataclass(frozen=True)
+class EffNetArch:
+    """The teacher's EfficientNet trunk with only some of its blocks: `blocks` are indices into
+    the teacher's flat block list (every stage's first block among them), `resolution` the input
+    side (a multiple of 32, so every stride-2 layer sees an even size and TF "same" padding is the
+    teacher's). The pooled 1280-d features are the embedding, as in the teacher: no projection."""
+
+    variant: str
+    blocks: tuple[int, ...]
+    resolution: int
+    embed_dim: int
+    kind: str = "effnet"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(self.blocks))  # a JSON list back to a tuple
+
+
+@dataclass(frozen=True)
 class TextArch:
     vocab: int
     context: int
@@ -65,7 +83,7 @@ def arch_to_json(arch: object) -> dict:
 
 
 def arch_from_json(data: dict) -> object:
-    kinds = {"vit": ViTArch, "conv": ConvArch, "text": TextArch}
+    kinds = {"vit": ViTArch, "conv": ConvArch, "effnet": EffNetArch, "text": TextArch}
     if data.get("kind") not in kinds:
         raise ValueError(f"unknown student tower kind {data.get('kind')!r}; expected one of {', '.join(kinds)}")
     return kinds[data["kind"]](**data)
@@ -166,6 +184,50 @@ class ConvImageStudent(nn.Module):
         return F.normalize(self.proj(self.features(pixel_values).mean((2, 3))), dim=-1)
 
 
+def efficientnet(variant: str, resolution: int) -> nn.Module:
+    """A randomly initialised EfficientNet(-Lite) of package `efficientnet-lite-pytorch`, its
+    static "same" padding computed for `resolution`, without the classifier."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name(variant, image_size=resolution)
+    net._fc = nn.Identity()
+    return net
+
+
+class EffNetImageStudent(nn.Module):
+    """`pixel_values` [batch, 3, R, R] -> `image_embeds` [batch, 1280], L2-normalised: the
+    teacher's stem, the kept blocks, the teacher's head, global average pool (the teacher's
+    `EffNetImageTower` with blocks removed). Removed blocks are residual ones (stride 1, same
+    channels), so every kept layer sees the shapes it was trained on.
+
+    BatchNorm stays in inference mode while training: the running statistics are the teacher's
+    (ImageNet), which a distillation batch of a few dozen views of a few dozen photos would only
+    make noisier; its affine weights still train. No stochastic depth either: every kept block
+    runs at every step."""
+
+    def __init__(self, arch: EffNetArch) -> None:
+        super().__init__()
+        self.arch = arch
+        net = efficientnet(arch.variant, arch.resolution)
+        net._blocks = nn.ModuleList(net._blocks[i] for i in arch.blocks)
+        self.net = net
+
+    def train(self, mode: bool = True) -> "EffNetImageStudent":
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixel_values)))
+        for block in net._blocks:
+            x = block(x)
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return F.normalize(x.mean((2, 3)), dim=-1)
+
+
 class TextStudent(nn.Module):
     """`input_ids`, `attention_mask` int64 [batch, seq] -> `text_embeds` [batch, embed_dim],
     L2-normalised. Covers CLIP's text transformer (pre-LN, causal, end-of-text pooling) and BERT's
@@ -223,6 +285,8 @@ def build_tower(arch: object) -> nn.Module:
         return ViTImageStudent(arch)
     if isinstance(arch, ConvArch):
         return ConvImageStudent(arch)
+    if isinstance(arch, EffNetArch):
+        return EffNetImageStudent(arch)
     if isinstance(arch, TextArch):
         return TextStudent(arch)
     raise TypeError(f"no student tower for {type(arch).__name__}")

@@ -26,7 +26,7 @@ from edgevl.distill.checkpoint import (
 )
 from edgevl.distill.config import DistillConfig
 from edgevl.distill.data import DistillData, build_data, default_cache, evaluate, student_preprocess
-from edgevl.distill.inherit import build_student, student_archs
+from edgevl.distill.inherit import build_student, check_student
 from edgevl.distill.losses import total_loss
 from edgevl.distill.sources import check_data_spec, load_heldout, load_source
 from edgevl.distill.students import StudentPair, arch_to_json
@@ -45,6 +45,7 @@ class DistillResult:
     data_seconds: float = 0.0  # building the tensors, the teacher's embeddings included on a cache miss
     world_size: int = 1
     rank: int = 0  # this process's global rank; only rank 0 writes `out`
+    sizes: dict = field(default_factory=dict)  # per tower: teacher and student parameters and FLOPs (rank 0)
     student: Optional[StudentPair] = None
 
 
@@ -135,6 +136,7 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
     say = log or ((lambda m: print(m, file=sys.stderr, flush=True)) if not quiet and rank == 0 else (lambda m: None))
     device = _device(world)
     teacher = resolve_model(cfg.teacher, LoadOptions())
+    check_student(cfg.student, teacher)
     source, heldout = load_source(cfg.data), load_heldout(cfg.heldout, cfg.data)
     cache = default_cache(cfg.cache_dir)
 
@@ -154,6 +156,16 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
     data_seconds = time.perf_counter() - t_data
     width = int(data.teacher_text.shape[-1])  # from the cache: ranks that read it never run the teacher
     student = build_student(cfg.student, teacher, cfg.seed, width).to(device)
+    sizes: dict = {}
+    if rank == 0:
+        from edgevl.distill.sizes import size_lines, tower_sizes
+
+        if hasattr(student.image.arch, "blocks"):
+            say(f"image student: the teacher's {student.image.arch.variant} blocks "
+                f"{'+'.join(map(str, student.image.arch.blocks))} at {cfg.student.resolution} px")
+        sizes = tower_sizes(teacher, student, cfg.student.resolution)
+        for line in size_lines(sizes):
+            say(line)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     start, metrics = 0, []
     ckpt = latest_checkpoint(cfg.out) if resume else None
@@ -169,7 +181,7 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
         model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     student.train()
     result = DistillResult(str(cfg.out), cfg.steps, cache_hit=data.cache_hit, world_size=world, rank=rank,
-                           student=student, data_seconds=data_seconds)
+                           student=student, data_seconds=data_seconds, sizes=sizes)
     every = max(1, cfg.steps // 20)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
@@ -192,10 +204,10 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
         metrics.append({"step": cfg.steps, **evaluate(student, data)})
         say(_eval_line(metrics[-1]))
         save_checkpoint(cfg.out, cfg.steps, student, opt, cfg.fingerprint(), metrics)
-        image_arch, text_arch = student_archs(cfg.student, teacher, width)
         record = {"format": FORMAT, "version": 1, "teacher": teacher.name, "teacher_source": teacher.source,
-                  "image": arch_to_json(image_arch), "text": arch_to_json(text_arch), "config": cfg.to_json(),
-                  "metrics": metrics, "world_size": world, "vocab_size": teacher.vocab_size,
+                  "image": arch_to_json(student.image.arch), "text": arch_to_json(student.text.arch),
+                  "config": cfg.to_json(), "metrics": metrics, "sizes": sizes, "world_size": world,
+                  "vocab_size": teacher.vocab_size,
                   "special_token_ids": teacher.special_token_ids}
         save_student_folder(cfg.out, student, record, teacher.tokenizer_files,
                             student_preprocess(teacher.preprocess, cfg.student.resolution))
