@@ -16,13 +16,16 @@ def add_distill_parser(sub: "argparse._SubParsersAction") -> None:
         help="distil a teacher model into a small student that exports as-is",
         description="Distil TEACHER into a student (feature distillation, then joint affinity/contrastive "
         "alignment) on DATA and write OUT, a model folder `edgevl export OUT` takes. Teacher embeddings are "
-        "cached on disk by content hash. Under torchrun the same command trains with DistributedDataParallel. "
+        "cached on disk by content hash. Prints each tower's parameters and FLOPs, teacher beside student. "
+        "Under torchrun the same command trains with DistributedDataParallel. "
         "Exit codes: 0 ok, 2 bad input, 130 interrupted (the last checkpoint stays; rerun with --resume).",
     )
     p.add_argument("--teacher", default=None, help="registered model name or checkpoint folder; default: effnet-minilm")
     p.add_argument("--student", default="vit-tiny",
-                   help="preset (vit-tiny, vit-micro, conv-tiny) and/or key=value pairs, e.g. "
-                   "vit-tiny,width=128,depth=6,resolution=64,patch=8,text=inherit,text_layers=0+5; default: vit-tiny")
+                   help="preset (vit-tiny, vit-micro, conv-tiny, effnet-lite0) and/or key=value pairs, e.g. "
+                   "vit-tiny,width=128,depth=6,resolution=64,patch=8,text=inherit,text_layers=0+5 or "
+                   "effnet-lite0,blocks=10,resolution=192 (the default teacher's own EfficientNet-Lite0 with "
+                   "fewer blocks); default: vit-tiny")
     p.add_argument("--data", default="bundled",
                    help="bundled (default), fashion-mnist[:N], an image folder, or a JSON-lines file")
     p.add_argument("--heldout", default=None,

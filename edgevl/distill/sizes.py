@@ -5,7 +5,8 @@ batch 1 (the image at the tower's own resolution, the text at the teacher's cont
 token attended): convolutions (depthwise included), matrix products and attention, multiply and
 add counted as two operations; element-wise ops, normalisation and pooling are left out, as in
 `edgevl.profile.flops`, which counts an exported graph the same way. edgevl's attention op is
-opaque to the counter, so its formula is registered here (`edgevl.profile.flops.attention_flops`).
+opaque to the counter, so its formula is registered here (the one `edgevl.profile.flops` uses:
+Q K^T and softmax(.) V, each 2 * batch * heads * q_len * kv_len * head_dim).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ def _register_attention() -> None:
     from torch.utils.flop_counter import register_flop_formula
 
     import edgevl.ops.attention  # noqa: F401 - defines torch.ops.edgevl.attention
-    from edgevl.profile.flops import attention_flops
 
     @register_flop_formula(torch.ops.edgevl.attention)
     def _attention(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
         b, h, s_q, d = q_shape
-        return int(attention_flops(b, h, s_q, k_shape[-2], d, v_shape[-1]))
+        return 2 * b * h * s_q * k_shape[-2] * (d + v_shape[-1])
 
     _registered = True
 

@@ -77,6 +77,13 @@ def test_inherited_student_at_step_0_agrees_with_the_teacher_far_above_a_random_
     assert both["random"] <= 0.05 and both["inherited"] >= 0.2, both
     assert image_only["random"] <= 0.05 and image_only["inherited"] >= 0.4, image_only
 
+    # What `edgevl distill` prints: fewer parameters and FLOPs in both towers.
+    from edgevl.distill.sizes import tower_sizes
+
+    sizes = tower_sizes(teacher, inherited, cfg.resolution)
+    assert 0.3 < sizes["image"]["flops_ratio"] < 0.45 and 0.45 < sizes["text"]["flops_ratio"] < 0.55, sizes
+    assert all(s["student_params"] < s["teacher_params"] for s in sizes.values()), sizes
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec, message", [
