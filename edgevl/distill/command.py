@@ -77,10 +77,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print(f"edgevl: interrupted; the last complete checkpoint in {cfg.out / 'checkpoints'} is intact: "
               "rerun the same command with --resume", file=sys.stderr)
         return 130
-    last = result.metrics[-1] if result.metrics else {}
-    if last:
-        print(f"agreement {last['agreement']:.3f}  image cosine {last['image_cosine']:.3f}  "
-              f"text cosine {last['text_cosine']:.3f}")
+    if result.evaluation:
+        from edgevl.distill.trainer import eval_summary
+
+        print(eval_summary(result.evaluation))
     if result.rank == 0:  # the other ranks of a torchrun job write nothing
         print(f"wrote {cfg.out} (edgevl export {cfg.out} --target onnx)")
     return 0

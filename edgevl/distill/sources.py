@@ -34,14 +34,17 @@ class Source:
 
 @dataclass
 class HeldOut:
-    """Evaluation images, the class names zero-shot agreement picks among, and each image's true
-    class index (-1 where unknown)."""
+    """Evaluation images, the class names zero-shot agreement picks among, each image's true
+    class index (-1 where unknown), and where the images have them, their own captions and each
+    image's caption index."""
 
     name: str
     images: list
     classes: list[str]
     labels: list[int]
     files: list[str]
+    captions: list[str] = field(default_factory=list)
+    caption_of: list[int] = field(default_factory=list)
 
     @property
     def prompts(self) -> list[str]:
@@ -121,8 +124,10 @@ def load_heldout(spec: Optional[str], data: str) -> HeldOut:
         label_of = {s.name: ps.labels.index(s.label) for s in samples}
         files = {s.name: file_sha256(s.path) for s in samples}
         names = [n.split("#")[0] for n in ps.image_names]
+        caption_of = {s.name: ps.captions.index(s.caption) for s in samples}
         return HeldOut(spec, ps.images, list(ps.labels), [label_of[n] for n in names],
-                       [f"{files[n]}#{v}" for n, v in zip(names, ps.image_names)])
+                       [f"{files[n]}#{v}" for n, v in zip(names, ps.image_names)],
+                       list(ps.captions), [caption_of[n] for n in names])
     name, n = _count(spec, 1000)
     if name == "fashion-mnist-test":
         images, labels = _fashion_mnist("t10k", n)

@@ -48,6 +48,11 @@ class DistillResult:
     sizes: dict = field(default_factory=dict)  # per tower: teacher and student parameters and FLOPs (rank 0)
     student: Optional[StudentPair] = None
 
+    @property
+    def evaluation(self) -> dict:
+        """The last held-out evaluation (`data.evaluate`'s figures and its step); {} if none."""
+        return self.metrics[-1] if self.metrics else {}
+
 
 def _dist() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -220,6 +225,19 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
 
 
 def _eval_line(m: dict) -> str:
-    extra = "".join(f" {k} {m[k]:.3f}" for k in ("student_accuracy", "teacher_accuracy") if k in m)
-    return (f"  eval step {m['step']}: agreement {m['agreement']:.3f} image cosine {m['image_cosine']:.3f} "
-            f"text cosine {m['text_cosine']:.3f}{extra}")
+    return f"  eval step {m['step']}: " + eval_summary(m)
+
+
+def eval_summary(m: dict) -> str:
+    """One line of held-out figures: the 1000-prompt agreement first, then the held-out classes'
+    agreement, the cosines and the accuracies that are known."""
+    parts = []
+    if "imagenet_top1" in m:
+        parts.append(f"1000-prompt agreement top-1 {m['imagenet_top1']:.3f} top-5 {m['imagenet_top5']:.3f}")
+    parts.append(f"agreement {m['agreement']:.3f} image cosine {m['image_cosine']:.3f} "
+                 f"text cosine {m['text_cosine']:.3f}")
+    if "imagenet_text_cosine" in m:
+        parts.append(f"prompt text cosine {m['imagenet_text_cosine']:.3f}")
+    parts += [f"{k.replace('_', ' ')} {m[k]:.3f}" for k in (
+        "student_accuracy", "teacher_accuracy", "student_caption_accuracy", "teacher_caption_accuracy") if k in m]
+    return "  ".join(parts)
