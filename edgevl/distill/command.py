@@ -35,7 +35,15 @@ def add_distill_parser(sub: "argparse._SubParsersAction") -> None:
                    help="optimizer steps, half feature distillation then half joint alignment; default: 200")
     p.add_argument("--batch", type=int, default=32, help="global image batch, split across processes; default: 32")
     p.add_argument("--text-batch", type=int, default=32, help="extra corpus texts per step (global; feature distillation only); default: 32")
-    p.add_argument("--views", type=int, default=2, help="augmented views per training image (their teacher embeddings are cached); default: 2")
+    p.add_argument("--views", type=int, default=2, help="with --augment fixed: augmented views per training image (their teacher embeddings are cached); default: 2")
+    p.add_argument("--augment", choices=("fixed", "function-matching"), default="fixed",
+                   help="fixed: --views seeded views per image, their teacher embeddings cached; "
+                   "function-matching: every step a fresh view of each batch photo (random resized crop, flip, "
+                   "colour jitter, mixup with another photo), the same view shown to teacher and student, the "
+                   "teacher run on it (slower per step); default: fixed")
+    p.add_argument("--extra-data", default=None, metavar="PATH",
+                   help="an image folder (sub-folder names are labels) or JSON-lines file trained on beside --data; "
+                   "held-out photos in it are left out")
     p.add_argument("--lr", type=float, default=2e-3,
                    help="AdamW learning rate (linear warm-up, then cosine decay); default: 2e-3")
     p.add_argument("--seed", type=int, default=0,
@@ -60,7 +68,8 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
         teacher=args.teacher, student=parse_student(args.student), data=args.data, out=args.out, steps=args.steps,
         batch=args.batch, text_batch=args.text_batch, views=args.views, seed=args.seed, stages=stages,
         optim=OptimConfig(lr=args.lr), heldout=args.heldout, text_corpus=args.text_corpus,
-        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, augment=args.augment,
+        extra_data=args.extra_data,
     )
 
 
@@ -69,6 +78,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)  # bad input fails here, before torch is imported
     check_data_spec(cfg.data, cfg.heldout)
+    if cfg.extra_data is not None:
+        check_data_spec(cfg.extra_data, None, option="--extra-data")
     from edgevl.distill.trainer import distill_run
 
     try:

@@ -18,6 +18,7 @@ from edgevl.errors import InputError
 FEATURE_KINDS = ("cosine", "mse")
 IMAGE_KINDS = ("vit", "conv", "effnet")
 TEXT_KINDS = ("fresh", "inherit")
+AUGMENTS = ("fixed", "function-matching")
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,11 @@ class DistillConfig:
         text_corpus: "data" (the data's own texts) or "data+imagenet" (also 1000 class prompts
             and everyday captions, for a text tower that generalises beyond the data's labels).
         checkpoint_every, eval_every: in steps (0: only at the end).
+        augment: "fixed" (`views` seeded views per image, their teacher embeddings cached) or
+            "function-matching" (a fresh view every step, shown to teacher and student alike,
+            the teacher run on it; `augment.py`).
+        extra_data: an image folder or JSON-lines file trained on beside `data` (its held-out
+            photos left out).
     """
 
     teacher: Optional[str]
@@ -241,8 +247,12 @@ class DistillConfig:
     checkpoint_every: int = 50
     eval_every: int = 50
     cache_dir: Optional[Path] = None
+    augment: str = "fixed"
+    extra_data: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise InputError(f"--augment {self.augment!r} is unknown; choose from: {', '.join(AUGMENTS)}")
         for name in ("steps", "batch", "views"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -277,4 +287,8 @@ class DistillConfig:
         """What must match for `--resume` to continue a run (everything but where it goes and
         how often it checkpoints)."""
         data = {k: v for k, v in self.to_json().items() if k not in ("out", "checkpoint_every", "eval_every", "cache_dir")}
+        # Options added later count only when set, so earlier runs' checkpoints still resume.
+        for name, default in (("augment", "fixed"), ("extra_data", None)):
+            if data.get(name) == default:
+                data.pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -8,7 +8,7 @@ import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class Source:
     texts: list[str] = field(default_factory=list)  # paired text per image
     files: list[str] = field(default_factory=list)
     extra_texts: list[str] = field(default_factory=list)  # texts without an image
+    skipped: int = 0  # files left out because they are held-out photos
 
 
 @dataclass
@@ -60,8 +61,18 @@ def _count(spec: str, default: int) -> tuple[str, int]:
     return name, int(n)
 
 
-def check_data_spec(data: str, heldout: Optional[str]) -> None:
-    """Refuse a --data / --heldout that cannot be read, before the teacher loads."""
+def check_data_spec(data: str, heldout: Optional[str], option: str = "--data") -> None:
+    """Refuse a --data / --extra-data / --heldout that cannot be read, before the teacher loads."""
+    if option != "--data":  # --extra-data: a folder or JSON-lines file beside --data
+        path = Path(data).expanduser()
+        if data in ("bundled",) or data.startswith("fashion-mnist"):
+            raise InputError(f"{option} {data!r}: give an image folder or a .jsonl file (name bundled or "
+                             "fashion-mnist with --data)")
+        if not path.exists():
+            raise InputError(f"{option} {data} does not exist; give an image folder or a .jsonl file")
+        if path.is_file() and path.suffix not in (".jsonl", ".json"):
+            raise InputError(f"{option} {data} is a {path.suffix or 'plain'} file; give an image folder or a .jsonl file")
+        return
     name, _ = _count(data, 0)
     if name == "fashion-mnist" or (heldout or "").startswith("fashion-mnist"):
         _fashion_files("train" if name == "fashion-mnist" else "t10k")
@@ -85,7 +96,9 @@ def _fashion_files(split: str) -> tuple[Path, Path]:
     return images_gz, labels_gz
 
 
-def load_source(spec: str) -> Source:
+def load_source(spec: str, exclude: frozenset = frozenset()) -> Source:
+    """The images and texts of `spec`; a file whose sha256 is in `exclude` (the held-out photos)
+    is skipped before it is decoded."""
     from edgevl.calibration.samples import file_sha256
 
     if spec == "bundled":
@@ -106,11 +119,30 @@ def load_source(spec: str) -> Source:
                       [f"fashion-mnist/train/{i}" for i in range(len(images))])
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _image_folder(path)
+        return _image_folder(path, exclude)
     if path.is_file() and path.suffix in (".jsonl", ".json"):
-        return _jsonl(path)
+        return _jsonl(path, exclude)
     raise InputError(f"--data {spec}: not 'bundled', 'fashion-mnist[:N]', an image folder or a .jsonl file; "
                      "check the path")
+
+
+def training_source(data: str, extra: Optional[str], heldout: HeldOut,
+                    log: Callable[[str], None] = lambda m: None) -> Source:
+    """What training reads: `--data`, then `--extra-data` (a folder or JSON-lines file) if
+    given, without any file that is a held-out photo (a folder may hold a copy of a parity
+    photo): such files are skipped by content hash before they are decoded, and said so."""
+    held = frozenset(f.split("#")[0] for f in heldout.files)
+    sources = [load_source(data, held)] + ([load_source(extra, held)] if extra is not None else [])
+    source = Source("+".join(s.name for s in sources), [i for s in sources for i in s.images],
+                    [t for s in sources for t in s.texts], [f for s in sources for f in s.files],
+                    [t for s in sources for t in s.extra_texts])
+    skipped = sum(s.skipped for s in sources)
+    if skipped:
+        log(f"training data: skipped {skipped} file(s) that are held-out photos")
+    if not source.images:
+        raise InputError(f"no training image is left in {source.name} once the held-out photos are left out; "
+                         "give other images")
+    return source
 
 
 def load_heldout(spec: Optional[str], data: str) -> HeldOut:
@@ -148,7 +180,7 @@ def _fashion_mnist(split: str, n: int) -> tuple[list, list[int]]:
     return [Image.fromarray(raw[i]).convert("RGB") for i in range(n)], [int(x) for x in labels[:n]]
 
 
-def _image_folder(folder: Path) -> Source:
+def _image_folder(folder: Path, exclude: frozenset = frozenset()) -> Source:
     from edgevl.calibration.datasets import IMAGE_SUFFIXES
     from edgevl.calibration.samples import file_sha256, load_rgb
 
@@ -157,6 +189,9 @@ def _image_folder(folder: Path) -> Source:
         raise InputError(f"--data {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or pass a .jsonl file")
     src = Source(str(folder))
     for path in files:
+        if file_sha256(path) in exclude:
+            src.skipped += 1
+            continue
         label = path.parent.name if path.parent != folder else path.stem.replace("_", " ")
         src.images.append(load_rgb(path))
         src.texts.append(PROMPT.format(label))
@@ -164,7 +199,7 @@ def _image_folder(folder: Path) -> Source:
     return src
 
 
-def _jsonl(path: Path) -> Source:
+def _jsonl(path: Path, exclude: frozenset = frozenset()) -> Source:
     from edgevl.calibration.samples import file_sha256, load_rgb
 
     src = Source(str(path))
@@ -186,9 +221,12 @@ def _jsonl(path: Path) -> Source:
         image = (path.parent / str(row["image"])).expanduser()
         if not image.is_file():
             raise InputError(f"{path}:{number}: image {image} does not exist; paths are relative to the .jsonl file")
+        if file_sha256(image) in exclude:
+            src.skipped += 1
+            continue
         src.images.append(load_rgb(image))
         src.texts.append(text)
         src.files.append(file_sha256(image))
-    if not src.images:
+    if not src.images and not src.skipped:
         raise InputError(f"{path} names no images; give each line an \"image\" path")
     return src

@@ -28,7 +28,7 @@ from edgevl.distill.config import DistillConfig
 from edgevl.distill.data import DistillData, build_data, default_cache, evaluate, student_preprocess
 from edgevl.distill.inherit import build_student, check_student
 from edgevl.distill.losses import total_loss
-from edgevl.distill.sources import check_data_spec, load_heldout, load_source
+from edgevl.distill.sources import check_data_spec, load_heldout, training_source
 from edgevl.distill.students import StudentPair, arch_to_json
 from edgevl.errors import InputError
 
@@ -92,24 +92,68 @@ def _shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return x[rank * n:(rank + 1) * n]
 
 
+class FunctionMatching:
+    """Fresh views for each step and the teacher's embeddings of them (`augment.py`): the state
+    function matching needs beside the cached data. `seen` (tests) is called with each step's
+    views and the two model inputs made from them."""
+
+    def __init__(self, teacher, student_pre, seed: int,  # noqa: ANN001 - ModelSpec, PreprocessConfig
+                 images: list) -> None:
+        from edgevl.distill.augment import bounded
+
+        self.teacher, self.seed = teacher, seed
+        self.teacher_pre, self.student_pre = teacher.preprocess, student_pre
+        self.size = max(teacher.preprocess.crop, student_pre.crop)
+        self.images = bounded(images, self.size)
+        self.teacher_seconds = 0.0
+        self.seen: Optional[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]] = None
+        teacher.image.module.eval()
+
+    def inputs(self, primary: torch.Tensor, rows: range, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's embeddings of this rank's rows' views and the student's input pixels."""
+        from edgevl.distill.augment import draw_views, model_input
+
+        views = draw_views(self.images, primary, rows, self.seed, step, self.size)
+        t_px = model_input(views, self.teacher_pre)
+        same = (self.student_pre.crop, self.student_pre.mean, self.student_pre.std) == (
+            self.teacher_pre.crop, self.teacher_pre.mean, self.teacher_pre.std)
+        s_px = t_px if same else model_input(views, self.student_pre)
+        if self.seen is not None:
+            self.seen(step, views, t_px, s_px)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            t_img = self.teacher.image.module(pixel_values=t_px).float()
+        self.teacher_seconds = time.perf_counter() - t0
+        return t_img, s_px
+
+
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, data: DistillData, cfg: DistillConfig,
-               step: int, rank: int, world: int, device: torch.device) -> tuple[float, dict[str, float]]:
+               step: int, rank: int, world: int, device: torch.device,
+               matching: Optional[FunctionMatching] = None) -> tuple[float, dict[str, float]]:
     stage, progress = cfg.stage_at(step)
     for group in opt.param_groups:
         group["lr"] = cfg.optim.lr_at(step, cfg.steps)
-    img_idx, extra_idx = batch_indices(cfg, step, len(data.pixels), len(data.texts))
-    pair_idx = data.view_text[img_idx]
+    n_images = len(data.source_images) if matching is not None else len(data.pixels)
+    img_idx, extra_idx = batch_indices(cfg, step, n_images, len(data.texts))
+    pair_idx = (data.source_text if matching is not None else data.view_text)[img_idx]
     local_img, local_pair, local_extra = (_shard(x, rank, world) for x in (img_idx, pair_idx, extra_idx))
     text_rows = torch.cat([local_pair, local_extra])
     # Trim the padding every text of the GLOBAL batch shares (same length on every rank): padded
     # positions are masked out, so this changes nothing but the work.
     length = int(data.mask[torch.cat([pair_idx, extra_idx])].sum(-1).max())
-    s_img, s_txt = model(data.pixels[local_img].to(device), data.ids[text_rows, :length].to(device),
+    if matching is not None:
+        # This rank's rows of the global batch, each a fresh view shown to teacher and student.
+        n = cfg.batch // world
+        t_local, pixels = matching.inputs(img_idx, range(rank * n, (rank + 1) * n), step)
+        t_img = _gather(t_local.to(device), world)
+    else:
+        pixels = data.pixels[local_img]
+        t_img = data.teacher_image[img_idx].to(device)
+    s_img, s_txt = model(pixels.to(device), data.ids[text_rows, :length].to(device),
                          data.mask[text_rows, :length].to(device))
     s_img = _gather(s_img, world)
     s_pair = _gather(s_txt[:len(local_pair)], world)
     s_extra = _gather(s_txt[len(local_pair):], world)
-    t_img = data.teacher_image[img_idx].to(device)
     t_pair = data.teacher_text[pair_idx].to(device)
     t_extra = data.teacher_text[extra_idx].to(device)
     loss, terms = total_loss(stage.losses, progress, s_img, t_img, s_pair, t_pair, pair_idx.to(device),
@@ -127,13 +171,18 @@ def _check_divisible(cfg: DistillConfig, world: int) -> None:
 
 
 def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
-                log: Optional[Callable[[str], None]] = None) -> DistillResult:
+                log: Optional[Callable[[str], None]] = None,
+                on_views: Optional[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]] = None
+                ) -> DistillResult:
     """Distil `cfg.teacher` into a `cfg.student` on `cfg.data`; write the model folder to
-    `cfg.out` (rank 0). Returns the losses and held-out evaluations."""
+    `cfg.out` (rank 0). Returns the losses and held-out evaluations. Under function matching,
+    `on_views(step, views, teacher_pixels, student_pixels)` sees each step's views (tests)."""
     from edgevl.models.spec import LoadOptions
     from edgevl.models.resolve import resolve_model
 
     check_data_spec(cfg.data, cfg.heldout)
+    if cfg.extra_data is not None:
+        check_data_spec(cfg.extra_data, None, option="--extra-data")
     rank, world = _dist()
     _check_divisible(cfg, world)
     if rank == 0:
@@ -142,12 +191,13 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
     device = _device(world)
     teacher = resolve_model(cfg.teacher, LoadOptions())
     check_student(cfg.student, teacher)
-    source, heldout = load_source(cfg.data), load_heldout(cfg.heldout, cfg.data)
+    heldout = load_heldout(cfg.heldout, cfg.data)
+    source = training_source(cfg.data, cfg.extra_data, heldout, say)
     cache = default_cache(cfg.cache_dir)
 
     def data_for(run_teacher: bool = True) -> DistillData:
         return build_data(teacher, source, heldout, cfg.student.resolution, cfg.views, cfg.seed, cfg.text_corpus,
-                          cache, say, run_teacher=run_teacher)
+                          cache, say, run_teacher=run_teacher, fixed_views=cfg.augment == "fixed")
 
     t_data = time.perf_counter()
     if world > 1:
@@ -184,13 +234,20 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    matching = None
+    if cfg.augment == "function-matching":
+        matching = FunctionMatching(teacher, student_preprocess(teacher.preprocess, cfg.student.resolution),
+                                    cfg.seed, data.source_images)
+        matching.seen = on_views
+        say(f"function matching: {len(data.source_images)} training photos, a fresh view of each batch row "
+            f"every step at {matching.size} px, the teacher run on every view")
     student.train()
     result = DistillResult(str(cfg.out), cfg.steps, cache_hit=data.cache_hit, world_size=world, rank=rank,
                            student=student, data_seconds=data_seconds, sizes=sizes)
     every = max(1, cfg.steps // 20)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        loss, terms = train_step(model, opt, data, cfg, step, rank, world, device)
+        loss, terms = train_step(model, opt, data, cfg, step, rank, world, device, matching)
         dt = time.perf_counter() - t0
         result.losses.append(loss)
         done = step + 1
@@ -199,7 +256,8 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
             bar = "#" * (20 * done // cfg.steps)
             parts = " ".join(f"{k} {v:.4f}" for k, v in terms.items())
             say(f"[{bar:<20}] step {done}/{cfg.steps} {stage} loss {loss:.4f} ({parts}) "
-                f"{dt:.3f} s/step {cfg.batch / dt:.0f} img/s")
+                f"{dt:.3f} s/step {cfg.batch / dt:.0f} img/s"
+                + (f" (teacher {matching.teacher_seconds:.3f} s)" if matching is not None else ""))
         if rank == 0 and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             metrics.append({"step": done, **evaluate(student, data)})
             say(_eval_line(metrics[-1]))
