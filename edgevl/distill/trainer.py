@@ -229,6 +229,7 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
         say(f"resuming from {ckpt} (step {start})")
     if start == 0 and rank == 0:
         metrics.append({"step": 0, **evaluate(student, data)})
+        say(_eval_line(metrics[-1]))  # before any training: what the later lines compare with
     model = student
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
