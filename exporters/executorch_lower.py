@@ -13,8 +13,10 @@ block counts as fused when its compute (bmm, softmax, scale, mask add) runs insi
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from edgevl.models.spec import TowerSpec
 
@@ -67,12 +69,10 @@ def quantize_pt2e(module: Any, examples: dict, dynamic: Optional[dict], calib_fe
     """PT2E int8 with XNNPACK's quantizer (symmetric per-channel weights, per-tensor activations),
     calibrated on `calib_feeds`; returns (the converted module, how many weighted ops it quantized)."""
     import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config,
-    )
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = _quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with torch.no_grad():
         graph = torch.export.export(module, (), kwargs=examples, dynamic_shapes=dynamic).module()
         prepared = _integer_constants_back(prepare_pt2e(graph, quantizer))
@@ -86,6 +86,51 @@ def quantize_pt2e(module: Any, examples: dict, dynamic: Optional[dict], calib_fe
         and any("dequantize" in str(a.target) for a in n.all_input_nodes[1:2] if hasattr(a, "target"))
     )
     return converted, weighted
+
+
+def _quantizer() -> Any:
+    """XNNPACK's quantizer with two changes to what it annotates.
+
+    A convolution followed by hardtanh (ReLU6 is hardtanh(0, 6)) is annotated as one op. Stock,
+    only conv -> relu is: a hardtanh shares its input's observer, so the convolution's output is
+    quantized over its raw range and the [0, 6] left after the clamp gets a few of the 256
+    levels. Fused, the observer sits after the clamp; XNNPACK's FuseActivationPass folds the
+    clamp into the convolution as its output min / max.
+
+    Tensor adds (residual connections) stay float: per-tensor int8 on a transformer's residual
+    stream, whose few outlier channels set the scale, flattens every other channel before the
+    LayerNorm that reads it. docs/executorch.md has the measured effect on the default model."""
+    import torch
+    from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as qu
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+
+    class EdgevlXnnpackQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: Any) -> Any:
+            config = self.global_config
+            for node in model.graph.nodes if config is not None else []:
+                if node.op == "call_function" and node.target == torch.ops.aten.add.Tensor:
+                    node.meta[qu.Q_ANNOTATION_KEY] = qu.QuantizationAnnotation(_annotated=True)
+            for clamp in list(model.graph.nodes) if config is not None else []:
+                conv = clamp.args[0] if clamp.op == "call_function" and clamp.target in clamps else None
+                if conv is None or not qu._is_conv_node(conv) or len(conv.users) != 1:
+                    continue
+                inputs = {conv.args[0]: qu.get_input_act_qspec(config), conv.args[1]: qu.get_weight_qspec(config)}
+                partition = [clamp, conv, conv.args[1]]
+                bias = conv.args[2] if len(conv.args) > 2 else None
+                if isinstance(bias, torch.fx.Node):
+                    inputs[bias] = qu.get_bias_qspec(config)
+                    partition.append(bias)
+                if qu._is_annotated(partition):
+                    continue
+                conv.meta[qu.Q_ANNOTATION_KEY] = qu.QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
+                clamp.meta[qu.Q_ANNOTATION_KEY] = qu.QuantizationAnnotation(
+                    output_qspec=qu.get_output_act_qspec(config), _annotated=True)
+                qu._mark_nodes_as_annotated(partition)
+            return super().annotate(model)
+
+    return EdgevlXnnpackQuantizer()
 
 
 def _integer_constants_back(prepared: Any) -> Any:
@@ -124,15 +169,47 @@ def lower(module: Any, examples: dict, dynamic: Optional[dict]) -> tuple[Any, di
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    with torch.no_grad():
+    import edgevl.ops.attention  # noqa: F401  (registers torch.ops.edgevl.attention, decomposed below)
+
+    with torch.no_grad(), _no_eager_conv_backends():
         ep = torch.export.export(module, (), kwargs=examples, dynamic_shapes=dynamic)
-    table = torch.export.default_decompositions()
-    table[torch.ops.edgevl.attention.default] = attention_as_bmm
-    ep = ep.run_decompositions(table)
-    blocks = _block_names(ep.graph_module)
-    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
-    report = _delegation_report(edge.exported_program().graph_module, blocks)
-    return edge.to_executorch(), report
+        table = torch.export.default_decompositions()
+        table[torch.ops.edgevl.attention.default] = attention_as_bmm
+        ep = ep.run_decompositions(table)
+        blocks = _block_names(ep.graph_module)
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        report = _delegation_report(edge.exported_program().graph_module, blocks)
+        program = edge.to_executorch()
+        _check_bounds(program.exported_program(), dynamic)
+        return program, report
+
+
+@contextlib.contextmanager
+def _no_eager_conv_backends() -> Iterator[None]:
+    """mkldnn and nnpack off. Tracing a convolution asks which eager CPU backend would run it,
+    and their heuristics test `batch >= 16`: on a symbolic batch that records the guard
+    `batch < 16`, which narrows the program's planned batch to 1..15. The XNNPACK program never
+    runs those backends."""
+    import torch
+
+    with warnings.catch_warnings():
+        # Setting mkldnn's flags also sets its TF32 flag, which warns on builds without Intel GPUs.
+        warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
+        with torch.backends.mkldnn.flags(enabled=False), torch.backends.nnpack.flags(enabled=False):
+            yield
+
+
+def _check_bounds(program: Any, dynamic: Optional[dict]) -> None:
+    """Refuse a program whose planned input sizes (the upper bounds ExecuTorch allocates for)
+    end smaller than asked, as a guard recorded while tracing makes them: it would refuse sizes
+    the manifest promises."""
+    for node in program.graph_module.graph.nodes:
+        axes = (dynamic or {}).get(node.name) if node.op == "placeholder" else None
+        planned = getattr(node.meta.get("spec"), "shape", None)
+        for axis, dim in (axes or {}).items() if planned is not None else ():
+            if int(planned[axis]) < dim.max:
+                raise RuntimeError(f"the lowering narrowed {dim.__name__} of {node.name} to at most "
+                                   f"{int(planned[axis])} (asked 1..{dim.max}); use --static-shapes")
 
 
 def _origin(node: Any) -> Optional[str]:

@@ -91,3 +91,64 @@ def test_missing_runtime_is_one_line_naming_the_extra(tmp_path, monkeypatch, tin
     err_line = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err_line and "edgevl[executorch]" in err_line, err_line
     assert not (tmp_path / "o").exists()
+
+
+def _conv_block():
+    """A small MobileNet-style block (1x1 conv -> ReLU6 -> depthwise 3x3 -> ReLU6 -> 1x1 conv,
+    residual add, mean pool), the pattern of EfficientNet-Lite towers."""
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.expand = torch.nn.Conv2d(3, 12, 1)
+            self.dw = torch.nn.Conv2d(12, 12, 3, padding=1, groups=12)
+            self.project = torch.nn.Conv2d(12, 3, 1)
+            self.relu6 = torch.nn.ReLU6()
+
+        def forward(self, pixel_values):
+            x = self.relu6(self.expand(pixel_values))
+            x = self.relu6(self.dw(x))
+            return (self.project(x) + pixel_values).mean(dim=(2, 3))
+
+    torch.manual_seed(0)
+    return Block().eval()
+
+
+def test_conv_tower_keeps_its_dynamic_batch_upper_bound():
+    """Tracing a stride-1 convolution asks eager backends' batch heuristics (`batch >= 16`); the
+    lowering must not turn that into a guard that narrows the program's batch to 1..15."""
+    import torch
+
+    from edgevl.exporters.executorch_lower import DYNAMIC_BATCH_MAX, lower
+    from edgevl.runtimes.executorch import load_program
+
+    module = _conv_block()
+    dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=DYNAMIC_BATCH_MAX)}}
+    program, _ = lower(module, {"pixel_values": torch.randn(2, 3, 8, 8)}, dynamic)
+    loaded = load_program(program.buffer, {"input_names": ["pixel_values"], "output_names": ["out"]})
+    for batch in (1, DYNAMIC_BATCH_MAX):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+        with torch.no_grad():
+            ref = module(pixel_values=torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(loaded.run({"pixel_values": x})["out"], ref, atol=1e-5)
+
+
+def test_int8_observes_relu6_after_the_clamp_and_keeps_residual_adds_float():
+    """conv -> hardtanh(0, 6) is one quantized op (the observer after the clamp, not on the raw
+    convolution output), and a residual add's output is not quantized."""
+    import torch
+
+    from edgevl.exporters.executorch_lower import quantize_pt2e
+
+    module = _conv_block()
+    rng = np.random.default_rng(0)
+    feeds = [{"pixel_values": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    converted, quantized = quantize_pt2e(module, {"pixel_values": torch.randn(2, 3, 8, 8)}, None, feeds)
+    assert quantized == 3
+    nodes = [n for n in converted.graph.nodes if n.op == "call_function"]
+    clamps = [n for n in nodes if "hardtanh" in str(n.target)]
+    assert len(clamps) == 2 and all("conv" in str(n.args[0].target) for n in clamps)
+    assert all("quantize_per_tensor" in str(next(iter(n.users)).target) for n in clamps)
+    (add,) = [n for n in nodes if str(n.target) == "aten.add.Tensor"]
+    assert not any("quantize" in str(u.target) for u in add.users)
