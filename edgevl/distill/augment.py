@@ -57,8 +57,13 @@ def bounded(images: Sequence, side: int) -> list:
     return out
 
 
-def _crop_flip_jitter(image, rng: random.Random, size: int) -> torch.Tensor:  # noqa: ANN001 - Pillow image
-    """One random resized crop of `image`, mirrored or not, colour-jittered: [3, size, size] in [0, 1]."""
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _crop_flip_jitter(image, rng: random.Random, size: int) -> np.ndarray:  # noqa: ANN001 - Pillow image
+    """One random resized crop of `image`, mirrored or not, colour-jittered: float32 [size, size, 3]
+    in [0, 1]. NumPy, not torch: on a busy CPU torch's thread pool makes these small element-wise
+    operations tens of times slower."""
     from PIL import Image
 
     w, h = image.size
@@ -74,13 +79,13 @@ def _crop_flip_jitter(image, rng: random.Random, size: int) -> torch.Tensor:  # 
     view = image.resize((size, size), Image.Resampling.BILINEAR, box=(x, y, x + cw, y + ch))
     if rng.random() < 0.5:
         view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    pixels = torch.from_numpy(np.asarray(view, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    brightness, contrast, saturation = (rng.uniform(1 - JITTER, 1 + JITTER) for _ in range(3))
-    pixels = (pixels * brightness).clamp(0, 1)
-    gray = pixels.mul(torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
-    pixels = ((pixels - gray.mean()) * contrast + gray.mean()).clamp(0, 1)
-    gray = pixels.mul(torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
-    return ((pixels - gray) * saturation + gray).clamp(0, 1)
+    pixels = np.asarray(view, dtype=np.float32) / np.float32(255.0)
+    brightness, contrast, saturation = (np.float32(rng.uniform(1 - JITTER, 1 + JITTER)) for _ in range(3))
+    pixels = np.clip(pixels * brightness, 0, 1)
+    mean = np.float32((pixels @ _LUMA).mean())
+    pixels = np.clip((pixels - mean) * contrast + mean, 0, 1)
+    gray = (pixels @ _LUMA)[..., None]
+    return np.clip((pixels - gray) * saturation + gray, 0, 1)
 
 
 def draw_views(images: Sequence, primary: torch.Tensor, rows: Sequence[int], seed: int, step: int,
@@ -94,11 +99,13 @@ def draw_views(images: Sequence, primary: torch.Tensor, rows: Sequence[int], see
         partner = rng.randrange(len(images) - 1) if len(images) > 1 else 0
         partner += int(len(images) > 1 and partner >= own)  # another photo, uniformly
         weight = rng.random()
-        weight = max(weight, 1 - weight)  # the own photo dominates
+        weight = np.float32(max(weight, 1 - weight))  # the own photo dominates
         a = _crop_flip_jitter(images[own], rng, size)
         b = _crop_flip_jitter(images[partner], rng, size)
         out.append(weight * a + (1 - weight) * b)
-    return torch.stack(out) if out else torch.zeros(0, 3, size, size)
+    if not out:
+        return torch.zeros(0, 3, size, size)
+    return torch.from_numpy(np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2)))
 
 
 def model_input(views: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
