@@ -12,7 +12,8 @@ Precisions:
     fp32   float weights and activations.
     int8   PT2E with XNNPACK's quantizer: symmetric per-channel int8 weights, per-tensor int8
            activations, calibrated on the calibration split; attention's matmuls stay float
-           (edgevl's attention op is opaque to the quantizer). The accuracy gate judges the
+           (edgevl's attention op is opaque to the quantizer), so do residual adds, and a
+           convolution -> ReLU6 is observed after the clamp (`executorch_lower._quantizer`). The accuracy gate judges the
            WHOLE-tower candidate only (one PT2E pass and one lowering per candidate make the
            layer-by-layer search too costly); when it fails the tower would ship float, which
            is refused (exit 3) unless --allow-float-fallback.
@@ -143,7 +144,8 @@ class ExecuTorchExporter(Exporter):
         )
         weighted = weighted_op_count(module, calib_examples)
         report = {
-            "scheme": "PT2E XNNPACKQuantizer: int8 per-channel symmetric weights, int8 per-tensor activations",
+            "scheme": "PT2E XNNPACKQuantizer: int8 per-channel symmetric weights, int8 per-tensor activations; "
+                      "conv -> ReLU6 observed after the clamp, residual adds float",
             "calibration": {"samples": len(feeds), **calib.describe()},
             "gate": {**result.report, "candidates": "whole tower only (no layer-by-layer search)"},
             "whole_tower_float": result.whole_tower_float,
