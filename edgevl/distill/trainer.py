@@ -240,8 +240,9 @@ def distill_run(cfg: DistillConfig, resume: bool = False, quiet: bool = False,
         matching = FunctionMatching(teacher, student_preprocess(teacher.preprocess, cfg.student.resolution),
                                     cfg.seed, data.source_images)
         matching.seen = on_views
-        say(f"function matching: {len(data.source_images)} training photos, a fresh view of each batch row "
-            f"every step at {matching.size} px, the teacher run on every view")
+        photos = len(set(map(id, data.source_images)))  # a photo paired with several texts is one photo
+        say(f"function matching: {photos} training photos ({len(data.source_images)} with their paired texts), "
+            f"a fresh view of each batch row every step at {matching.size} px, the teacher run on every view")
     student.train()
     result = DistillResult(str(cfg.out), cfg.steps, cache_hit=data.cache_hit, world_size=world, rank=rank,
                            student=student, data_seconds=data_seconds, sizes=sizes)
