@@ -52,6 +52,16 @@ class Compression:
     compressed: int
     compressible: int
     best: str = ""
+    # Whether a looser --max-drop could have let a candidate through: True when a candidate with
+    # layers compressed met the gate's cosine floor and missed only on agreement (--max-drop
+    # loosens agreement, never the cosine floor); None when the exporter's report does not say.
+    max_drop_helps: Optional[bool] = None
+
+    @classmethod
+    def from_gate(cls, compressed: int, compressible: int, gate: Optional[dict], precision: str) -> "Compression":
+        """The share, with what the gate's report (`edgevl.compress.gate.run_gate`) says about its
+        candidates."""
+        return cls(compressed, compressible, best_gate_try(gate, precision), _agreement_limited(gate))
 
     @property
     def nothing_compressed(self) -> bool:
@@ -76,13 +86,26 @@ class ArtifactFacts:
     export_notes: dict[str, str] = field(default_factory=dict)
 
 
+def _compressed_tries(gate: Optional[dict]) -> list[dict]:
+    """The gate's tries that kept fewer than every ranked layer float and were measured."""
+    ranked = (gate or {}).get("ranked_layers")
+    return [t for t in (gate or {}).get("tried", []) if isinstance(t.get("float_layers"), int)
+            and ranked is not None and t["float_layers"] < ranked and t.get("cosine_min") is not None]
+
+
+def _agreement_limited(gate: Optional[dict]) -> Optional[bool]:
+    tries = _compressed_tries(gate)
+    if not tries or (gate or {}).get("cosine_min") is None:
+        return None
+    return any(t["cosine_min"] >= gate["cosine_min"] and not t.get("passed") for t in tries)
+
+
 def best_gate_try(gate: Optional[dict], precision: str) -> str:
     """What the accuracy gate's best candidate with any layer compressed reached (the highest min
     cosine among its tries that kept fewer than every ranked layer float), in words; "" when the
     gate report holds no such try. `gate`: the report of `edgevl.compress.gate.run_gate`."""
     ranked = (gate or {}).get("ranked_layers")
-    tries = [t for t in (gate or {}).get("tried", []) if isinstance(t.get("float_layers"), int)
-             and ranked is not None and t["float_layers"] < ranked and t.get("cosine_min") is not None]
+    tries = _compressed_tries(gate)
     if not tries:
         return ""
     best = max(tries, key=lambda t: t["cosine_min"])

@@ -290,7 +290,9 @@ def _check_compressed(exporter: Exporter, artifact: ExportedArtifact, compressio
         found = f"{artifact.target} {artifact.precision} finds no layer to compress in this tower"
     if allow_float_fallback:
         return f"{what}: {found}; shipped float as --allow-float-fallback asks"
-    fixes = ["a looser --max-drop (e.g. 0.05)"] if compression.compressible else []
+    # --max-drop loosens the agreement floor only: offered unless the gate's candidates were
+    # measured to miss the cosine floor.
+    fixes = ["a looser --max-drop (e.g. 0.05)"] if compression.compressible and compression.max_drop_helps is not False else []
     fixes += [f"--precision {p}" for p in ("int8w",) if p != artifact.precision and p in exporter.precisions]
     fixes.append("--allow-float-fallback to ship the float tower (the summary says so)")
     raise NothingCompressedError(

@@ -195,13 +195,13 @@ class Exporter(ABC):
         layers and export-wide notes (`edgevl.manifest.ArtifactFacts`). This default reads the
         `passes["quantization"]` report of the ONNX and TensorRT exporters (quantized_layers,
         float_layers, the gate's tries); a target that reports otherwise overrides it."""
-        from edgevl.manifest import ArtifactFacts, Compression, best_gate_try
+        from edgevl.manifest import ArtifactFacts, Compression
 
         quant = artifact.passes.get("quantization")
         if not quant or "quantized_layers" not in quant:
             return ArtifactFacts()
         done, kept = int(quant["quantized_layers"]), len(quant.get("float_layers") or {})
-        return ArtifactFacts(Compression(done, done + kept, best_gate_try(quant.get("gate"), artifact.precision)))
+        return ArtifactFacts(Compression.from_gate(done, done + kept, quant.get("gate"), artifact.precision))
 
     @abstractmethod
     def _export(

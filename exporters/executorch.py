@@ -26,7 +26,7 @@ from typing import Any
 
 from edgevl.errors import ExportError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, quiet, refuse_unfused
-from edgevl.manifest import ArtifactFacts, Compression, best_gate_try
+from edgevl.manifest import ArtifactFacts, Compression
 from edgevl.models.spec import Component, ModelSpec
 from edgevl.registry import register_exporter
 
@@ -161,5 +161,5 @@ class ExecuTorchExporter(Exporter):
         quant = artifact.passes.get("quantization")
         if not quant:
             return ArtifactFacts()
-        best = best_gate_try(quant.get("gate"), artifact.precision)
-        return ArtifactFacts(Compression(int(quant["quantized_ops"]), int(quant["weighted_ops"]), best))
+        return ArtifactFacts(Compression.from_gate(int(quant["quantized_ops"]), int(quant["weighted_ops"]),
+                                                   quant.get("gate"), artifact.precision))

@@ -35,7 +35,7 @@ from edgevl.exporters.openvino_ir import OV_LOGGERS, SDPA_OP, convert_tower, cou
 from edgevl.exporters.openvino_quant import (
     INT8_INSTEAD, INT8_PLANS, WEIGHT_ONLY_INSTEAD, Int8Settings, compress_weights, quantize_int8, weight_levels,
 )
-from edgevl.manifest import ArtifactFacts, Compression, best_gate_try
+from edgevl.manifest import ArtifactFacts, Compression
 from edgevl.models.spec import Component, ModelSpec, TowerSpec
 from edgevl.registry import register_exporter
 
@@ -198,7 +198,7 @@ class OpenVinoExporter(Exporter):
         if "gate" in quant:
             ranked = int(quant["gate"]["ranked_layers"])
             done = 0 if quant["whole_tower_float"] else ranked - int(quant["float_layer_count"])
-            return ArtifactFacts(Compression(done, ranked, best_gate_try(quant["gate"], artifact.precision)))
+            return ArtifactFacts(Compression.from_gate(done, ranked, quant["gate"], artifact.precision))
         return ArtifactFacts(Compression(*_integer_weight_counts(artifact.path)))
 
     @staticmethod

@@ -150,3 +150,19 @@ def _given():
     from edgevl.calibration.datasets import load_calibration
 
     return load_calibration(PLAN_TEXTS)
+
+
+def test_max_drop_is_offered_only_where_agreement_was_what_failed():
+    """--max-drop loosens the agreement floor, never the cosine floor: the refusal of a tower the
+    gate kept float offers it only when a compressed candidate met the cosine floor."""
+    from edgevl.manifest import Compression
+
+    def gate(*tries: tuple[int, float, bool]) -> dict:
+        return {"ranked_layers": 10, "cosine_min": 0.995, "max_drop": 0.01,
+                "tried": [{"float_layers": f, "cosine_min": c, "top1_agreement": 0.9, "passed": p} for f, c, p in tries]}
+
+    cosine_short = Compression.from_gate(0, 10, gate((0, 0.93, False), (10, 1.0, True), (5, 0.99, False)), "int8")
+    agreement_short = Compression.from_gate(0, 10, gate((0, 0.93, False), (10, 1.0, True), (5, 0.997, False)), "int8")
+    unmeasured = Compression.from_gate(0, 10, None, "int8")
+    assert (cosine_short.max_drop_helps, agreement_short.max_drop_helps, unmeasured.max_drop_helps) == (False, True, None)
+    assert "best int8 candidate 5 of 10 ranked layers float: min cosine 0.9900" in cosine_short.best
