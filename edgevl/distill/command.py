@@ -44,8 +44,10 @@ def add_distill_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--extra-data", default=None, metavar="PATH",
                    help="an image folder (sub-folder names are labels) or JSON-lines file trained on beside --data; "
                    "held-out photos in it are left out")
-    p.add_argument("--lr", type=float, default=2e-3,
-                   help="AdamW learning rate (linear warm-up, then cosine decay); default: 2e-3")
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate (linear warm-up, then cosine decay); default: 2e-3, or 1e-4 for a "
+                   "student whose image tower is inherited from the teacher (image=effnet, e.g. the effnet-lite0 "
+                   "preset), which 2e-3 was measured to pull away from the teacher (docs/distillation.md)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the student's initial weights, the augmented views and each step's batch; default: 0")
     p.add_argument("--feature-kind", choices=("cosine", "mse"), default="cosine",
@@ -62,12 +64,19 @@ def add_distill_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
+# Learning rates by how the student starts: from scratch, or from the teacher's own image trunk.
+SCRATCH_LR = 2e-3
+INHERITED_LR = 1e-4
+
+
 def config_from_args(args: argparse.Namespace) -> DistillConfig:
     stages = tuple(replace(s, losses=replace(s.losses, feature_kind=args.feature_kind)) for s in DEFAULT_STAGES)
+    student = parse_student(args.student)
+    lr = args.lr if args.lr is not None else (INHERITED_LR if student.image == "effnet" else SCRATCH_LR)
     return DistillConfig(
-        teacher=args.teacher, student=parse_student(args.student), data=args.data, out=args.out, steps=args.steps,
+        teacher=args.teacher, student=student, data=args.data, out=args.out, steps=args.steps,
         batch=args.batch, text_batch=args.text_batch, views=args.views, seed=args.seed, stages=stages,
-        optim=OptimConfig(lr=args.lr), heldout=args.heldout, text_corpus=args.text_corpus,
+        optim=OptimConfig(lr=lr), heldout=args.heldout, text_corpus=args.text_corpus,
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, augment=args.augment,
         extra_data=args.extra_data,
     )

@@ -278,3 +278,18 @@ def test_distill_help_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "--teacher" in proc.stdout
+
+
+def test_learning_rate_defaults_by_how_the_student_starts():
+    """2e-3 for students trained from scratch, 1e-4 for an image tower inherited from the teacher
+    (docs/distillation.md: 2e-3 pulled the inherited tower away from the teacher in 20 steps);
+    an explicit --lr wins."""
+    from edgevl.cli import build_parser
+    from edgevl.distill.command import INHERITED_LR, SCRATCH_LR, config_from_args
+
+    def lr(*argv: str) -> float:
+        return config_from_args(build_parser().parse_args(["distill", "--out", "o", *argv])).optim.lr
+
+    assert lr("--student", "vit-tiny") == SCRATCH_LR == 2e-3
+    assert lr("--student", "effnet-lite0") == INHERITED_LR == 1e-4
+    assert lr("--student", "effnet-lite0", "--lr", "5e-4") == 5e-4
