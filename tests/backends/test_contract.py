@@ -29,7 +29,8 @@ ENTRY_FIELDS = {"target", "precision", "component", "path", "sha256", "bytes", "
                 "unfused_attention", "verified", "parity", "files", "passes"}
 
 
-@pytest.mark.parametrize("kind", ["clip", "siglip"])
+# SigLIP's cases run in `make test` only (slow): `make test-fast` keeps one family per target.
+@pytest.mark.parametrize("kind", ["clip", pytest.param("siglip", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("target", TARGETS)
 def test_exporter_contract(target, kind, tiny_clip_dir, tiny_siglip_dir, tmp_path, capsys):
     ckpt = tiny_clip_dir if kind == "clip" else tiny_siglip_dir

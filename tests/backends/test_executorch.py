@@ -25,6 +25,7 @@ def _export(ckpt, out, capsys, *extra: str) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
+@pytest.mark.slow  # PT2E calibration, the gate's try and two lowerings: about 30 s per tower
 @pytest.mark.parametrize("kind,component", [("clip", "text"), ("siglip", "image")])
 def test_int8_is_quantized_gated_and_verified_by_the_runtime(kind, component, tiny_clip_dir, tiny_siglip_dir,
                                                              tmp_path, capsys):

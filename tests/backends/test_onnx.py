@@ -175,6 +175,7 @@ def _reference_evaluator_matches_ort(path: Path, feeds: dict) -> float:
     return float(np.abs(ReferenceEvaluator(str(path)).run(None, feeds)[0] - got).max())
 
 
+@pytest.mark.slow  # reads the session's tiny int8 exports (trained checkpoints) and quantizes three more
 def test_standard_flavour_holds_only_ai_onnx_ops_at_every_precision(tiny_int8_exports, tiny_clip_dir, tmp_path):
     """int8 (the session's trained tiny CLIP export) and int4w (the tiny random CLIP):
     every node in an ai.onnx domain, ONNX's own reference evaluator runs each graph and agrees

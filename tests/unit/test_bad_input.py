@@ -167,6 +167,7 @@ def test_parity_failure_exits_3_and_publishes_only_when_asked(tiny_clip_dir, tmp
     assert manifest["artifacts"][0]["parity"]["passed"] is False
 
 
+@pytest.mark.slow  # three OpenVINO int8 gate searches: about 20 s
 def test_int8_that_compresses_no_layer_exits_3_unless_the_float_fallback_is_allowed(tiny_clip_dir, tmp_path, capsys):
     """The tiny random CLIP's text tower at OpenVINO int8, calibrated on one one-word text (data
     unlike what it will see): the gate keeps all 15 ranked layers float (its best int8 candidate

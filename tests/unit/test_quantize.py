@@ -106,6 +106,7 @@ def test_w8a8_recipe_round_trips_and_keeps_accuracy(minilm, tmp_path):
     assert again.to_json() == recipe.to_json()
 
 
+@pytest.mark.slow  # the real default text tower through the gate
 def test_default_int8_is_smoothquant_plus_dynamic_and_passes_the_gate(minilm):
     """`--precision int8` on ONNX: SmoothQuant folded, Q/K/V packed into ORT's attention op and
     quantised as QAttention, the other MatMuls as ORT's dynamic MatMulInteger, gated on cosine;
