@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from edgevl.compress.ort_graph import consumers, initializers, session_with_outputs
+from edgevl.compress.qdq import quantize_weight_per_channel
 
 RELU6 = (0.0, 6.0)
 # Rescaling factors are capped: a near-dead channel would otherwise get a huge t_i.
@@ -199,9 +200,8 @@ def equalize(model: "object", feeds: list[dict[str, np.ndarray]], margin: float 
 def fake_quant_weight(w: np.ndarray, qmax: int) -> np.ndarray:
     """Symmetric per-output-channel quantize-dequantize as ONNX Runtime's static quantizer does
     it (scale = max |w| / qmax, codes in [-qmax, qmax])."""
-    amax = np.abs(w).reshape(w.shape[0], -1).max(1)
-    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32).reshape(-1, *[1] * (w.ndim - 1))
-    return np.clip(np.round(w / scale), -qmax, qmax) * scale
+    codes, scales = quantize_weight_per_channel(w.reshape(w.shape[0], -1).T, qmax=qmax)
+    return (codes.T.astype(w.dtype) * scales[:, None]).reshape(w.shape)
 
 
 def input_means(model: "object", feeds: list[dict[str, np.ndarray]], convs: list[str]) -> dict[str, tuple]:

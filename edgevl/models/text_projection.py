@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgevl.manifest import sha256_of
+
 PROMPT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
     "a close-up photo of a {}.",
@@ -157,14 +159,6 @@ def fit_text_projection(
     return m.T.copy(), np.zeros(m.shape[1]), info
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def inputs_digest(class_names: Sequence[str], weight_files: Sequence[Path], context_length: int) -> str:
     """The hash of everything the fit reads: the procedure (`FIT_VERSION`, templates, refinement
     settings), the classes, the context length and the weight files' contents (sha256, ~0.1 s for
@@ -176,7 +170,7 @@ def inputs_digest(class_names: Sequence[str], weight_files: Sequence[Path], cont
             "templates": list(PROMPT_TEMPLATES),
             "refine": [REFINE_STEPS, LOGIT_SCALE, STEP_SIZE],
             "context_length": context_length,
-            "weights": [[p.name, _sha256(p)] for p in weight_files],
+            "weights": [[p.name, sha256_of(p)] for p in weight_files],
         },
         sort_keys=True,
     )
