@@ -111,8 +111,11 @@ class FusedMultiheadAttention(nn.Module):
         self.out_proj = mha.out_proj
 
     def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **_: object
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None, **_: object
     ) -> tuple[torch.Tensor, None]:
+        """`attn_mask`: an additive float mask broadcastable to `[batch, heads, q_len, kv_len]`
+        (token reduction's log-size bias), unlike nn.MultiheadAttention's `[L, S]` form."""
         wq, wk, wv = self.in_proj_weight.chunk(3)
         bq, bk, bv = (
             self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
@@ -124,7 +127,7 @@ class FusedMultiheadAttention(nn.Module):
             return F.linear(x, w, b).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
 
         out = edgevl_attention(
-            self, heads(query, wq, bq), heads(key, wk, bk), heads(value, wv, bv), None, head_dim**-0.5
+            self, heads(query, wq, bq), heads(key, wk, bk), heads(value, wv, bv), attn_mask, head_dim**-0.5
         )
         out = out.transpose(1, 2).reshape(batch, -1, embed)
         return self.out_proj(out), None
