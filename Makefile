@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.edgevl-installed
 OUT    ?= out/demo
 WEB    := apps/web
 
-.PHONY: setup demo test test-fast bench clean browser
+.PHONY: setup demo test test-fast bench clean browser stamps
 
 $(STAMP): pyproject.toml constraints.txt apps/runtime/pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,18 +29,26 @@ browser: $(WEB)/node_modules/.package-lock.json
 	  && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
 	  || echo "chromium not found and not installable here: the browser tests will skip (apt-get install chromium)"
 
-setup: $(STAMP) browser
+## Debian's Tux Paint stamps (hundreds of object photos with captions for the calibration, gate
+## and parity splits) where missing and this user may install them; otherwise the splits read the
+## package photos alone and the manifest's pool record says so.
+stamps:
+	@[ -d /usr/share/tuxpaint/stamps ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tuxpaint-stamps-default >/dev/null 2>&1; } \
+	  || echo "tuxpaint-stamps-default not found and not installable here: the data splits read the package photos alone (apt-get install tuxpaint-stamps-default)"
+
+setup: $(STAMP) browser stamps
 
 ## Export the embedded default model to ONNX and verify it on real photos and captions.
-demo: $(STAMP)
+demo: $(STAMP) stamps
 	$(VENV)/bin/edgevl export --target onnx --out $(OUT) --force
 
 ## The whole test suite (real ONNX Runtime, OpenVINO, real weights and photos).
-test: $(STAMP) browser
+test: $(STAMP) browser stamps
 	$(PY) -m pytest -q -ra --durations=25
 
 ## Everything but the end-to-end exports of real models.
-test-fast: $(STAMP) browser
+test-fast: $(STAMP) browser stamps
 	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: $(STAMP)

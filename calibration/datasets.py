@@ -194,13 +194,13 @@ def from_jsonl(path: Path, seed: int = DEFAULT_SEED, min_side: int = MIN_SIDE) -
 
 
 def bundled(seed: int = DEFAULT_SEED, max_photos: Optional[int] = None) -> CalibrationSet:
-    """The bundled calibration split: its photos (every view of each), the everyday captions,
-    its captions and its own label prompts. The gate and parity splits hold other photos and
+    """The bundled calibration split: its photos (every view of each) and Tux Paint stamps where
+    installed, the everyday captions, its captions and its own label prompts. The gate and parity splits hold other photos and
     other texts (`samples.py`)."""
-    from edgevl.calibration.samples import bundled_samples, bundled_split
+    from edgevl.calibration.samples import bundled_split, split_samples
 
     ps = bundled_split("calibration", max_photos)
-    files = [str(s.path) for s in bundled_samples("calibration")[:max_photos]]
+    files = [str(s.path) for s in split_samples("calibration")[:max_photos]]
     return CalibrationSet(
         list(ps.images), list(ps.image_names), list(EXTRA_CAPTIONS) + ps.texts,
         "bundled real samples (calibration split)", seed, files,

@@ -21,6 +21,11 @@ sees (caption or prompt) is ever judged by parity, and the class lists differ be
 `tests/unit/test_splits.py` fails if any two splits share a source file, a text, or a pixel-
 identical view.
 
+Beside these rows, the photo cut-outs of Debian's `tuxpaint-stamps-default` package are read where
+it is installed (`calibration/tuxpaint.py`: hundreds of object photos with English captions, each
+stamp's split fixed by its caption's hash); `split_samples` gives both, and the manifest's pool
+record says whether the stamps were read. A stamp's zero-shot class is its own caption.
+
 Only files that ship inside the installed wheels are used (some `skimage.data` images download
 on first use; those are not listed). Each row names its split, so a file's split never depends on
 what else is installed. The photos come in two pools (`pool()`): "core" holds the rows of edgevl's
@@ -41,6 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from edgevl.calibration import tuxpaint
 from edgevl.calibration.class_names import split_class_prompts
 
 SPLITS = ("calibration", "gate", "parity")
@@ -102,6 +108,7 @@ SOURCES: dict[str, str] = {
     "mahotas": "mahotas (MIT); demos/data photos shipped with the package",
     "pywt": "PyWavelets (MIT); pywt/data images",
     "pydicom": "pydicom (MIT); data/test_files, from the NEMA WG04 / public DICOM sample sets",
+    "tuxpaint": tuxpaint.LICENCE,
 }
 
 
@@ -200,6 +207,11 @@ class Sample:
     split: str = "parity"
     source: str = ""  # package/path inside it, e.g. "skimage/data/chelsea.png"
 
+    @property
+    def is_stamp(self) -> bool:
+        """A Tux Paint stamp (one view, its caption as its zero-shot class), not a package photo."""
+        return self.source.startswith("tuxpaint/")
+
 
 def _package_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
@@ -215,9 +227,15 @@ def pool() -> str:
 
 
 def pool_record() -> dict:
-    """Which pool the bundled splits come from and the packages it reads photos from."""
+    """Which pool the bundled splits come from, the packages it reads photos from, and the Tux
+    Paint stamps read beside them (None: the package is not installed)."""
     name = pool()
-    return {"pool": name, "packages": [_PIP_NAMES.get(p, p) for p in POOLS[name]]}
+    return {"pool": name, "packages": [_PIP_NAMES.get(p, p) for p in POOLS[name]], "tuxpaint": tuxpaint.record()}
+
+
+def pool_name() -> str:
+    """`pool()`, with "+ Tux Paint stamps" when the stamps are read."""
+    return f"{pool()} pool" + (" + Tux Paint stamps" if tuxpaint.stamps() else "")
 
 
 def _resolve(row: Row) -> Path:
@@ -247,6 +265,23 @@ def bundled_samples(split: str | None = None) -> list[Sample]:
         for row in _ROWS
         if (split is None or row.split == split) and row.package in packages
     ]
+
+
+def split_samples(split: str | None = None, stamps: bool = True) -> list[Sample]:
+    """`bundled_samples(split)`, then (with `stamps`) that split's Tux Paint stamps, labelled
+    with their captions."""
+    found = bundled_samples(split)
+    if stamps:
+        found += [Sample(s.relative.rsplit(".", 1)[0], s.path, s.caption, s.caption, s.split, f"tuxpaint/{s.relative}")
+                  for s in tuxpaint.stamps(split)]
+    return found
+
+
+def sample_views(sample: Sample) -> list:
+    """The views a sample is used in: a package photo's `views`, a stamp composited on white."""
+    if sample.is_stamp:
+        return [tuxpaint.load_stamp(sample.path)]
+    return list(views(load_rgb(sample.path)))
 
 
 def load_rgb(path: Path) -> "object":
@@ -311,10 +346,13 @@ class ParitySet:
     split: str = "parity"
     # More texts of the same photos, checked beside the captions (not zero-shot classes).
     extra_texts: list[str] = field(default_factory=list)
+    # Zero-shot classes read as they are (Tux Paint stamps' captions), after the label prompts.
+    caption_classes: list[str] = field(default_factory=list)
 
     @property
     def prompts(self) -> list[str]:
-        return [PROMPT_TEMPLATE.format(label) for label in self.labels]
+        """The zero-shot classes: the label prompts, then the caption classes."""
+        return [PROMPT_TEMPLATE.format(label) for label in self.labels] + self.caption_classes
 
     @property
     def texts(self) -> list[str]:
@@ -323,18 +361,23 @@ class ParitySet:
         return self.captions + self.extra_texts + self.prompts
 
 
-def bundled_split(split: str, max_photos: int | None = None) -> ParitySet:
-    """One split's photos (every view of each), captions and labels."""
-    samples = bundled_samples(split)[:max_photos]
+def bundled_split(split: str, max_photos: int | None = None, stamps: bool = True) -> ParitySet:
+    """One split's photos (every view of each), captions and labels; with `stamps`, its Tux
+    Paint stamps too (one view each, their captions as zero-shot classes). `max_photos` cuts
+    the list of `split_samples`, package photos first."""
+    samples = split_samples(split, stamps)[:max_photos]
     if not samples:
         raise RuntimeError(f"the bundled {split} split holds no photos")
     images, names = [], []
     for sample in samples:
-        for i, view in enumerate(views(load_rgb(sample.path))):
+        for i, view in enumerate(sample_views(sample)):
             images.append(view)
             names.append(f"{sample.name}#{i}")
-    labels = list(dict.fromkeys(s.label for s in samples))
-    return ParitySet(images, names, [s.caption for s in samples], labels, split, _extra_texts(split, labels))
+    photos = [s for s in samples if not s.is_stamp]
+    labels = list(dict.fromkeys(s.label for s in photos))
+    caption_classes = list(dict.fromkeys(s.caption for s in samples if s.is_stamp))
+    return ParitySet(images, names, [s.caption for s in photos], labels, split, _extra_texts(split, labels),
+                     caption_classes)
 
 
 def _extra_texts(split: str, labels: list[str]) -> list[str]:
@@ -372,25 +415,28 @@ def content_hash(file_hashes: list[str], texts: list[str]) -> str:
     return digest.hexdigest()
 
 
-def split_texts(split: str) -> list[str]:
+def split_texts(split: str, stamps: bool = True) -> list[str]:
     """Every text a split feeds the text tower. Gate and parity: captions (the gate's labels in
-    `GATE_TEMPLATES` after them), then label prompts. Calibration adds the everyday captions of
-    `EXTRA_CAPTIONS` in front."""
+    `GATE_TEMPLATES` after them), then label prompts, then (with `stamps`) the Tux Paint
+    stamps' captions. Calibration adds the everyday captions of `EXTRA_CAPTIONS` in front."""
     samples = bundled_samples(split)
     labels = list(dict.fromkeys(s.label for s in samples))
     texts = [s.caption for s in samples] + _extra_texts(split, labels) + [PROMPT_TEMPLATE.format(s.label) for s in samples]
+    if stamps:
+        texts += list(dict.fromkeys(s.caption for s in tuxpaint.stamps(split)))
     return list(EXTRA_CAPTIONS) + texts if split == "calibration" else texts
 
 
 def split_record(split: str) -> dict:
     """What the manifest records about one bundled split: its pool, counts and a content hash."""
-    samples = bundled_samples(split)
+    samples = split_samples(split)
     texts = split_texts(split)
     return {
-        "source": f"bundled {split} split, {pool()} pool",
+        "source": f"bundled {split} split, {pool_name()}",
         "photos": len(samples),
-        "images": len(samples) * VIEWS_PER_PHOTO,
+        "images": sum(1 if s.is_stamp else VIEWS_PER_PHOTO for s in samples),
         "texts": len(texts),
         "sha256": content_hash([file_sha256(s.path) for s in samples], texts),
         "files": [s.source for s in samples],
+        "pool": pool_record(),
     }

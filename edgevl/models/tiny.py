@@ -27,9 +27,9 @@ def word_tokenizer(folder: Path, bos: int, eos: int, pad: int, size: int) -> Non
 
     from edgevl.calibration.samples import SPLITS, class_prompts, split_texts
 
-    # The photos' own texts only: the ImageNet class prompts the splits also hold would crowd
-    # them out of the vocabulary, and training never reads them.
-    texts = [t for split in SPLITS for t in split_texts(split) if t not in set(class_prompts(split))]
+    # The package photos' own texts only: the ImageNet class prompts and Tux Paint captions the
+    # splits also hold would crowd them out of the vocabulary, and training never reads them.
+    texts = [t for split in SPLITS for t in split_texts(split, stamps=False) if t not in set(class_prompts(split))]
     words = sorted({w for t in texts for w in t.lower().replace(".", " ").split()})
     vocab = {"<unk>": 0, "<pad>": pad, **{w: i + 2 for i, w in enumerate(words[: size - 2])}}
     vocab.update({"<bos>": bos, "<eos>": eos})
@@ -43,7 +43,7 @@ def word_tokenizer(folder: Path, bos: int, eos: int, pad: int, size: int) -> Non
 
 def _bundled_pairs(preprocess: "object", tokenize: "object") -> tuple["object", dict, dict]:
     """(pixel values [photos, views, 3, H, W], caption tokens, label-prompt tokens), one caption
-    and one prompt per photo, over every bundled split."""
+    and one prompt per photo, over every bundled split's package photos (not the Tux Paint stamps)."""
     import torch
 
     from edgevl.calibration.samples import SPLITS, VIEWS_PER_PHOTO, bundled_split
@@ -51,7 +51,7 @@ def _bundled_pairs(preprocess: "object", tokenize: "object") -> tuple["object", 
 
     pixels, captions, prompts = [], [], []
     for split in SPLITS:
-        ps = bundled_split(split)
+        ps = bundled_split(split, stamps=False)
         pixels.append(preprocess_images(ps.images, preprocess))
         captions += ps.captions
         prompts += ps.prompts

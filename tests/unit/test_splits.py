@@ -1,5 +1,6 @@
-"""The bundled data splits: calibration, gate and parity never share a photo, a text or a view,
-and every export's manifest records each split with its sizes and content hash."""
+"""The bundled data splits: calibration, gate and parity never share a photo, a text or a view
+(package photos and Tux Paint stamps alike), and every export's manifest records each split with
+its sizes and content hash."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _pixel_hash(image) -> str:
 
 
 def _fingerprints(split_samples: list[Sample], texts: list[str]) -> dict[str, set[str]]:
-    views = [v for s in split_samples for v in samples.views(samples.load_rgb(s.path))]
+    views = [v for s in split_samples for v in samples.sample_views(s)]
     return {
         "source file": {file_sha256(s.path) for s in split_samples},
         "text": set(texts),
@@ -41,14 +42,17 @@ def _overlaps(by_split: dict[str, dict[str, set[str]]]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fingerprints() -> dict[str, dict[str, set[str]]]:
-    return {split: _fingerprints(samples.bundled_samples(split), samples.split_texts(split)) for split in SPLITS}
+    return {split: _fingerprints(samples.split_samples(split), samples.split_texts(split)) for split in SPLITS}
 
 
 def test_no_two_splits_share_a_photo_a_text_or_a_view(fingerprints):
     assert _overlaps(fingerprints) == []
     views = {split: len(fp["view pixels"]) for split, fp in fingerprints.items()}
     # Every view of every photo is distinct, so the counts the manifest records are real.
-    assert views == {split: len(samples.bundled_samples(split)) * VIEWS_PER_PHOTO for split in SPLITS}
+    assert views == {split: split_record(split)["images"] for split in SPLITS}
+    # The stamps' captions (their zero-shot classes) too: no caption in two splits, in any case.
+    keys = {split: {" ".join(s.caption.lower().split()) for s in samples.split_samples(split)} for split in SPLITS}
+    assert all(not keys[a] & keys[b] for a, b in combinations(SPLITS, 2))
 
 
 def test_the_overlap_check_catches_each_kind_of_leak(tmp_path):
@@ -90,11 +94,11 @@ def test_split_sizes_labels_and_readme_photos():
 
 def test_bundled_calibration_is_the_calibration_split():
     cal = datasets.bundled()
-    names = [s.name for s in samples.bundled_samples("calibration")]
-    assert [n.split("#")[0] for n in cal.image_names[::VIEWS_PER_PHOTO]] == names
-    assert len(cal.images) == len(names) * VIEWS_PER_PHOTO
+    every = samples.split_samples("calibration")
+    names = [f"{s.name}#{i}" for s in every for i in range(1 if s.is_stamp else VIEWS_PER_PHOTO)]
+    assert cal.image_names == names
     record = split_record("calibration")
-    assert cal.record() == {k: v for k, v in record.items() if k != "files"} | {"source": cal.source}
+    assert cal.record() == {k: v for k, v in record.items() if k not in ("files", "pool")} | {"source": cal.source}
     judged = set(samples.split_texts("gate")) | set(samples.split_texts("parity"))
     assert not judged & set(cal.texts)
 
@@ -125,7 +129,10 @@ def test_bundled_splits_are_recorded_when_no_calib_is_given():
     for split in SPLITS:
         assert splits[split] == split_record(split)
         record = splits[split]
-        assert record["photos"] == len(record["files"]) > 0 and record["images"] == record["photos"] * VIEWS_PER_PHOTO
+        stamps = sum(f.startswith("tuxpaint/") for f in record["files"])
+        assert record["photos"] == len(record["files"]) > 0
+        assert record["images"] == (record["photos"] - stamps) * VIEWS_PER_PHOTO + stamps
+        assert record["pool"] == samples.pool_record()
         assert record["texts"] == len(samples.split_texts(split)) and len(record["sha256"]) == 64
     assert len({splits[s]["sha256"] for s in SPLITS}) == 3
 
