@@ -9,11 +9,13 @@ Precisions (what each one means for the IR and for the runtime that verifies it)
     fp16   IR weights compressed to fp16; inference hint f32 on the CPU, so fp16 means storage.
     bf16   IR weights compressed to fp16 (bf16 keeps fewer mantissa bits than fp16 storage, so
            fp16 storage loses nothing bf16 inference keeps); inference hint bf16.
-    int8   post-training quantization of activations and weights (`nncf.quantize`), calibrated
-           on real images / captions, the float layers chosen by the accuracy gate, weights in
-           7 bits unless `--cpu-isa vnni`; see `openvino_quant.quantize_int8`. A `quantize_`
-           plan of W8A8Config or ConvW8A8Config is applied (its calibration data, sample
-           count, max_drop, cpu_isa, exclude, observer "minmax", SmoothQuant alpha);
+    int8   post-training quantization of activations and weights, calibrated on real images /
+           captions, the float layers chosen by the accuracy gate, weights in 7 bits unless
+           `--cpu-isa vnni`. Towers with MatMuls: `nncf.quantize` (`openvino_quant.quantize_int8`;
+           a W8A8Config plan's calibration data, sample count, max_drop, cpu_isa, exclude,
+           observer "minmax" and SmoothQuant alpha are applied). Convolutional towers: the
+           ONNX target's ConvW8A8Config scheme read by OpenVINO's ONNX frontend, gated on
+           OpenVINO (`openvino_quant.quantize_conv_int8`; a ConvW8A8Config plan applies there).
            DynamicW8A8Config and other fields are refused (InputError).
     int8w  weight-only int8 (`nncf.compress_weights`, INT8_ASYM, per output channel).
     int4w  weight-only int4 (INT4_SYM, groups of 128, smaller where a layer's width needs it),
@@ -32,6 +34,7 @@ from typing import Any, Optional
 from edgevl.errors import ExportError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, quiet, refuse_unfused
 from edgevl.exporters.openvino_ir import OV_LOGGERS, SDPA_OP, convert_tower, count_sdpa, static_input_shapes
+from edgevl.exporters.openvino_conv import conv_int8_config, quantize_conv_int8
 from edgevl.exporters.openvino_quant import (
     INT8_INSTEAD, INT8_PLANS, WEIGHT_ONLY_INSTEAD, Int8Settings, compress_weights, quantize_int8, weight_levels,
 )
@@ -140,7 +143,12 @@ class OpenVinoExporter(Exporter):
         }
         if precision == "int8":
             calib = resolve_calibration(options.calibration, plan)
-            model, passes["quantization"] = quantize_int8(model, spec, tower, calib, settings, options.progress)
+            conv_config = conv_int8_config(tower, plan, options)
+            if conv_config is not None:
+                model, passes["quantization"] = quantize_conv_int8(model, spec, tower, calib, conv_config,
+                                                                   options.progress)
+            else:
+                model, passes["quantization"] = quantize_int8(model, spec, tower, calib, settings, options.progress)
         elif precision in ("int8w", "int4w"):
             model, passes["quantization"] = compress_weights(model, precision)
         if count_sdpa(model) != fused:

@@ -1,6 +1,7 @@
 """OpenVINO IR compression with NNCF: static int8 through the shared accuracy gate
-(`quantize_int8`), weight-only int8 / int4 (`compress_weights`), and what they need: calibration
-feeds, the gate's layer ranking, a compiled-model runner and the int8 weight levels of an IR."""
+(`quantize_int8`, towers with MatMuls; convolutional towers: `openvino_conv`), weight-only int8 /
+int4 (`compress_weights`), and what they need: calibration feeds, the gate's layer ranking, a
+compiled-model runner and the int8 weight levels of an IR."""
 
 from __future__ import annotations
 

@@ -244,6 +244,6 @@ def gate_loop(
         report = {"gated": False, "passed": None, "figures": None, "tried": [],
                   "reason": "no gate data was given (quantize_model with gate=None): every layer quantized, unmeasured"}
         return model, {}, (extras[0],), report
-    result = run_gate(order, build_list, lambda m: ort_run(m), ctx.gate, ctx.cosine_min, max_drop,
+    result = run_gate(order, build_list, ctx.runner or ort_run, ctx.gate, ctx.cosine_min, max_drop,
                       ctx.component, reason, ctx.progress, limits=limits, **gate_options)
     return result.model, result.float_layers, (extras[len(result.float_layers)],), result.report

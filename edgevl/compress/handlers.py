@@ -42,6 +42,10 @@ class QuantContext:
     calibration: dict = field(default_factory=dict)
     progress: Optional[Callable[[str], None]] = None
     flavor: str = "standard"
+    # How the gate runs a candidate graph: model -> (feeds -> output). None: ONNX Runtime. A
+    # target that ships the ONNX graph through another runtime (OpenVINO reads the Q/DQ graph)
+    # passes that runtime, so the gate judges what the artifact will execute.
+    runner: Optional[Callable[["object"], Callable[[dict], np.ndarray]]] = None
 
 
 def register_handler(config_type: type) -> Callable[[Handler], Handler]:

@@ -32,16 +32,17 @@ def quantize_model(
     fp32_model: "object", config: QuantConfig, feeds: list[dict[str, np.ndarray]], component: str,
     gate: Optional[GateData], cosine_min: float, calibration: Optional[dict] = None,
     progress: Optional[Callable[[str], None]] = None, flavor: str = "standard",
+    runner: Optional[Callable[["object"], Callable[[dict], np.ndarray]]] = None,
 ) -> tuple["object", QuantRecipe, dict]:
     """Quantise an fp32 ONNX model in memory: (quantised model, recipe, passes). `progress`
     gets a line per accuracy-gate try; `flavor` "standard" writes ai.onnx ops only, "ort" may
     use ONNX Runtime's com.microsoft ops (packed QAttention, EmbedLayerNormalization,
-    MatMulNBits)."""
+    MatMulNBits); `runner` runs the gate's candidates (default: ONNX Runtime)."""
     if flavor not in ONNX_FLAVORS:
         raise InputError(f"unknown ONNX flavour {flavor!r}; use one of: {', '.join(ONNX_FLAVORS)}")
     handler = handler_for(config)
     prepared, prep = prepare(fp32_model)
-    ctx = QuantContext(prepared, feeds, gate, cosine_min, component, calibration or {}, progress, flavor)
+    ctx = QuantContext(prepared, feeds, gate, cosine_min, component, calibration or {}, progress, flavor, runner)
     qmodel, info = handler(ctx, config)
     foreign = foreign_ops(qmodel) if flavor == "standard" else []
     if foreign:

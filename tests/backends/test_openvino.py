@@ -61,7 +61,9 @@ def _check_gate(q: dict, max_drop: float = 0.01) -> None:
     assert q["float_layer_count"] == len(q["float_layers"]) == chosen[0]["float_layers"]
     assert all(not t["passed"] for t in tried if isinstance(t["float_layers"], int) and t["float_layers"] < k)
     for rank, (name, entry) in enumerate(q["float_layers"].items(), start=1):
-        assert name and entry["why"].startswith(f"kept float by the accuracy gate (rank {rank}: ")
+        # NNCF's ranks (MatMul towers) or the conv scheme's depth order (convolutional towers).
+        assert name and entry["why"].startswith((f"kept float by the accuracy gate (rank {rank}: ",
+                                                 f"kept float by the accuracy gate (conv {rank} of "))
 
 
 def test_int8_for_vnni_uses_full_8_bit_weights(tiny_clip_dir, tmp_path):
@@ -258,10 +260,10 @@ def test_default_model_text_tower_fp32_and_int8(default_export_fp32, tmp_path, c
     assert set(levels).isdisjoint(q["float_layers"]) and max(levels.values(), default=0) <= SATURATION_SAFE_LEVEL
 
 
-# The default image tower's convs left int8 by the gate at the default --max-drop (measured share
-# and what was tried to raise it: docs/compression-and-gate.md, benchmarks/RESULTS.md): NNCF's
-# activation quantizers outside the convs already cost most of the gate's margin.
-OV_INT8_IMAGE_FLOOR = 1
+# The default image tower's convs left int8 by the gate at the default --max-drop: the ONNX
+# target's equalized, bias-corrected Q/DQ graph read by OpenVINO (measured share:
+# benchmarks/results/openvino_int8.md), with room for a CPU whose float rounding differs.
+OV_INT8_IMAGE_FLOOR = 35
 
 
 @pytest.mark.slow
@@ -284,7 +286,8 @@ def test_default_model_image_int8_keeps_a_float_prefix_chosen_by_the_gate(tmp_pa
     assert art["compression"] == {"compressed_layers": len(convs) - k, "compressible_layers": len(convs),
                                   "float_fallback": False}
     assert len(convs) - k >= OV_INT8_IMAGE_FLOOR
-    assert list(q["float_layers"]) == [op.get_friendly_name() for op in convs[:k]]
+    # OpenVINO names a conv read from ONNX after its ONNX node ("<node>/WithoutBiases").
+    assert list(q["float_layers"]) == [op.get_friendly_name().split("/")[0] for op in convs[:k]]
     # A quantized conv reads its input through a FakeQuantize; the float prefix does not.
     fed_by_fq = [op.input_value(0).get_node().get_type_name() == "FakeQuantize" for op in convs]
     assert not any(fed_by_fq[:k]) and sum(fed_by_fq) >= len(convs) - k - 1
