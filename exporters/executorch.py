@@ -109,6 +109,7 @@ class ExecuTorchExporter(Exporter):
         from edgevl.compress.gate import gate_cosine_floor, gate_data, run_gate
         from edgevl.compress.plan import resolve_calibration, tower_plan
         from edgevl.exporters.executorch_lower import example_and_shapes, lower, quantize_pt2e, weighted_op_count
+        from edgevl.exporters.executorch_quant import Int8Plan
         from edgevl.runtimes.executorch import load_program
         from edgevl.tolerances import tolerance_for
 
@@ -124,12 +125,21 @@ class ExecuTorchExporter(Exporter):
         # Observers run on a dynamic export (calibration samples come one at a time), the static
         # sizes, if any, apply to the lowering afterwards.
         calib_examples, calib_dynamic, _ = example_and_shapes(tower, spec.preprocess.context_length, None)
+        try:
+            with quiet(*_LOGGERS, "torch.onnx"):
+                plan = Int8Plan.of(module, calib_examples, calib_dynamic, list(tower.input_names),
+                                   tower.output.name, feeds)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"ExecuTorch int8 conditioning of the {tower.component} tower failed: {first}") from exc
+        why = dict(plan.ranked)
         built: dict[str, Any] = {}
 
         def build(float_layers: list[str]) -> Any:
             try:
                 with quiet(*_LOGGERS):
-                    converted, built["quantized"] = quantize_pt2e(module, calib_examples, calib_dynamic, feeds)
+                    converted, built["quantized"] = quantize_pt2e(plan.module_for(float_layers), calib_examples,
+                                                                  calib_dynamic, feeds, float_layers)
                     program, built["lowering"] = lower(converted, examples, dynamic)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -138,16 +148,23 @@ class ExecuTorchExporter(Exporter):
 
         parity_floor = tolerance_for(self.name, "int8").cosine_min
         gate = gate_data(spec, tower.component, run_fn(fp32_program), parity_floor)
+        # The quantizer also quantizes activations outside the ranked layers, so the float
+        # program is the last candidate.
         result = run_gate(
-            [], build, run_fn, gate, gate_cosine_floor(parity_floor), options.max_drop, tower.component,
-            lambda name, rank: "", options.progress, whole_float=lambda: fp32_program,
+            [name for name, _ in plan.ranked], build, run_fn, gate, gate_cosine_floor(parity_floor), options.max_drop,
+            tower.component, lambda name, rank: f"kept float by the accuracy gate (rank {rank}: {why[name]})",
+            options.progress, whole_float=lambda: fp32_program,
         )
         weighted = weighted_op_count(module, calib_examples)
         report = {
             "scheme": "PT2E XNNPACKQuantizer: int8 per-channel symmetric weights, int8 per-tensor activations; "
-                      "conv -> ReLU6 observed after the clamp, residual adds float",
+                      "conv -> ReLU6 observed after the clamp, residual adds float; the gate's float layers "
+                      "left unannotated",
             "calibration": {"samples": len(feeds), **calib.describe()},
-            "gate": {**result.report, "candidates": "whole tower only (no layer-by-layer search)"},
+            "conditioning": plan.report,
+            "gate": result.report,
+            "float_layers": {name: {"why": reason} for name, reason in result.float_layers.items()},
+            "float_layer_count": len(result.float_layers),
             "whole_tower_float": result.whole_tower_float,
             "weighted_ops": weighted,
             "quantized_ops": 0 if result.whole_tower_float else built.get("quantized", 0),

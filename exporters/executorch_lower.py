@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import Counter
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from edgevl.models.spec import TowerSpec
 
@@ -65,14 +65,16 @@ def example_and_shapes(tower: TowerSpec, context: int, static: Optional[dict[str
     return examples, (spec if dims else None), record
 
 
-def quantize_pt2e(module: Any, examples: dict, dynamic: Optional[dict], calib_feeds: list[dict]) -> tuple[Any, int]:
+def quantize_pt2e(module: Any, examples: dict, dynamic: Optional[dict], calib_feeds: list[dict],
+                  float_modules: Sequence[str] = ()) -> tuple[Any, int]:
     """PT2E int8 with XNNPACK's quantizer (symmetric per-channel weights, per-tensor activations),
-    calibrated on `calib_feeds`; returns (the converted module, how many weighted ops it quantized)."""
+    calibrated on `calib_feeds`, the ops of `float_modules` (module paths) left float; returns
+    (the converted module, how many weighted ops it quantized)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = _quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = _quantizer(float_modules).set_global(get_symmetric_quantization_config(is_per_channel=True))
     with torch.no_grad():
         graph = torch.export.export(module, (), kwargs=examples, dynamic_shapes=dynamic).module()
         prepared = _integer_constants_back(prepare_pt2e(graph, quantizer))
@@ -88,8 +90,9 @@ def quantize_pt2e(module: Any, examples: dict, dynamic: Optional[dict], calib_fe
     return converted, weighted
 
 
-def _quantizer() -> Any:
-    """XNNPACK's quantizer with two changes to what it annotates.
+def _quantizer(float_modules: Sequence[str] = ()) -> Any:
+    """XNNPACK's quantizer with two changes to what it annotates, leaving the ops of
+    `float_modules` (module paths; the gate's float layers) unannotated, hence float.
 
     A convolution followed by hardtanh (ReLU6 is hardtanh(0, 6)) is annotated as one op. Stock,
     only conv -> relu is: a hardtanh shares its input's observer, so the convolution's output is
@@ -104,7 +107,13 @@ def _quantizer() -> Any:
     from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as qu
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
 
+    from edgevl.compress.torch_conv import module_path
+
     clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+    skip = set(float_modules)
+
+    def quantizable(node: Any) -> bool:
+        return module_path(node) not in skip
 
     class EdgevlXnnpackQuantizer(XNNPACKQuantizer):
         def annotate(self, model: Any) -> Any:
@@ -114,7 +123,7 @@ def _quantizer() -> Any:
                     node.meta[qu.Q_ANNOTATION_KEY] = qu.QuantizationAnnotation(_annotated=True)
             for clamp in list(model.graph.nodes) if config is not None else []:
                 conv = clamp.args[0] if clamp.op == "call_function" and clamp.target in clamps else None
-                if conv is None or not qu._is_conv_node(conv) or len(conv.users) != 1:
+                if conv is None or not qu._is_conv_node(conv) or len(conv.users) != 1 or not quantizable(conv):
                     continue
                 inputs = {conv.args[0]: qu.get_input_act_qspec(config), conv.args[1]: qu.get_weight_qspec(config)}
                 partition = [clamp, conv, conv.args[1]]
@@ -130,7 +139,7 @@ def _quantizer() -> Any:
                 qu._mark_nodes_as_annotated(partition)
             return super().annotate(model)
 
-    return EdgevlXnnpackQuantizer()
+    return EdgevlXnnpackQuantizer().set_filter_function(quantizable)
 
 
 def _integer_constants_back(prepared: Any) -> Any:

@@ -28,6 +28,9 @@ def _first_line(exc: BaseException) -> str:
 
 class _EtModel(LoadedModel):
     def __init__(self, program: Union[Path, bytes], options: dict[str, Any]) -> None:
+        # Registers the quantize / dequantize kernels an int8 program runs outside the delegate;
+        # without it such a program fails to load in a process that never lowered one.
+        import executorch.kernels.quantized  # noqa: F401
         from executorch.runtime import Runtime as EtRuntime
 
         where = str(program) if isinstance(program, Path) else "the in-memory program"

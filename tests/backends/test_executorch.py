@@ -153,3 +153,72 @@ def test_int8_observes_relu6_after_the_clamp_and_keeps_residual_adds_float():
     assert all("quantize_per_tensor" in str(next(iter(n.users)).target) for n in clamps)
     (add,) = [n for n in nodes if str(n.target) == "aten.add.Tensor"]
     assert not any("quantize" in str(u.target) for u in add.users)
+
+
+def test_int8_leaves_the_gates_float_layers_unquantized():
+    """The gate's float layers (module paths) stay float: their weights are not dequantized from
+    int8 and the conv -> ReLU6 fusion does not take them either."""
+    import torch
+
+    from edgevl.exporters.executorch_lower import quantize_pt2e
+
+    rng = np.random.default_rng(0)
+    feeds = [{"pixel_values": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    converted, quantized = quantize_pt2e(_conv_block(), {"pixel_values": torch.randn(2, 3, 8, 8)}, None, feeds,
+                                         float_modules=["dw"])
+    assert quantized == 2
+    convs = [n for n in converted.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    int8_weight = ["dequantize" in str(n.args[1].target) for n in convs]
+    assert int8_weight == [True, False, True]
+
+
+def _conv_bn_chain():
+    """conv -> BN -> ReLU6 -> conv -> BN -> conv -> BN (a linear conv -> conv pair after folding)."""
+    import torch
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(),
+              torch.nn.Conv2d(8, 6, 1, bias=False), torch.nn.BatchNorm2d(6),
+              torch.nn.Conv2d(6, 4, 1, bias=False), torch.nn.BatchNorm2d(4)]
+    for bn in layers[1::3] + [layers[-1]]:
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.2, 3)
+
+    class Chain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(*layers)
+
+        def forward(self, pixel_values):
+            return self.body(pixel_values).mean(dim=(2, 3))
+
+    return Chain().eval()
+
+
+def test_conv_conditioning_folds_batchnorm_and_equalizes_exactly_in_float():
+    """BN folded into its conv and the linear conv -> conv pair equalized: the float tower's
+    outputs unchanged on data the statistics were not measured on; bias correction changes only
+    the biases of the convs named int8."""
+    import torch
+
+    from edgevl.compress.torch_conv import ConvConditioner, fold_batchnorm
+    from edgevl.exporters.executorch_quant import rank_layers
+
+    module = _conv_bn_chain()
+    examples = {"pixel_values": torch.randn(2, 3, 8, 8)}
+    dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=16)}}
+    folded, fused = fold_batchnorm(module, examples)
+    assert fused == ["body.0", "body.3", "body.5"]
+    assert [name for name, _ in rank_layers(folded, examples)] == fused
+    rng = np.random.default_rng(1)
+    feeds = [{"pixel_values": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    cond = ConvConditioner(folded, examples, dynamic, ["pixel_values"], "out", feeds)
+    assert cond.report["pairs"] == 1 and cond.report["rescaled_channels"] > 0
+    equalized = cond.apply([])
+    assert not torch.equal(equalized.body[3].weight, folded.body[3].weight)  # something was rescaled
+    x = torch.from_numpy(rng.standard_normal((3, 3, 8, 8)).astype(np.float32))
+    with torch.no_grad():
+        np.testing.assert_allclose(equalized(pixel_values=x).numpy(), module(pixel_values=x).numpy(), atol=1e-5)
+    corrected = cond.apply(["body.5"])
+    assert torch.equal(corrected.body[0].bias, equalized.body[0].bias)
+    assert not torch.equal(corrected.body[5].bias, equalized.body[5].bias)
