@@ -71,3 +71,13 @@ def test_with_onnx_runtime_installed_a_missing_precision_suggests_a_precision_no
     with pytest.raises(NoArtifact, match=r"\(it has: onnxruntime/fp32/text\); re-export with both towers "
                        r"\(--components image,text\)$"):
         EdgeModel(half)
+
+
+def test_an_executorch_export_says_why_this_torch_free_library_does_not_run_it(tmp_path):
+    folder = _export(tmp_path / "et", ("executorch", "fp32", "image"), ("executorch", "fp32", "text"))
+    with pytest.raises(NoArtifact) as err:
+        EdgeModel(folder)
+    message = str(err.value)
+    assert "\n" not in message and "executorch/fp32/image, executorch/fp32/text are for other apps" in message
+    assert "ExecuTorch's Python runtime needs torch" in message and "apps/android" in message
+    assert message.endswith("re-export with --target onnx or openvino")

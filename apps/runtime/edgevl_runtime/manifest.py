@@ -121,12 +121,21 @@ def other_targets(data: dict) -> list[str]:
                    if isinstance(e, dict) and e.get("target") not in TARGET_RUNTIME})
 
 
+# Targets this library will not run for a reason beyond "another app's format".
+WHY_NOT_RUN = {
+    # executorch 1.5.1's Python bindings link libtorch and import torch (its wheel does not declare it).
+    "executorch": "ExecuTorch's Python runtime needs torch, which edgevl-runtime does not install; "
+                  "run .pte files with ExecuTorch's app runtimes (apps/android)",
+}
+
+
 def not_run_here(others: list[str]) -> str:
     """The clause a message adds for `other_targets`: empty when there are none."""
     if not others:
         return ""
+    why = [WHY_NOT_RUN[t] for t in sorted({o.split("/", 1)[0] for o in others}) if t in WHY_NOT_RUN]
     return (f"; {', '.join(others)} {'is' if len(others) == 1 else 'are'} for other apps "
-            f"(edgevl-runtime runs {' and '.join(TARGET_RUNTIME)} artifacts)")
+            f"(edgevl-runtime runs {' and '.join(TARGET_RUNTIME)} artifacts" + "".join(f"; {w}" for w in why) + ")")
 
 
 def _inside(folder: Path, relative: str) -> Path:
