@@ -283,7 +283,9 @@ def evaluate(student: torch.nn.Module, data: DistillData, chunk: int = 64, text_
       prompts is the teacher's pick; `imagenet_top5`: how often the teacher's pick is among the
       student's 5 best. `imagenet_text_cosine`: mean cosine of the two text embeddings of those
       prompts. Both models' prompt embeddings are computed once per evaluation (the teacher's
-      are cached), then one matrix product ranks every image.
+      are cached), then one matrix product ranks every image. `imagenet_top1_image_tower` /
+      `imagenet_top1_text_tower`: the same top-1 with one student tower beside the teacher's
+      other tower (the teacher's prompt embeddings / the teacher's image embeddings).
     * `agreement`: the same pick agreement over the held-out set's own class prompts (the parity
       photos' labels, or Fashion-MNIST's 10 classes); `student_accuracy`/`teacher_accuracy`:
       how often that pick is the image's true label; `student_caption_accuracy`/
@@ -320,6 +322,9 @@ def evaluate(student: torch.nn.Module, data: DistillData, chunk: int = 64, text_
         out["imagenet_top1"] = float((s_scores.argmax(-1) == t_net).float().mean())
         out["imagenet_top5"] = float((top5 == t_net[:, None]).any(-1).float().mean())
         out["imagenet_text_cosine"] = float((net * data.teacher_imagenet).sum(-1).mean())
+        # Each student tower alone beside the teacher's other tower: which one holds agreement back.
+        out["imagenet_top1_image_tower"] = float(((img @ data.teacher_imagenet.T).argmax(-1) == t_net).float().mean())
+        out["imagenet_top1_text_tower"] = float(((t_img @ net.T).argmax(-1) == t_net).float().mean())
     if bool(labelled.any()):
         labels = data.heldout_labels[labelled]
         out["student_accuracy"] = float((s_pick[labelled] == labels).float().mean())

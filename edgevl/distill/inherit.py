@@ -111,12 +111,12 @@ def block_importance(teacher: ModelSpec, resolution: int) -> dict[int, float]:
     trunk's embedding at `resolution` with only that block removed. Lower means the block
     matters more. The activations before each block are computed once and each removal re-runs
     only the blocks after it."""
-    from edgevl.calibration.samples import bundled_split
     from edgevl.distill.data import student_preprocess
+    from edgevl.distill.sources import bundled_photo_views
     from edgevl.preprocess import preprocess_images
 
     net = _teacher_effnet(teacher)
-    images = bundled_split("calibration").images
+    images = bundled_photo_views("calibration")[1]
     target = teacher.image.module(pixel_values=torch.from_numpy(preprocess_images(images, teacher.preprocess)))
     x = torch.from_numpy(preprocess_images(images, student_preprocess(teacher.preprocess, resolution)))
     h = net._swish(net._bn0(net._conv_stem(x)))

@@ -145,21 +145,33 @@ def training_source(data: str, extra: Optional[str], heldout: HeldOut,
     return source
 
 
+def bundled_photo_views(split: str) -> tuple[list, list, list[tuple[int, int]]]:
+    """The bundled package photos of one split (no other pool's images, so the training and
+    held-out sets stay these photos whatever else the calibration pool reads), every view of
+    each, and (photo index, view index) per view."""
+    from edgevl.calibration.samples import bundled_samples, load_rgb, views
+
+    samples = bundled_samples(split)
+    images, view_of = [], []
+    for i, sample in enumerate(samples):
+        for v, view in enumerate(views(load_rgb(sample.path))):
+            images.append(view)
+            view_of.append((i, v))
+    return samples, images, view_of
+
+
 def load_heldout(spec: Optional[str], data: str) -> HeldOut:
     if spec is None:
         spec = "fashion-mnist-test:1000" if data.startswith("fashion-mnist") else "bundled-parity"
     if spec == "bundled-parity":
-        from edgevl.calibration.samples import bundled_parity_set, bundled_samples, file_sha256
+        from edgevl.calibration.samples import file_sha256
 
-        ps = bundled_parity_set()
-        samples = bundled_samples("parity")
-        label_of = {s.name: ps.labels.index(s.label) for s in samples}
-        files = {s.name: file_sha256(s.path) for s in samples}
-        names = [n.split("#")[0] for n in ps.image_names]
-        caption_of = {s.name: ps.captions.index(s.caption) for s in samples}
-        return HeldOut(spec, ps.images, list(ps.labels), [label_of[n] for n in names],
-                       [f"{files[n]}#{v}" for n, v in zip(names, ps.image_names)],
-                       list(ps.captions), [caption_of[n] for n in names])
+        samples, images, view_of = bundled_photo_views("parity")
+        labels = list(dict.fromkeys(s.label for s in samples))
+        captions = [s.caption for s in samples]
+        return HeldOut(spec, images, labels, [labels.index(samples[i].label) for i, _ in view_of],
+                       [f"{file_sha256(samples[i].path)}#{samples[i].name}#{v}" for i, v in view_of],
+                       captions, [captions.index(samples[i].caption) for i, _ in view_of])
     name, n = _count(spec, 1000)
     if name == "fashion-mnist-test":
         images, labels = _fashion_mnist("t10k", n)

@@ -49,7 +49,7 @@ def test_1000_prompt_agreement_equals_a_direct_computation(spec, tmp_path):
     feeds = {k: torch.from_numpy(v) for k, v in spec.tokenize(prompts).items()}
     cap_feeds = {k: torch.from_numpy(v) for k, v in spec.tokenize(heldout.captions).items()}
     pre = student_preprocess(spec.preprocess, 32)
-    top1 = top5 = caption = 0
+    top1 = top5 = caption = image_tower = text_tower = 0
     with torch.no_grad():
         t_text, s_text = spec.text.module(**feeds), student.text(**feeds)
         t_cap, s_cap = spec.text.module(**cap_feeds), student.text(**cap_feeds)
@@ -59,11 +59,16 @@ def test_1000_prompt_agreement_equals_a_direct_computation(spec, tmp_path):
             t_pick = int((t_img @ t_text.T).argmax())
             s_scores = (s_img @ s_text.T)[0]
             top1 += int(int(s_scores.argmax()) == t_pick)
+            image_tower += int(int((s_img @ t_text.T).argmax()) == t_pick)
+            text_tower += int(int((t_img @ s_text.T).argmax()) == t_pick)
             top5 += int(t_pick in s_scores.topk(5).indices.tolist())
             caption += int(int((s_img @ s_cap.T).argmax()) == heldout.caption_of[i])
     n = len(heldout.images)
     assert got["imagenet_top1"] == pytest.approx(top1 / n, abs=1e-9)
     assert got["imagenet_top5"] == pytest.approx(top5 / n, abs=1e-9)
+    # float32 means: within 1e-6, far below one image's 1/n
+    assert got["imagenet_top1_image_tower"] == pytest.approx(image_tower / n, abs=1e-6)
+    assert got["imagenet_top1_text_tower"] == pytest.approx(text_tower / n, abs=1e-6)
     assert got["student_caption_accuracy"] == pytest.approx(caption / n, abs=1e-9)
     assert got["imagenet_text_cosine"] == pytest.approx(float((s_text * t_text).sum(-1).mean()), abs=1e-5)
     assert 0 <= got["imagenet_top1"] <= got["imagenet_top5"] <= 1

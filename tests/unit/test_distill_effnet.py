@@ -34,7 +34,6 @@ def _picks(image_embeds, text_embeds):  # noqa: ANN001, ANN202 - tensors
 def test_inherited_student_at_step_0_agrees_with_the_teacher_far_above_a_random_one(teacher):
     import torch
 
-    from edgevl.calibration.samples import bundled_parity_set
     from edgevl.distill import parse_student
     from edgevl.distill.data import student_preprocess
     from edgevl.distill.inherit import build_student
@@ -55,7 +54,9 @@ def test_inherited_student_at_step_0_agrees_with_the_teacher_far_above_a_random_
     torch.manual_seed(0)
     random = StudentPair(build_tower(arch), build_tower(inherited.text.arch)).eval()
 
-    photos = bundled_parity_set()  # held out: every view of each parity photo
+    from edgevl.distill.sources import load_heldout
+
+    photos = load_heldout("bundled-parity", "bundled")  # held out: every view of each parity photo
     prompts = [f"a photo of a {name}." for name in imagenet_class_names()]
     feeds = {k: torch.from_numpy(v) for k, v in teacher.tokenize(prompts).items()}
     length = int(feeds["attention_mask"].sum(-1).max())  # padding past the longest prompt changes nothing
@@ -117,9 +118,17 @@ def test_no_parity_photo_is_in_the_distillation_training_set():
     assert not parity_pixels & {pixels(image) for image in training.images}
     # The photos that rank the EfficientNet blocks (the calibration split) are not parity photos either.
     assert not parity_files & {file_sha256(s.path) for s in bundled_samples("calibration")}
-    # The held-out evaluation is exactly the parity photos.
+    # The held-out evaluation is exactly the parity photos, every view of each, and the photos
+    # that rank the blocks exactly the calibration photos' views (the package photos alone,
+    # whatever other images the calibration pool reads).
     heldout = load_heldout(None, "bundled")
     assert {f.split("#")[0] for f in heldout.files} == parity_files
+    assert {pixels(v) for v in heldout.images} == parity_pixels and len(heldout.images) == len(parity) * 5
+    from edgevl.distill.sources import bundled_photo_views
+
+    calibration = bundled_samples("calibration")
+    assert [pixels(v) for v in bundled_photo_views("calibration")[1]] == [
+        pixels(v) for s in calibration for v in views(load_rgb(s.path))]
 
 
 @pytest.mark.parametrize("student, message", [
