@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from edgevl.manifest import Manifest
     from edgevl.models.spec import ModelSpec
 
-__all__ = ["distill", "export", "load", "quantize_"]
+__all__ = ["distill", "export", "load", "quantize_", "reduce_tokens_"]
 
 
 def load(model: Optional[str] = None, allow_pickle: bool = False) -> "ModelSpec":
@@ -39,6 +39,18 @@ def quantize_(spec: "ModelSpec", config: "QuantConfig", calib: Any = None,
     from edgevl.compress.quantize import quantize_ as plan
 
     return plan(spec, config, calib, tuple(components))
+
+
+def reduce_tokens_(spec: "ModelSpec", tokens: Any, max_drop: float = 0.01) -> dict:
+    """Reduce the tokens of `spec`'s ViT image tower in place: `tokens` is a `--tokens` string
+    ("tome:r=8", "evit:keep=0.7", "tome:r=auto") or an `edgevl.compress.tokens_config.TokenConfig`;
+    `auto` searches r / keep under `max_drop`. Returns the record `export` writes to the manifest
+    (per-layer token counts, FLOPs before and after, agreement with the unreduced tower)."""
+    from edgevl.compress.tokens_config import parse_tokens
+    from edgevl.compress.tokens_gate import apply_tokens
+
+    config = parse_tokens(tokens) if isinstance(tokens, str) else tokens
+    return apply_tokens(spec, config, max_drop)
 
 
 def distill(teacher: Optional[str], student: Any, data: str, out: Union[str, Path], **options: Any) -> Any:

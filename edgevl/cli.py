@@ -77,6 +77,16 @@ def _seconds(value: str) -> float:
     return number
 
 
+def _tokens(value: str) -> object:
+    from edgevl.compress.tokens_config import parse_tokens
+    from edgevl.errors import InputError
+
+    try:
+        return parse_tokens(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--tokens {value!r}: ")) from None
+
+
 def _batches(value: str) -> list[int]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items or not all(v.isdigit() and 1 <= int(v) <= 1024 for v in items):
@@ -138,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--speed-guard", action="store_true",
                         help="time int8 against float on this machine and keep float what is not faster "
                         "(makes the artifact depend on the building machine; timings go to the manifest)")
+    export.add_argument("--tokens", type=_tokens, default=None, metavar="METHOD:KEY=V",
+                        help="ViT image towers (CLIP, SigLIP, ViT students): fewer tokens per layer, counts fixed at "
+                        "export. tome:r=N merges N tokens per layer (add ,schedule=decreasing for 1.5N falling to "
+                        "0.5N); evit:keep=F keeps the F most attended patch tokens at 1/4, 1/2, 3/4 depth and fuses "
+                        "the rest (class-token towers only); r=auto / keep=auto: the largest reduction whose zero-shot "
+                        "agreement with the unreduced tower drops by at most --max-drop on the gate split")
     export.add_argument("--keep-failed", action="store_true", help="publish the artifacts even if parity fails (exit code stays 3)")
     export.add_argument("--allow-float-fallback", action="store_true",
                         help="compressed precisions: when the accuracy gate keeps every layer of a tower float, ship "
@@ -242,6 +258,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         palette_tune_steps=args.palette_tune_steps,
         trt_attention=args.trt_attention,
         allow_float_fallback=args.allow_float_fallback,
+        tokens=args.tokens,
     )
     with _quiet_libraries(args.quiet):
         outcome = run_export(request, Progress(enabled=not args.quiet))

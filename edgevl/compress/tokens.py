@@ -31,8 +31,9 @@ from edgevl.ops.attention import edgevl_attention
 class LayerOps:
     """One pre-LN encoder layer taken apart: x -> x + attn(norm1(x)); [reduce]; x + mlp(norm2(x))."""
 
+    width: int
     norm1: nn.Module
-    qkv: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # -> [B, H, N, D] each
+    qkv: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (x, N) -> [B, H, N, D] each
     attn_module: nn.Module  # the module named as the attention block (the fused-op probe records it)
     out: Callable[[torch.Tensor], torch.Tensor]  # [B, N, H*D] -> [B, N, C]
     scale: float
@@ -44,11 +45,10 @@ def _hf_layer(layer: nn.Module) -> LayerOps:
     attn = layer.self_attn
     heads, head_dim = attn.num_heads, attn.head_dim
 
-    def qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        shape = (*x.shape[:-1], heads, head_dim)
-        return tuple(p(x).view(shape).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    def qkv(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(p(x).view(-1, n, heads, head_dim).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
 
-    return LayerOps(layer.layer_norm1, qkv, attn, attn.out_proj, float(attn.scale), layer.layer_norm2, layer.mlp)
+    return LayerOps(attn.embed_dim, layer.layer_norm1, qkv, attn, attn.out_proj, float(attn.scale), layer.layer_norm2, layer.mlp)
 
 
 def _student_layer(block: nn.Module) -> LayerOps:
@@ -58,30 +58,32 @@ def _student_layer(block: nn.Module) -> LayerOps:
     width = attn.qkv.in_features
     heads, head_dim = attn.heads, width // attn.heads
 
-    def qkv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, n, _ = x.shape
-        q, k, v = attn.qkv(x).view(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    def qkv(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = attn.qkv(x).view(-1, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         return q, k, v
 
-    return LayerOps(block.ln1, qkv, attn, attn.out, head_dim**-0.5, block.ln2, block.mlp)
+    return LayerOps(width, block.ln1, qkv, attn, attn.out, head_dim**-0.5, block.ln2, block.mlp)
 
 
 def run_layers(layers: list[LayerOps], plan: TokenPlan, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The encoder with `plan`'s reductions: returns the last hidden states and the token sizes
-    (None while no token was merged, so r=0 / keep=1.0 run exactly the original layers)."""
+    (None while no token was merged, so r=0 / keep=1.0 run exactly the original layers). Token
+    counts in reshapes are the plan's Python ints, never read from tensor shapes, so TorchScript
+    frontends (OpenVINO, Core ML) see them as constants too."""
     size: Optional[torch.Tensor] = None
     for ops, step in zip(layers, plan.layers):
+        n = step.tokens
         h = ops.norm1(x)
-        q, k, v = ops.qkv(h)
-        o = edgevl_attention(ops.attn_module, q, k, v, size_bias(size, x.shape[1]), ops.scale)
-        x = x + ops.out(o.transpose(1, 2).reshape(*h.shape[:-1], -1))
+        q, k, v = ops.qkv(h, n)
+        o = edgevl_attention(ops.attn_module, q, k, v, size_bias(size, n), ops.scale)
+        x = x + ops.out(o.transpose(1, 2).reshape(-1, n, ops.width))
         if step.r or step.keep >= 0:
             if size is None:
                 size = torch.ones_like(x[..., :1])
             if step.r:
-                x, size = tome_merge(x, size, k.mean(1), step.r, plan.protect)
+                x, size = tome_merge(x, size, k.mean(1), step.r, plan.protect, n, ops.width)
             else:
-                x, size = evit_fuse(x, size, class_attention(q, k, ops.scale, size_bias(size)), step.keep)
+                x, size = evit_fuse(x, size, class_attention(q, k, ops.scale, size_bias(size)), step.keep, n, ops.width)
         x = x + ops.mlp(ops.norm2(x))
     return x, size
 
@@ -223,7 +225,7 @@ def reduce_tokens_(spec: Any, config: TokenConfig) -> dict:
         del spec.derived[key]
     unreduced = make_plan(TokenConfig("tome", r=0), tower.depth, tower.tokens, tower.protect)
     before, after = plan_flops(unreduced, tower.width, tower.mlp), plan_flops(plan, tower.width, tower.mlp)
-    return {
+    record = {
         "method": config.method,
         "config": config.label(),
         "schedule": config.schedule if config.method == "tome" else None,
@@ -236,3 +238,5 @@ def reduce_tokens_(spec: Any, config: TokenConfig) -> dict:
         "encoder_flops_after": after,
         "flops_ratio": round(after / before, 4),
     }
+    spec.derived["tokens"] = record  # what an export of this spec records in its manifest
+    return record

@@ -20,27 +20,28 @@ import torch
 import torch.nn.functional as F
 
 
-def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[b, index[b, i], :] for every b, i (x [B, T, C], index [B, K] -> [B, K, C])."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+def _gather_rows(x: torch.Tensor, index: torch.Tensor, channels: int) -> torch.Tensor:
+    """x[b, index[b, i], :] for every b, i (x [B, T, channels], index [B, K] -> [B, K, channels])."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, channels))
 
 
-def _rest_in_order(ta: int, chosen: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _rest_in_order(ta: int, chosen: torch.Tensor, r: int, dtype: torch.dtype) -> torch.Tensor:
     """Indices in 0..ta-1 not in `chosen` [B, r], ascending, as [B, ta - r] (TopK on distinct
     keys: deterministic on every runtime, and the kept tokens keep their order)."""
     positions = torch.arange(ta, device=chosen.device)
     is_chosen = (chosen.unsqueeze(-1) == positions).any(1)  # [B, ta]
     key = torch.where(is_chosen, torch.full((), -float(ta + 1), dtype=dtype, device=chosen.device),
                       -positions.to(dtype))
-    return key.topk(ta - chosen.shape[1], dim=-1).indices
+    return key.topk(ta - r, dim=-1).indices
 
 
 def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
-               protect: int) -> tuple[torch.Tensor, torch.Tensor]:
+               protect: int, n: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge `r` tokens of `x` into others (bipartite soft matching): the unprotected tokens
     alternate into sets A and B; each A token's most similar B token (cosine of `metric`) is its
     match; the r A tokens with the best matches are averaged (by size) into them. Returns the
-    new x [B, N - r, C] and size [B, N - r, 1]: protected tokens, unmerged A tokens in order, then B."""
+    new x [B, N - r, C] and size [B, N - r, 1]: protected tokens, unmerged A tokens in order, then B.
+    `n` (= N) and `width` (= C) are passed as Python ints so no shape is read from a tensor."""
     if r <= 0:
         return x, size
     head_x, head_s = x[:, :protect], size[:, :protect]
@@ -48,17 +49,17 @@ def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int
     m = F.normalize(metric[:, protect:], dim=-1)
     a, b = rest[:, 0::2], rest[:, 1::2]
     ma, mb = m[:, 0::2], m[:, 1::2]
-    ta, tb = a.shape[1], b.shape[1]
+    ta, tb = (n - protect + 1) // 2, (n - protect) // 2
     if r > ta:
         raise ValueError(f"cannot merge {r} tokens out of {ta} in set A; the schedule should have capped r")
     scores = ma @ mb.transpose(-1, -2)  # [B, ta, tb]
     best, match = scores.max(dim=-1)  # each A token's best B partner
     src = best.topk(r, dim=-1).indices  # [B, r]: the A tokens merged away
-    keep = _rest_in_order(ta, src, x.dtype)  # [B, ta - r]
+    keep = _rest_in_order(ta, src, r, x.dtype)  # [B, ta - r]
     dst = match.gather(1, src)  # [B, r]: their B partners
     onehot = (dst.unsqueeze(-1) == torch.arange(tb, device=x.device)).to(x.dtype)  # [B, r, tb]
-    merged_b = b + onehot.transpose(1, 2) @ _gather_rows(a, src)
-    out = torch.cat([_gather_rows(a, keep), merged_b], dim=1)
+    merged_b = b + onehot.transpose(1, 2) @ _gather_rows(a, src, width + 1)
+    out = torch.cat([_gather_rows(a, keep, width + 1), merged_b], dim=1)
     new_size = out[..., -1:]
     new_x = out[..., :-1] / new_size
     return torch.cat([head_x, new_x], dim=1), torch.cat([head_s, new_size], dim=1)
@@ -75,20 +76,21 @@ def class_attention(q: torch.Tensor, k: torch.Tensor, scale: float,
     return logits.softmax(-1).mean(1)[:, 0, 1:]
 
 
-def evit_fuse(x: torch.Tensor, size: torch.Tensor, cls_attn: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+def evit_fuse(x: torch.Tensor, size: torch.Tensor, cls_attn: torch.Tensor, n_keep: int, n: int,
+              width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the class token and the `n_keep` patch tokens it attends to most (`cls_attn`
     [B, N - 1]) and fuse the others into ONE token: their class-attention-weighted mean (EViT
     sums them; a mean keeps the token on the scale the untuned tower expects), whose size is the
     sum of theirs. Returns x [B, n_keep + 2, C] and size [B, n_keep + 2, 1]."""
     patches, patch_size = x[:, 1:], size[:, 1:]
     kept = cls_attn.topk(n_keep, dim=-1).indices  # [B, n_keep]
-    positions = torch.arange(patches.shape[1], device=x.device)
+    positions = torch.arange(n - 1, device=x.device)
     dropped = 1.0 - (kept.unsqueeze(-1) == positions).any(1).to(x.dtype)  # [B, N - 1]
     weight = (cls_attn * dropped).unsqueeze(-1)  # [B, N - 1, 1]
     fused = (weight * patches).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
     fused_size = (dropped.unsqueeze(-1) * patch_size).sum(1, keepdim=True)
-    new_x = torch.cat([x[:, :1], _gather_rows(patches, kept), fused], dim=1)
-    new_size = torch.cat([size[:, :1], _gather_rows(patch_size, kept), fused_size], dim=1)
+    new_x = torch.cat([x[:, :1], _gather_rows(patches, kept, width), fused], dim=1)
+    new_size = torch.cat([size[:, :1], _gather_rows(patch_size, kept, 1), fused_size], dim=1)
     return new_x, new_size
 
 
