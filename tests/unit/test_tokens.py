@@ -1,0 +1,128 @@
+"""Token reduction (`--tokens`, `reduce_tokens_`): config parsing, the per-layer plan, identity at
+r=0 / keep=1.0, fewer tokens and FLOPs otherwise, and real exports with static shapes and every
+attention block fused, verified by ONNX Runtime and OpenVINO."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgevl.compress.tokens_config import TokenConfig, parse_tokens
+from edgevl.compress.tokens_plan import make_plan, tome_schedule
+from edgevl.errors import InputError
+
+
+@pytest.mark.parametrize("text, method, r, keep, schedule, auto", [
+    ("tome:r=8", "tome", 8, None, "constant", False),
+    ("tome:r=4,schedule=decreasing", "tome", 4, None, "decreasing", False),
+    ("tome:r=auto", "tome", None, None, "constant", True),
+    ("evit:keep=0.7", "evit", None, 0.7, "constant", False),
+    ("evit:keep=auto", "evit", None, None, "constant", True),
+])
+def test_parse_tokens(text, method, r, keep, schedule, auto):
+    config = parse_tokens(text)
+    assert (config.method, config.r, config.keep, config.schedule, config.auto) == (method, r, keep, schedule, auto)
+    assert parse_tokens(config.label()) == config
+
+
+@pytest.mark.parametrize("bad", ["tome", "tome:", "foo:r=2", "tome:r=-1", "tome:r=x", "tome:keep=0.5", "evit:r=2",
+                                 "evit:keep=0", "evit:keep=1.5", "evit:keep=nan", "tome:r=2,r=3",
+                                 "tome:r=2,schedule=zigzag", "evit:keep=0.5,schedule=decreasing", "tome:r"])
+def test_bad_tokens_strings_exit_2_with_one_line(bad, capsys, tmp_path):
+    from edgevl.cli import main
+
+    with pytest.raises(InputError):
+        parse_tokens(bad)
+    assert main(["export", "--tokens", bad, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgevl: error: argument --tokens:") and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_plan_counts_are_static_and_capped():
+    plan = make_plan(TokenConfig("tome", r=16), depth=12, tokens=197, protect=1)
+    counts = plan.per_layer_tokens
+    assert counts[0] == 197 and all(isinstance(c, int) for c in counts)
+    assert all(b == a - min(16, (a - 1) // 2) for a, b in zip(counts, counts[1:]))
+    assert tome_schedule(8, 12, "decreasing")[0] == 12 and tome_schedule(8, 12, "decreasing")[-1] == 4
+    evit = make_plan(TokenConfig("evit", keep=0.7), depth=12, tokens=197, protect=1)
+    assert [p.keep >= 0 for p in evit.layers].count(True) == 3 and evit.per_layer_tokens[-1] < 197
+    assert not make_plan(TokenConfig("tome", r=0), 12, 197, 1).reduces
+    assert not make_plan(TokenConfig("evit", keep=1.0), 12, 197, 1).reduces
+
+
+def _spec(folder):
+    from edgevl.models.hf_clip import load_hf_clip
+    from edgevl.models.spec import LoadOptions
+
+    return load_hf_clip(str(folder), LoadOptions())
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_identity_configs_reproduce_and_reduction_reduces(kind, tiny_clip_dir, tiny_siglip_dir):
+    import torch
+
+    from edgevl.compress.tokens import reduce_tokens_
+
+    spec = _spec(tiny_clip_dir if kind == "clip" else tiny_siglip_dir)
+    x = spec.image.example_inputs["pixel_values"]
+    with torch.no_grad():
+        ref = spec.image.module(pixel_values=x)
+        identities = ["tome:r=0"] + (["evit:keep=1.0"] if kind == "clip" else [])
+        for text in identities:
+            record = reduce_tokens_(spec, parse_tokens(text))
+            torch.testing.assert_close(spec.image.module(pixel_values=x), ref, rtol=0, atol=1e-6)
+            assert record["flops_ratio"] == 1.0
+        record = reduce_tokens_(spec, parse_tokens("tome:r=4"))
+        out = spec.image.module(pixel_values=x)
+    tokens = record["per_layer_tokens"]
+    assert tokens == [tokens[0], tokens[0] - 4, tokens[0] - 8]
+    assert record["encoder_flops_after"] < record["encoder_flops_before"]
+    assert out.shape == ref.shape and not torch.allclose(out, ref, atol=1e-6)
+    assert spec.derived["tokens"] is record
+
+
+def test_evit_refused_on_siglip_and_cnn_tower_refused(tiny_siglip_dir):
+    from edgevl.compress.tokens import reduce_tokens_
+    from edgevl.distill.students import ConvArch, build_tower
+
+    spec = _spec(tiny_siglip_dir)
+    with pytest.raises(InputError, match="SigLIP has no class token"):
+        reduce_tokens_(spec, parse_tokens("evit:keep=0.7"))
+    spec.image.module = build_tower(ConvArch(width=8, depth=1, resolution=32, embed_dim=24))
+    with pytest.raises(InputError, match="has no tokens: drop --tokens"):
+        reduce_tokens_(spec, parse_tokens("tome:r=2"))
+
+
+@pytest.mark.slow
+def test_tome_export_onnx_openvino_static_fused(tiny_clip_dir, tmp_path, capsys):
+    import onnx
+
+    from edgevl.cli import main
+
+    out = tmp_path / "out"
+    assert main(["export", str(tiny_clip_dir), "--tokens", "tome:r=4", "--target", "onnx,openvino",
+                 "--components", "image", "--out", str(out), "-q"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    tokens = manifest["tokens"]
+    assert tokens["per_layer_tokens"] == [17, 13, 9] and tokens["encoder_flops_after"] < tokens["encoder_flops_before"]
+    assert 0.0 <= tokens["agreement_with_unreduced"]["cosine_min"] <= 1.0
+    for a in manifest["artifacts"]:
+        assert (a["fused_attention"], a["unfused_attention"], a["parity"]["passed"]) == (2, 0, True)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out / manifest["artifacts"][0]["path"])))
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in model.graph.value_info}
+    attn = [n for n in model.graph.node if n.op_type == "Attention"]
+    seqs = [shapes[n.input[0]][2] for n in attn]
+    assert seqs == [17, 13]  # static token counts, fewer in the second layer
+
+
+@pytest.mark.slow
+def test_tokens_on_cnn_tower_exit_2_one_line(tmp_path, capsys):
+    from edgevl.cli import main
+
+    assert main(["export", "--tokens", "tome:r=8", "--out", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no tokens: drop --tokens" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
