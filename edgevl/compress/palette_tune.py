@@ -241,7 +241,9 @@ def image_batches(spec: ModelSpec, batch: int, seed: int) -> Iterator[dict]:
     from edgevl.distill.data import augmented_views
     from edgevl.preprocess import preprocess_images
 
-    photos = list(bundled_split("calibration").images)
+    # The package photos' views only: with the Tux Paint stamps the pool of augmented views would
+    # more than double in memory and preprocessing time.
+    photos = list(bundled_split("calibration", stamps=False).images)
     pool = torch.from_numpy(preprocess_images(augmented_views(photos, IMAGE_VIEWS, seed), spec.preprocess))
     generator = torch.Generator().manual_seed(seed)
     while True:

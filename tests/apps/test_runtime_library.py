@@ -84,8 +84,8 @@ def test_fp32_search_top1_equals_the_reference(default_export_fp32, vectors, pho
 
 
 def _tiny_reference(export) -> tuple[list, list[str], list[str], np.ndarray, np.ndarray]:
-    """(images, their names `photo#view`, labels, image embeddings, label-prompt embeddings) of the bundled parity split
-    under the tiny CLIP's PyTorch reference, the checkpoint read back from the export's manifest."""
+    """(images, their names `photo#view`, labels, image embeddings, label-prompt embeddings) of the bundled parity
+    split's package photos (labels "a photo of a {label}.") under the tiny CLIP's PyTorch reference, the checkpoint read back from the export's manifest."""
     import json
 
     import edgevl
@@ -94,7 +94,7 @@ def _tiny_reference(export) -> tuple[list, list[str], list[str], np.ndarray, np.
 
     source = json.loads((export / "manifest.json").read_text())["model"]["source"]
     spec = edgevl.load(source)
-    split = bundled_split("parity")
+    split = bundled_split("parity", stamps=False)  # the package photos the tiny CLIP was trained on
     image = spec.image.forward_numpy({"pixel_values": preprocess_images(split.images, spec.preprocess)})
     text = spec.text.forward_numpy(spec.tokenize(split.prompts))
     labels = [p[len("a photo of a "):-1] for p in split.prompts]

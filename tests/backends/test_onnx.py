@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgevl.calibration.samples import VIEWS_PER_PHOTO, bundled_samples
+from edgevl.calibration.samples import split_record
 from edgevl.cli import main
 from edgevl.errors import UnfusedAttentionError
 from edgevl.exporters.onnx import export_tower_onnx
@@ -55,8 +55,8 @@ def test_tiny_checkpoint_graph_holds_one_attention_op_per_block(kind, flavor, ti
         assert art["verified"] == "runtime"
         parity = art["parity"]
         assert parity["passed"] and parity["cosine_min"] >= 0.9999 and parity["top1_agreement"] == 1.0
-        # Image parity runs on every view of the held-out parity split's photos.
-        parity_views = len(bundled_samples("parity")) * VIEWS_PER_PHOTO
+        # Image parity runs on every view of the held-out parity split's photos and stamps.
+        parity_views = split_record("parity")["images"]
         assert parity["n_samples"] == (parity_views if art["component"] == "image" else 24)
     assert manifest["parity_set"]["text_source"].startswith("random token ids")
     pre = json.loads((out / "preprocess.json").read_text())

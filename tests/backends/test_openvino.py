@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from edgevl.calibration.samples import VIEWS_PER_PHOTO, bundled_samples  # noqa: E402
+from edgevl.calibration.samples import split_record  # noqa: E402
 from edgevl.cli import main  # noqa: E402
 from edgevl.errors import MissingBackendError, UnfusedAttentionError  # noqa: E402
 from edgevl.exporters.base import ExportOptions  # noqa: E402
@@ -161,8 +161,8 @@ def test_precisions_keep_attention_fused(precision, tiny_clip_dir, tmp_path):
     if precision == "int8":
         q = art.passes["quantization"]
         assert ops.get("FakeQuantize", 0) > 0 and q["model_type"] == "transformer"
-        # Every view of the bundled calibration split's photos, and nothing from gate or parity.
-        assert q["calibration_samples"] == len(bundled_samples("calibration")) * VIEWS_PER_PHOTO
+        # Every view of the bundled calibration split's photos and stamps, and nothing from gate or parity.
+        assert q["calibration_samples"] == split_record("calibration")["images"]
         _check_gate(q)
         # --cpu-isa any (the default): every int8 weight of a dot product within 7 bits.
         assert (q["cpu_isa"], q["overflow_fix"]) == ("any", "enable")
