@@ -106,6 +106,13 @@ def composite(image: "object") -> "object":
 
 
 def load_stamp(path: Path) -> "object":
+    """A stamp composited on white (a copy of the one decoded per process: every export builds
+    its parity split again, and decoding hundreds of PNGs each time costs seconds)."""
+    return _composited(Path(path)).copy()
+
+
+@lru_cache(maxsize=None)
+def _composited(path: Path) -> "object":
     from PIL import Image
 
     with Image.open(path) as im:
