@@ -77,10 +77,9 @@ class ConvConditioner:
         import torch
 
         from edgevl.compress.equalize import equalize, input_means
-        from edgevl.exporters.base import quiet
 
         self.module = module
-        with tempfile.TemporaryDirectory(prefix="edgevl-etq-") as work, quiet("torch.onnx"), torch.no_grad():
+        with tempfile.TemporaryDirectory(prefix="edgevl-etq-") as work, torch.no_grad():
             path = Path(work) / "tower.onnx"
             program = torch.onnx.export(module, (), kwargs=examples, dynamo=True, dynamic_shapes=dynamic,
                                         input_names=input_names,
@@ -106,12 +105,13 @@ class ConvConditioner:
         `int8_convs` (module paths) corrected for their int8 error."""
         import torch
 
+        from onnx import numpy_helper
+
         from edgevl.compress.equalize import correct_bias
         from edgevl.compress.ort_graph import initializers
 
         nodes = [n for n, (path, _, _) in self.convs.items() if path in set(int8_convs)]
         inits = initializers(correct_bias(self.model, self.means, nodes, WEIGHT_QMAX))
-        from onnx import numpy_helper
 
         module = copy.deepcopy(self.module)
         params = dict(module.named_parameters())
