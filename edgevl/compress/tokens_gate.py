@@ -81,16 +81,22 @@ def search(spec: Any, config: TokenConfig, max_drop: float, gate: Any, reference
                  f"{figures['cosine_min']:.4f}: {'pass' if ok else 'miss'}")
         return ok
 
-    lo, hi = 0, len(candidates) - 1  # lo passes; find the last passing index
-    if passes(hi):
-        return candidates[hi], tries
+    return candidates[last_passing(len(candidates), passes)], tries
+
+
+def last_passing(n: int, passes: Callable[[int], bool]) -> int:
+    """The largest i in 0..n-1 with passes(i), by bisection, taking index 0 as passing and
+    passes as monotone (true up to some index, false after); the last index is tried first."""
+    lo, hi = 0, n - 1
+    if hi == 0 or passes(hi):
+        return hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if passes(mid):
             lo = mid
         else:
             hi = mid
-    return candidates[lo], tries
+    return lo
 
 
 def apply_tokens(spec: Any, config: TokenConfig, max_drop: float = 0.01,

@@ -52,6 +52,15 @@ def test_plan_counts_are_static_and_capped():
     assert not make_plan(TokenConfig("evit", keep=1.0), 12, 197, 1).reduces
 
 
+@pytest.mark.parametrize("n, good", [(1, 0), (5, 4), (5, 0), (11, 3), (11, 9), (2, 0)])
+def test_last_passing_bisects_to_the_most_reduction_that_passes(n, good):
+    from edgevl.compress.tokens_gate import last_passing
+
+    tried = []
+    assert last_passing(n, lambda i: tried.append(i) or i <= good) == good
+    assert len(tried) <= 1 + max(1, n - 1).bit_length() and (n == 1 or tried[0] == n - 1)
+
+
 def _spec(folder):
     from edgevl.models.hf_clip import load_hf_clip
     from edgevl.models.spec import LoadOptions
@@ -102,11 +111,14 @@ def test_tome_export_onnx_openvino_static_fused(tiny_clip_dir, tmp_path, capsys)
     from edgevl.cli import main
 
     out = tmp_path / "out"
-    assert main(["export", str(tiny_clip_dir), "--tokens", "tome:r=4", "--target", "onnx,openvino",
-                 "--components", "image", "--out", str(out), "-q"]) == 0
+    # r=auto with a drop of up to 0.99 accepted: every candidate passes, so the gate settles on the
+    # most reduction this 17-token, 2-layer tower allows (r=8, capped to 4 in the second layer).
+    assert main(["export", str(tiny_clip_dir), "--tokens", "tome:r=auto", "--max-drop", "0.99",
+                 "--target", "onnx,openvino", "--components", "image", "--out", str(out), "-q"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     tokens = manifest["tokens"]
-    assert tokens["per_layer_tokens"] == [17, 13, 9] and tokens["encoder_flops_after"] < tokens["encoder_flops_before"]
+    assert tokens["gate"]["chosen"] == tokens["config"] == "tome:r=8" and tokens["gate"]["tries"][0]["passed"]
+    assert tokens["per_layer_tokens"] == [17, 9, 5] and tokens["encoder_flops_after"] < tokens["encoder_flops_before"]
     assert 0.0 <= tokens["agreement_with_unreduced"]["cosine_min"] <= 1.0
     for a in manifest["artifacts"]:
         assert (a["fused_attention"], a["unfused_attention"], a["parity"]["passed"]) == (2, 0, True)
@@ -115,7 +127,7 @@ def test_tome_export_onnx_openvino_static_fused(tiny_clip_dir, tmp_path, capsys)
               for v in model.graph.value_info}
     attn = [n for n in model.graph.node if n.op_type == "Attention"]
     seqs = [shapes[n.input[0]][2] for n in attn]
-    assert seqs == [17, 13]  # static token counts, fewer in the second layer
+    assert seqs == [17, 9]  # static token counts, fewer in the second layer
 
 
 @pytest.mark.slow
