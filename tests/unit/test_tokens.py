@@ -138,3 +138,22 @@ def test_tokens_on_cnn_tower_exit_2_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "has no tokens: drop --tokens" in err and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_vit_student_identity_and_reduction(tiny_clip_dir):
+    import torch
+
+    from edgevl.compress.tokens import reduce_tokens_
+    from edgevl.distill.students import ViTArch, build_tower
+
+    spec = _spec(tiny_clip_dir)
+    torch.manual_seed(0)
+    spec.image.module = build_tower(ViTArch(width=32, depth=3, heads=4, patch=8, resolution=32, embed_dim=24)).eval()
+    x = spec.image.example_inputs["pixel_values"]
+    with torch.no_grad():
+        ref = spec.image.module(x)
+        reduce_tokens_(spec, parse_tokens("evit:keep=1.0"))
+        torch.testing.assert_close(spec.image.module(x), ref, rtol=0, atol=1e-6)
+        record = reduce_tokens_(spec, parse_tokens("tome:r=3"))
+        assert spec.image.module(x).shape == ref.shape
+    assert record["tower"] == "student" and record["per_layer_tokens"] == [17, 14, 11, 8]
