@@ -13,10 +13,13 @@ Precisions:
     int8   PT2E with XNNPACK's quantizer: symmetric per-channel int8 weights, per-tensor int8
            activations, calibrated on the calibration split; attention's matmuls stay float
            (edgevl's attention op is opaque to the quantizer), so do residual adds, and a
-           convolution -> ReLU6 is observed after the clamp (`executorch_lower._quantizer`). The accuracy gate judges the
-           WHOLE-tower candidate only (one PT2E pass and one lowering per candidate make the
-           layer-by-layer search too costly); when it fails the tower would ship float, which
-           is refused (exit 3) unless --allow-float-fallback.
+           convolution -> ReLU6 is observed after the clamp (`executorch_lower._quantizer`).
+           A convolutional tower is first BN-folded, range-equalized and bias-corrected
+           (`executorch_quant`, `edgevl.compress.torch_conv`). The accuracy gate keeps the
+           fewest ranked layers float (`executorch_quant.rank_layers`; each try is a PT2E pass,
+           a lowering and a run of the candidate `.pte` on ExecuTorch's runtime); when even the
+           every-layer-float candidate fails, the tower would ship float, which is refused
+           (exit 3) unless --allow-float-fallback.
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ class ExecuTorchExporter(Exporter):
 
     def _int8(self, spec: ModelSpec, tower: Any, module: Any, examples: dict, dynamic: Any, fp32_program: Any,
               fp32_lowering: dict, options: ExportOptions) -> tuple[Any, dict, dict]:
-        """PT2E int8 of the tower, gated as a whole against the fp32 program on the gate split."""
+        """PT2E int8 of the tower, its float layers searched by the accuracy gate against the fp32
+        program on the gate split."""
         from edgevl.compress.gate import gate_cosine_floor, gate_data, run_gate
         from edgevl.compress.plan import resolve_calibration, tower_plan
         from edgevl.exporters.executorch_lower import example_and_shapes, lower, quantize_pt2e, weighted_op_count
