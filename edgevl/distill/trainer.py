@@ -293,7 +293,9 @@ def eval_summary(m: dict) -> str:
     agreement, the cosines and the accuracies that are known."""
     parts = []
     if "imagenet_top1" in m:
-        parts.append(f"1000-prompt agreement top-1 {m['imagenet_top1']:.3f} top-5 {m['imagenet_top5']:.3f}")
+        parts.append(f"1000-prompt agreement top-1 {m['imagenet_top1']:.3f} top-5 {m['imagenet_top5']:.3f}"
+                     + (f" (student image tower alone {m['imagenet_top1_image_tower']:.3f}, text tower alone "
+                        f"{m['imagenet_top1_text_tower']:.3f})" if "imagenet_top1_image_tower" in m else ""))
     parts.append(f"agreement {m['agreement']:.3f} image cosine {m['image_cosine']:.3f} "
                  f"text cosine {m['text_cosine']:.3f}")
     if "imagenet_text_cosine" in m:

@@ -226,3 +226,14 @@ def test_bad_augment_options_are_one_line_and_exit_2(argv, message, tmp_path, ca
     code = main(["distill", "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_eval_line_names_each_student_tower_alone():
+    """The printed evaluation line says which tower holds agreement back, when it is measured."""
+    from edgevl.distill.trainer import eval_summary
+
+    m = {"imagenet_top1": 0.4, "imagenet_top5": 0.7, "imagenet_top1_image_tower": 0.455,
+         "imagenet_top1_text_tower": 0.545, "agreement": 0.5, "image_cosine": 0.8, "text_cosine": 0.9}
+    line = eval_summary(m)
+    assert "top-1 0.400 top-5 0.700 (student image tower alone 0.455, text tower alone 0.545)" in line
+    assert "tower alone" not in eval_summary({k: v for k, v in m.items() if "tower" not in k})
