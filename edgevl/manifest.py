@@ -196,8 +196,10 @@ def format_parity(parity: dict, long: bool = False) -> str:
     top1 = format_agreement(parity["top1_agreement"], parity.get("top1_agreement_strict"))
     if not long:
         return f"cos {parity['cosine_min']:.6f} top1 {top1}"
+    capped = parity.get("parity_images")
     return (f"min cosine {parity['cosine_min']:.6f}, max abs {parity['max_abs']:.2e}, "
-            f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {top1}")
+            f"SQNR {parity['sqnr_db']:.1f} dB, top-1 agreement {top1}"
+            + (f" on the first {capped['judged']} of {capped['of']} parity images" if capped else ""))
 
 
 def format_attention(fused: int, unfused: int) -> str:

@@ -5,7 +5,7 @@ never seen while making it (`edgevl/calibration/samples.py` keeps the splits dis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -39,6 +39,13 @@ class ParityData:
 
     def feeds(self, component: Component) -> dict[str, np.ndarray]:
         return self.image_feeds if component == "image" else self.text_feeds
+
+    def first_images(self, n: int) -> "ParityData":
+        """The same data with only the first `n` images (their reference embeddings too); the
+        texts are kept."""
+        return replace(self, image_feeds={k: v[:n] for k, v in self.image_feeds.items()},
+                       image_names=self.image_names[:n],
+                       reference={**self.reference, "image": self.reference["image"][:n]})
 
     def describe(self) -> dict:
         return {

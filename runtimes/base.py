@@ -26,6 +26,9 @@ class LoadedModel(ABC):
     # What ran the artifact, as the manifest's `verified` records it: "runtime" (the target's own
     # runtime) or "reference-interpreter" (a labelled reference, e.g. Core ML off macOS).
     verified: str = "runtime"
+    # The most parity images this runtime is asked to run (a slow reference interpreter); None:
+    # all of them. The pipeline judges the first ones and the manifest says how many of how many.
+    parity_images: int | None = None
 
     @abstractmethod
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

@@ -15,7 +15,9 @@ import pytest
 
 pytest.importorskip("coremltools")
 
+from edgevl.calibration.samples import split_record  # noqa: E402
 from edgevl.cli import main  # noqa: E402
+from edgevl.runtimes.coreml import INTERPRETER_PARITY_IMAGES  # noqa: E402
 from edgevl.models.hf_clip import load_hf_clip  # noqa: E402
 from edgevl.models.spec import LoadOptions  # noqa: E402
 from edgevl.ops.attention import attention_blocks  # noqa: E402
@@ -63,6 +65,15 @@ def test_fp16_packages_fuse_every_block_and_pass_parity(kind, tiny_clip_dir, tin
             assert guard["overflowing_ops"] == [] and guard["kept_fp32_count"] == 0
         parity = art["parity"]
         assert parity["passed"] and parity["cosine_min"] >= 0.999 and parity["top1_agreement"] == 1.0
+        # Off macOS the interpreter judges the image tower on the parity split's first images only,
+        # and the manifest says so; the text tower on every text.
+        images = split_record("parity")["images"]
+        if art["component"] == "image" and VERIFIED == "reference-interpreter" and images > INTERPRETER_PARITY_IMAGES:
+            assert parity["n_samples"] == INTERPRETER_PARITY_IMAGES
+            assert {k: parity["parity_images"][k] for k in ("judged", "of")} == {"judged": INTERPRETER_PARITY_IMAGES,
+                                                                               "of": images}
+        else:
+            assert "parity_images" not in parity
 
 
 def test_int8_is_refused_with_the_reason_before_loading(tiny_clip_dir, tmp_path, capsys):
