@@ -21,9 +21,9 @@ from edgevl.errors import InputError
 
 METHODS = ("tome", "evit")
 SCHEDULES = ("constant", "decreasing")
-# The r (ToMe) and keep (EViT) values `auto` tries, most reduction first is not assumed: the
-# gate bisects over these ordered lists (least reduction first).
-AUTO_R = (0, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
+# The r (ToMe) and keep (EViT) values `auto` bisects over, least reduction first (small r
+# values too: a tower with few tokens merges a large share per layer even at r=1).
+AUTO_R = (0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32)
 AUTO_KEEP = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 EXAMPLES = "e.g. tome:r=8, tome:r=8,schedule=decreasing, tome:r=auto or evit:keep=0.7"
 
