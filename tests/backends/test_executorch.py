@@ -25,8 +25,8 @@ def _export(ckpt, out, capsys, *extra: str) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
-@pytest.mark.slow  # PT2E calibration, the gate's try and two lowerings: about 30 s per tower
-@pytest.mark.parametrize("kind,component", [("clip", "text"), ("siglip", "image")])
+@pytest.mark.slow  # PT2E calibration, the gate's try and two lowerings: about 30 s per tower (+ profile)
+@pytest.mark.parametrize("kind,component", [("clip", "text"), ("siglip", "image"), ("clip", "image")])
 def test_int8_is_quantized_gated_and_verified_by_the_runtime(kind, component, tiny_clip_dir, tiny_siglip_dir,
                                                              tmp_path, capsys):
     """One tower each (the other tower's int8 path is the same code): every linear / conv op
@@ -47,6 +47,11 @@ def test_int8_is_quantized_gated_and_verified_by_the_runtime(kind, component, ti
     assert lowering["delegated_nodes"] > 0 and art["unfused_attention"] == 0
     assert art["fused_attention"] == art["passes"]["attention_blocks"] == len(lowering["attention"]) >= 2
     assert all(how["lowered_to"] != "portable" for how in lowering["attention"].values())
+    if component == "image":  # `edgevl profile` times the int8 .pte in a fresh process (quantized kernels registered)
+        assert main(["profile", str(out), "--budget", "0.5", "--batch", "1", "-q"]) == 0, capsys.readouterr().err
+        (record,) = json.loads((out / "profile.json").read_text())["artifacts"]
+        assert (record["path"], record["runtime"], record["status"]) == (art["path"], "executorch", "measured")
+        assert record["latency"]["p50_s"] > 0 and record["peak_rss_bytes"] > 0
     if component == "text":  # dynamic batch and seq: only the symbolic reshapes stay portable
         for how in lowering["attention"].values():
             assert how["lowered_to"] == "xnnpack, split by portable reshapes"
