@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibration data for int8: an image folder or a JSON-lines caption file; default: the bundled calibration split")
     export.add_argument("--max-drop", type=_fraction, default=0.01,
                         help="quantized precisions: the largest zero-shot top-1 agreement drop you accept, in the accuracy "
-                        "gate and in the parity verdict (the cosine floors stay); default 0.01")
+                        "gate and in the parity verdict (the cosine floors stay), and for --tokens r=auto / keep=auto the largest "
+                        "drop against the unreduced tower; default 0.01")
     export.add_argument("--cpu-isa", choices=("any", "vnni"), default="any",
                         help="int8 dot products the deployment CPU computes exactly: any (default; 7-bit "
                         "weights, same numbers on every x86 CPU) or vnni (AVX512-VNNI / AVX-VNNI / AMX: full 8-bit weights)")
