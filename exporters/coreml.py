@@ -90,6 +90,9 @@ class CoreMLExporter(Exporter):
                 f"--static-shapes seq: the Core ML text tower takes the context length "
                 f"({spec.preprocess.context_length}) only; drop seq or give seq={spec.preprocess.context_length}"
             )
+        if component == "image" and "tokens" in spec.derived and (options.static_shapes or {}).get("batch") is None:
+            # coremltools loses the static head size on the token-merge path when batch is symbolic.
+            raise InputError("--tokens on the coreml target needs a static batch: add --static-shapes batch=1")
         tower = spec.tower(component)
         module = tower.module.eval()
         blocks = attention_blocks(module)

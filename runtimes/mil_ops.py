@@ -123,6 +123,24 @@ def _reduce(fn: Callable[..., np.ndarray]) -> Kernel:
     return kernel
 
 
+def _reduce_arg(fn: Callable[..., np.ndarray]) -> Kernel:
+    """reduce_argmax / reduce_argmin: one axis, int32 indices (the first on ties, as numpy)."""
+    def kernel(a: dict[str, Any]) -> np.ndarray:
+        axis = int(a.get("axis", -1))
+        return fn(np.asarray(a["x"]), axis=axis, keepdims=bool(a.get("keep_dims", False))).astype(np.int32)
+
+    return kernel
+
+
+def _topk(a: dict[str, Any]) -> tuple:
+    """MIL topk: the k largest (smallest with `ascending`) along `axis`, sorted, and their int32
+    indices; ties keep the lower index first (a stable sort)."""
+    x, k, axis = np.asarray(a["x"]), int(a.get("k", 1)), int(a.get("axis", -1))
+    order = np.argsort(x if a.get("ascending", False) else -x, axis=axis, kind="stable")
+    index = np.take(order, np.arange(k), axis=axis)
+    return np.take_along_axis(x, index, axis=axis), index.astype(np.int32)
+
+
 def _reduce_l2(x: np.ndarray, axis: Any, keepdims: bool) -> np.ndarray:
     return np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keepdims))
 
@@ -243,6 +261,9 @@ ELEMENTWISE_OPS: dict[str, Kernel] = {
     "reduce_sum": _reduce(np.sum),
     "reduce_mean": _reduce(np.mean),
     "reduce_max": _reduce(np.max),
+    "reduce_argmax": _reduce_arg(np.argmax),
+    "reduce_argmin": _reduce_arg(np.argmin),
+    "topk": _topk,
     "reduce_min": _reduce(np.min),
     "reduce_l2_norm": _reduce(_reduce_l2),
 }

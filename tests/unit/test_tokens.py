@@ -157,3 +157,16 @@ def test_vit_student_identity_and_reduction(tiny_clip_dir):
         record = reduce_tokens_(spec, parse_tokens("tome:r=3"))
         assert spec.image.module(x).shape == ref.shape
     assert record["tower"] == "student" and record["per_layer_tokens"] == [17, 14, 11, 8]
+
+
+def test_mil_topk_and_argmax_kernels():
+    import numpy as np
+
+    from edgevl.runtimes.mil_ops import TENSOR_OPS, ELEMENTWISE_OPS
+
+    kernels = {**TENSOR_OPS, **ELEMENTWISE_OPS}
+    x = np.array([[0.1, 0.9, 0.5, 0.9], [3.0, -1.0, 2.0, 0.0]], np.float32)
+    values, index = kernels["topk"]({"x": x, "k": 2, "axis": -1})
+    assert index.tolist() == [[1, 3], [0, 2]] and np.array_equal(values, x[[[0], [1]], index])
+    assert kernels["reduce_argmax"]({"x": x, "axis": -1}).tolist() == [1, 0]
+    assert kernels["topk"]({"x": x, "k": 1, "axis": -1, "ascending": True})[1].tolist() == [[0], [1]]
