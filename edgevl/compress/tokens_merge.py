@@ -1,4 +1,4 @@
-"""The token-reduction steps themselves, written with ops every target exports at static shapes.
+"""The token-reduction steps themselves, written with ops that export at static shapes.
 
 ToMe's bipartite soft matching (Bolya et al., 2023; facebookresearch/ToMe) and EViT's
 class-attention keep-and-fuse (Liang et al., 2022), re-derived here so that a step uses only
