@@ -110,6 +110,8 @@ class W8A8Config(CalibratedInt8Config):
         activation_ranges: fixed activation ranges `((layer substring, lo, hi), ...)` that
             override the observer; meant for experts and for testing the gate.
         calib_limit: at most this many calibration samples are observed.
+        embeddings: ONNX: store token-embedding tables read by a Gather as int8 rows with one
+            scale per row (edgevl/compress/embedding_int8.py) when the gate still passes.
     """
 
     observer: str = "minmax"
@@ -120,6 +122,7 @@ class W8A8Config(CalibratedInt8Config):
     activation_ranges: tuple[tuple[str, float, float], ...] = ()
     calib_limit: int = 64
     cpu_isa: str = "any"
+    embeddings: bool = True
 
     def __post_init__(self) -> None:
         if self.observer not in OBSERVERS:
@@ -179,6 +182,9 @@ class DynamicW8A8Config(CalibratedInt8Config):
         gptq: round the int8 weights with GPTQ on the calibration inputs instead of to nearest
             (same scales, same ops; see edgevl/compress/gptq.py).
         cpu_isa: int8 dot-product semantics the artifact may rely on (see CPU_ISAS).
+        embeddings: store token-embedding tables read by a Gather as int8 rows with one scale
+            per row (edgevl/compress/embedding_int8.py) when the gate still passes; a table
+            fused into EmbedLayerNormalization (ort flavour) stays float.
     """
 
     smoothquant: Optional[SmoothQuantConfig] = SmoothQuantConfig(alpha_search=(0.5, 0.6, 0.7, 0.8, 0.9))
@@ -189,6 +195,7 @@ class DynamicW8A8Config(CalibratedInt8Config):
     fuse_embedding: bool = True
     gptq: bool = True
     cpu_isa: str = "any"
+    embeddings: bool = True
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,34 @@ def quantize_model(
     prepared, prep = prepare(fp32_model)
     ctx = QuantContext(prepared, feeds, gate, cosine_min, component, calibration or {}, progress, flavor, runner)
     qmodel, info = handler(ctx, config)
+    if getattr(config, "embeddings", False) and isinstance(config, (DynamicW8A8Config, W8A8Config)):
+        qmodel, info["passes"]["embedding_tables"] = _int8_tables_if_gate_passes(qmodel, info, ctx, config)
     foreign = foreign_ops(qmodel) if flavor == "standard" else []
     if foreign:
         raise ExportError(f"{type(config).__name__} wrote non-standard ops into a standard-flavour {component} "
                           f"graph ({', '.join(foreign)}); this is an edgevl bug: report it, or use --onnx-flavor ort")
     info["passes"] = {**prep, **info["passes"]}
     return qmodel, info["recipe"], info
+
+
+def _int8_tables_if_gate_passes(qmodel: "object", info: dict, ctx: QuantContext, config: QuantConfig) -> tuple["object", dict]:
+    """`qmodel` with its token-embedding tables stored int8 (`embedding_int8`) when the gate
+    still passes with them, else unchanged; with what was decided and measured. A tower the gate
+    left all float stays all float."""
+    from edgevl.compress.embedding_int8 import embedding_tables, int8_embedding_tables
+    from edgevl.compress.gate import gate_passes, measure
+
+    if not embedding_tables(qmodel):
+        return qmodel, {"int8": False, "why": "no float token-embedding table read by a Gather"}
+    if not info["recipe"].layers:
+        return qmodel, {"int8": False, "why": "the accuracy gate kept every layer float"}
+    candidate, report = int8_embedding_tables(qmodel)
+    if ctx.gate is None:
+        return candidate, {"int8": True, **report, "gated": False}
+    figures = measure(ctx.gate, ctx.runner(candidate) if ctx.runner else candidate)
+    if not gate_passes(figures, ctx.cosine_min, config.max_drop):
+        return qmodel, {"int8": False, "why": "the accuracy gate failed with int8 tables", "figures": figures}
+    return candidate, {"int8": True, **report, "gated": True, "figures": figures}
 
 
 def quantize_onnx_artifact(

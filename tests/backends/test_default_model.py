@@ -161,6 +161,11 @@ def test_int8_text_tower_is_int8(tmp_path):
     assert f"text onnx int8 {quant['quantized_layers']}/37 layers" in line and "attention fused 6/6" in line
     assert art["parity"]["passed"] and art["parity"]["cosine_min"] >= 0.99 and art["parity"]["n_samples"] >= 200
     assert (art["fused_attention"], art["unfused_attention"]) == (6, 0)
+    # The 30,522-row token table is stored int8 (one scale per row), judged by the gate.
+    tables = quant["passes"]["embedding_tables"]
+    assert tables["int8"] and tables["gated"], tables
+    (table,) = tables["tables"].values()
+    assert table["rows"] == 30522 and table["bytes_after"] < 0.3 * table["bytes_before"]
     recorded = manifest["data_splits"]["calibration"]
     assert (quant["calibration"]["images"], quant["calibration"]["texts"]) == (recorded["images"], recorded["texts"])
     graph = onnx.load(str(out / art["path"])).graph
