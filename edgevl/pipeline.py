@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from edgevl.version import __version__
 from edgevl.compress.config import DEFAULT_PALETTE_TUNE_STEPS
+from edgevl.compress.tokens_config import as_token_config
 from edgevl.errors import InputError, ModelLoadError, NothingCompressedError, OutputWriteError, ParityError
 from edgevl.exporters.base import (
     STATIC_AXES, TRT_ATTENTION, ExportedArtifact, Exporter, ExportOptions, check_static_shapes,
@@ -110,7 +111,9 @@ def validate(request: ExportRequest) -> list[Exporter]:
         raise InputError(f"unknown trt_attention {request.trt_attention!r}; use one of: {', '.join(TRT_ATTENTION)}")
     if request.trt_attention != "native" and "tensorrt" not in request.targets:
         raise InputError("--trt-attention applies to the tensorrt target only; add --target tensorrt or drop it")
-    _check_tokens(request)
+    if as_token_config(request.tokens) is not None and "image" not in request.components:
+        raise InputError("--tokens reduces the image tower's tokens but --components leaves the image tower out; "
+                         "add image to --components or drop --tokens")
     check_model_name(request.model)
     check_output_dir(request.out, request.force)
     for exporter in exporters:
@@ -118,21 +121,6 @@ def validate(request: ExportRequest) -> list[Exporter]:
             exporter.check_available(precision)
     return exporters
 
-
-def _token_config(tokens: Any) -> Any:
-    from edgevl.compress.tokens_config import TokenConfig, parse_tokens
-
-    if tokens is None or isinstance(tokens, TokenConfig):
-        return tokens
-    if isinstance(tokens, str):
-        return parse_tokens(tokens)
-    raise InputError(f"tokens must be a --tokens string or a TokenConfig, got {type(tokens).__name__}; e.g. 'tome:r=8'")
-
-
-def _check_tokens(request: ExportRequest) -> None:
-    if _token_config(request.tokens) is not None and "image" not in request.components:
-        raise InputError("--tokens reduces the image tower's tokens but --components leaves the image tower out; "
-                         "add image to --components or drop --tokens")
 
 
 def _check_static_axes(static_shapes: Optional[dict[str, int]]) -> None:
@@ -208,16 +196,11 @@ def run_export(
         if spec is None:
             spec = resolve_model(request.model, LoadOptions(allow_pickle=request.allow_pickle))
         details.append(f"{spec.params / 1e6:.1f} M params" if spec.params >= 1e5 else f"{spec.params} params")
-    tokens = _token_config(request.tokens)
+    tokens = as_token_config(request.tokens)
     if tokens is not None:
-        from edgevl.compress.tokens_gate import apply_tokens
+        from edgevl.compress.tokens_gate import apply_tokens_with_progress
 
-        with progress.step(f"reducing image tokens ({tokens.label()})") as details:
-            record = apply_tokens(spec, tokens, request.max_drop, lambda line: progress.info(f"  {line}"))
-            agree = record["agreement_with_unreduced"]
-            details.append(f"{record['config']}: tokens per layer {record['per_layer_tokens']}, encoder FLOPs "
-                           f"x{record['flops_ratio']:.3f}, agreement with the unreduced tower "
-                           f"{agree['top1_agreement']} (cosine min {agree['cosine_min']:.4f}) on the parity split")
+        apply_tokens_with_progress(spec, tokens, request.max_drop, progress)
     check_static_shapes([spec.tower(c) for c in request.components], request.static_shapes)
     check_static_sizes(spec, request.static_shapes)
     for note in spec.notes:

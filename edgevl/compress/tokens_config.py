@@ -126,3 +126,12 @@ def parse_tokens(text: str) -> TokenConfig:
     except ValueError:
         raise InputError(f"--tokens {text!r}: keep={value!r} is not a number; give e.g. keep=0.7 or keep=auto") from None
     return TokenConfig("evit", keep=keep)
+
+
+def as_token_config(tokens: "object") -> Optional[TokenConfig]:
+    """A `--tokens` string or a TokenConfig as a TokenConfig (None: no token reduction)."""
+    if tokens is None or isinstance(tokens, TokenConfig):
+        return tokens
+    if isinstance(tokens, str):
+        return parse_tokens(tokens)
+    raise InputError(f"tokens must be a --tokens string or a TokenConfig, got {type(tokens).__name__}; e.g. 'tome:r=8'")

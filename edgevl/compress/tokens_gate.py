@@ -125,3 +125,14 @@ def apply_tokens(spec: Any, config: TokenConfig, max_drop: float = 0.01,
                           "chosen": chosen.label(), "tries": tries}
     spec.derived["tokens"] = record
     return record
+
+
+def apply_tokens_with_progress(spec: "object", tokens: "object", max_drop: float, progress: "object") -> dict:
+    """`apply_tokens` as one step of an export's progress output, with its figures on one line."""
+    with progress.step(f"reducing image tokens ({tokens.label()})") as details:
+        record = apply_tokens(spec, tokens, max_drop, lambda line: progress.info(f"  {line}"))
+        agree = record["agreement_with_unreduced"]
+        details.append(f"{record['config']}: tokens per layer {record['per_layer_tokens']}, encoder FLOPs "
+                       f"x{record['flops_ratio']:.3f}, agreement with the unreduced tower "
+                       f"{agree['top1_agreement']} (cosine min {agree['cosine_min']:.4f}) on the parity split")
+    return record
