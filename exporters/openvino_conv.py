@@ -60,9 +60,9 @@ def quantize_conv_int8(
     OpenVINO's ONNX frontend. The gate runs every candidate on OpenVINO's CPU plugin against the
     fp32 IR `model`, so it judges what the artifact executes.
 
-    NNCF's own static quantization of this graph also quantizes activations no conv reads
-    (the pooled features, the residual adds' outputs) and kept 1 of the default image tower's 49
-    convs int8 (benchmarks/results/openvino_int8.md); the ONNX scheme keeps most of them.
+    NNCF's own static quantization of such a graph also quantizes activations no conv reads
+    (the pooled features, the residual adds' outputs), which on EfficientNet-Lite0 left almost
+    every conv float (measured: benchmarks/RESULTS.md).
     """
     import shutil
     import tempfile
