@@ -37,13 +37,14 @@ def test_the_sample_reads_every_preprocess_key_the_runtime_library_knows():
     assert "executorchVersion=1.5.1" in (SAMPLE / "gradle.properties").read_text()
 
 
-@pytest.mark.slow  # exports both towers of the suite's small trained CLIP to ExecuTorch fp32
-def test_the_samples_assumptions_hold_for_a_real_executorch_export(tiny_clip_dir, tmp_path, capsys):
+@pytest.mark.slow  # trains a small CLIP and exports both towers to ExecuTorch fp32
+def test_the_samples_assumptions_hold_for_a_real_executorch_export(tmp_path, capsys):
     pytest.importorskip("executorch", reason="needs the executorch extra: pip install 'edgevl[executorch]'")
     from edgevl.cli import main
+    from edgevl.models.tiny import tiny_checkpoint
     from edgevl.runtimes.executorch import ExecuTorchRuntime
 
-    ckpt = tiny_clip_dir
+    ckpt = tiny_checkpoint("clip", tmp_path / "tiny-clip")
     out = tmp_path / "export"
     assert main(["export", str(ckpt), "--target", "executorch", "--out", str(out), "-q"]) == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
