@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgevl.compress.ort_graph import drop_unread_initializers, initializers
+from edgevl.compress.qdq import quantize_weight_per_channel
 
 MIN_ROWS = 1000
 LEVELS = 127
@@ -41,11 +42,10 @@ def embedding_tables(model: "object") -> list[str]:
 
 
 def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 codes, float32 scales of shape [rows, 1]): each row scaled by its own max |value|."""
-    scale = np.abs(table).max(axis=1, keepdims=True).astype(np.float32) / LEVELS
-    scale[scale == 0] = 1.0
-    codes = np.clip(np.round(table / scale), -LEVELS, LEVELS).astype(np.int8)
-    return codes, scale
+    """(int8 codes, float32 scales of shape [rows, 1]): each row scaled by its own max |value|
+    (the per-channel weight quantizer, with the rows as channels)."""
+    codes, scales = quantize_weight_per_channel(table.T, qmax=LEVELS)
+    return np.ascontiguousarray(codes.T), scales[:, None]
 
 
 def int8_embedding_tables(model: "object") -> tuple["object", dict]:
