@@ -1,7 +1,7 @@
 """int8 token-embedding tables for ONNX graphs, in standard ops.
 
-A text tower's token-embedding table is most of its weight bytes (MiniLM: 30,522 x 384 floats,
-47 MB of the tower's 90 MB) and int8 MatMuls do not touch it. Each table read by a `Gather` is
+A small text tower's token-embedding table holds about half its weight bytes (sizes measured in
+docs/compression-and-gate.md) and int8 MatMuls do not touch it. Each table read by a `Gather` is
 stored as int8 codes with one float scale per row (symmetric, 127 levels: a row is read, never
 multiplied by an activation in int8, so no saturation limit applies), and only the rows a query
 reads are dequantized:
