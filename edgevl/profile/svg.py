@@ -17,6 +17,8 @@ CHAR_W = 7.0
 # Smallest y span a scatter shows, as a share of the values' magnitude: equal values (every point
 # at agreement 1.0) get a readable axis instead of one of +-1e-4.
 MIN_Y_SPAN = 0.01
+# Line pitch of the 10 px point labels.
+LABEL_LINE = 12.0
 
 
 @dataclass(frozen=True)
@@ -93,25 +95,34 @@ def _y_range(ys: Sequence[float], y_max: Optional[float]) -> tuple[float, float]
     return lo, hi
 
 
-def _spread_labels(anchors: list[tuple[float, float, str]], line: float = 12.0) -> list[float]:
-    """Baselines for point labels (x, y, text) so that no two whose text spans overlap share a
-    line: a label that would collide with one already placed moves down a line at a time."""
-    placed: list[tuple[float, float, float]] = []  # (x from, x to, baseline)
-    out = []
-    for x, y, text in anchors:
-        x_to = x + 6.0 * len(text)  # the 10 px labels
-        while any(a < x_to and x < b and abs(base - y) < line for a, b, base in placed):
-            y += line
-        placed.append((x, x_to, y))
-        out.append(y)
-    return out
+def _label_column(ys: Sequence[float], top: float, bottom: float, line: float = LABEL_LINE) -> list[float]:
+    """Baselines for a column of point labels, one per point's y (in drawing order): each label
+    as near its point as the column allows, never closer than `line` to another, kept between
+    `top` and `bottom` (a crowded column is pushed up from the bottom)."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed = [0.0] * len(ys)
+    floor = top
+    for i in order:
+        placed[i] = max(ys[i], floor)
+        floor = placed[i] + line
+    ceiling = bottom
+    for i in reversed(order):
+        placed[i] = min(placed[i], ceiling)
+        ceiling = placed[i] - line
+    return placed
 
 
 def scatter(title: str, points: Sequence[Point], x_label: str, y_label: str, plot_id: str,
             legend: Sequence[str] = (), y_max: Optional[float] = None) -> str:
     """Points on linear axes fitted to the data (equal values get a readable span, capped at
-    `y_max`), each labelled, labels kept off each other."""
-    width, height, left, bottom, top_pad, right_pad = WIDTH, 340, 70, 50, 36, 180
+    `y_max`). Each point's label sits in a column right of the plot, joined to its point by a thin
+    line, so labels never cover points, each other or the legend (a row under the title)."""
+    top_pad = 52 if legend else 36
+    # The label column is as wide as the longest label (10 px text) and the chart as tall as the
+    # column needs, so a profile of many artifacts keeps one label per line.
+    right_pad = min(320.0, 24 + 6.0 * max((len(p.label) for p in points), default=0))
+    width, left, bottom = WIDTH, 70, 50
+    height = max(340, int(top_pad + bottom + LABEL_LINE * (len(points) + 1)))
     xs = [p.x for p in points] or [0.0, 1.0]
     ys = [p.y for p in points] or [0.0, 1.0]
     x0, x1 = 0.0, _nice_max(max(xs))
@@ -131,17 +142,21 @@ def scatter(title: str, points: Sequence[Point], x_label: str, y_label: str, plo
                      f'text-anchor="middle">{value:.3g}</text>')
     for value in (y0, (y0 + y1) / 2, y1):
         parts.append(f'<text x="{left - 4}" y="{py(value) + 4:.1f}" {FONT} fill="#555" text-anchor="end">{value:.5g}</text>')
-    baselines = _spread_labels([(px(p.x) + 7, py(p.y) - 6, p.label) for p in points])
+    column_x = width - right_pad + 16
+    baselines = _label_column([py(p.y) + 3 for p in points], top_pad, height - bottom)
     for p, baseline in zip(points, baselines):
         color = PALETTE[p.series % len(PALETTE)]
         fill = color if p.filled else "white"
+        parts.append(f'<line x1="{px(p.x) + 5:.1f}" y1="{py(p.y):.1f}" x2="{column_x - 3:.1f}" y2="{baseline - 3:.1f}" '
+                     f'stroke="#bbb" stroke-width="0.8"/>')
         parts.append(f'<circle cx="{px(p.x):.1f}" cy="{py(p.y):.1f}" r="5" fill="{fill}" stroke="{color}" stroke-width="2">'
                      f'<title>{escape(p.label)}</title></circle>')
-        parts.append(f'<text x="{px(p.x) + 7:.1f}" y="{baseline:.1f}" font-family="sans-serif" font-size="10">'
+        parts.append(f'<text x="{column_x:.1f}" y="{baseline:.1f}" font-family="sans-serif" font-size="10">'
                      f'{escape(p.label)}</text>')
+    legend_x = 8.0
     for i, name in enumerate(legend):
-        y = top_pad + 16 * i
-        parts.append(f'<circle cx="{width - right_pad + 20}" cy="{y}" r="5" fill="{PALETTE[i % len(PALETTE)]}"/>')
-        parts.append(f'<text x="{width - right_pad + 30}" y="{y + 4}" {FONT}>{escape(name)}</text>')
+        parts.append(f'<circle cx="{legend_x + 5:.1f}" cy="34" r="5" fill="{PALETTE[i % len(PALETTE)]}"/>')
+        parts.append(f'<text x="{legend_x + 14:.1f}" y="38" {FONT}>{escape(name)}</text>')
+        legend_x += 14 + CHAR_W * len(name) + 16
     parts.append("</svg>")
     return "\n".join(parts)

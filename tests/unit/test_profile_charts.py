@@ -48,3 +48,22 @@ def test_value_text_past_the_longest_whisker_fits_inside_the_chart():
     svg = bar_chart("Latency", bars, "ms", "p")
     placed = next(t for t in _texts(svg) if t.text == text)
     assert float(placed.get("x")) + CHAR_W * len(text) <= WIDTH
+
+
+def test_labels_sit_right_of_every_point_and_below_the_legend_and_many_fit_inside():
+    names = [f"{t} {g} {p} {k}" for t in ("image", "text") for g in ("onnx", "openvino", "coreml")
+             for p in ("fp32", "int8", "palettize4") for k in ("tie-aware", "strict")]
+    points = [Point(10.0 + i % 5, 0.999 - 0.0001 * (i % 3), name) for i, name in enumerate(names)]
+    svg = scatter("t", points, "ms", "agreement", "p", legend=["onnx", "openvino", "coreml"], y_max=1.0)
+    root = ET.fromstring(svg)
+    height, width = float(root.get("height")), float(root.get("width"))
+    circles = [c for c in root.iter(f"{NS}circle") if c.find(f"{NS}title") is not None]
+    legend_y = max(float(c.get("cy")) for c in root.iter(f"{NS}circle") if c.find(f"{NS}title") is None)
+    labels = [t for t in _texts(svg) if t.get("font-size") == "10"]
+    assert len(labels) == len(points) == len(circles)
+    baselines = sorted(float(t.get("y")) for t in labels)
+    assert all(b - a >= 12 - 1e-9 for a, b in zip(baselines, baselines[1:]))
+    assert min(baselines) - 10 > legend_y and max(baselines) <= height
+    right_of_points = max(float(c.get("cx")) for c in circles) + 5
+    assert all(float(t.get("x")) > right_of_points for t in labels)
+    assert all(float(t.get("x")) + 6.0 * len(t.text) <= width for t in labels)
