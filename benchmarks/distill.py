@@ -1,14 +1,19 @@
 """Distil the embedded default (effnet-minilm) into its inherited student (`--student
-effnet-lite0`) on the bundled real photos (calibration and gate splits; the parity photos are
-never trained on), one row per loss/schedule, every row judged on the same held-out images (every
-view of the parity photos): top-1/top-5 agreement with the teacher over the 1000 ImageNet class
-prompts, caption accuracy, cosines. Then shrink twice: export the best row's student to ONNX and
+effnet-lite0`) on the real-image pool's calibration and gate splits (`--data bundled`: the package
+photos and the Tux Paint stamps; the parity split is never trained on), one row per
+loss/schedule, every row judged on the same held-out images (the whole parity split: every view of
+its package photos and each of its stamps): top-1/top-5 agreement with the teacher over the 1000
+ImageNet class prompts, caption accuracy, cosines. Then shrink twice: export the best row's student to ONNX and
 OpenVINO at fp32 and int8 through `edgevl export` (the accuracy gate included) and measure the
 teacher fp32, the student fp32 and the student int8 side by side in one run: latency per tower
 (batch 1 and 8, ONNX Runtime and OpenVINO, interleaved rounds), FLOPs, size on disk and top-1
 agreement over the 1000 prompts computed from the exported artifacts.
 
-    .venv/bin/python benchmarks/distill.py [--steps N] [--jobs 2] [--threads 1] [--phase all]
+    .venv/bin/python benchmarks/distill.py [--steps N] [--rows N] [--jobs 2] [--threads 1] [--phase all]
+
+The default `--rows 3` trains function matching with feature distillation, then the fixed-view
+rows (feature distillation, and the two-stage schedule the CLI defaults to); `--rows 0` adds
+function matching with the two-stage schedule, the costliest row.
 
 `--phase train` trains the rows into `--work` and stops; `--phase shrink` takes the rows a
 train phase left in `--work`. Writes benchmarks/results/distill.json and distill.md (the shrink
@@ -42,17 +47,18 @@ def log(line: str) -> None:
 
 
 def rows() -> dict[str, tuple[str, tuple]]:
-    """Row name -> (augment, stages). Feature distillation alone (CLIP-KD's strongest single loss)
-    and DC-CLIP's two stages (features, then features + affinity + contrastive: the CLI's default
-    schedule), each with the fixed cached views and with function matching."""
+    """Row name -> (augment, stages), in training order. Feature distillation alone (CLIP-KD's
+    strongest single loss) and DC-CLIP's two stages (features, then features + affinity +
+    contrastive: the CLI's default schedule), each with the fixed cached views and with function
+    matching; function matching with two stages, the costliest row, comes last (`--rows 0`)."""
     from edgevl.distill.config import DEFAULT_STAGES, LossWeights, Stage
 
     features = (Stage("features", 1.0, LossWeights(feature=1.0)),)
     return {
         "function matching, feature distillation": ("function-matching", features),
-        "function matching, two-stage (DC-CLIP)": ("function-matching", DEFAULT_STAGES),
         "fixed views, feature distillation (CLIP-KD)": ("fixed", features),
         "fixed views, two-stage (DC-CLIP; the CLI default)": ("fixed", DEFAULT_STAGES),
+        "function matching, two-stage (DC-CLIP)": ("function-matching", DEFAULT_STAGES),
     }
 
 
@@ -90,18 +96,32 @@ def train_row(index: int, name: str, work: str, steps: int, batch: int, views: i
             "sizes": result.sizes, "lr": INHERITED_LR}
 
 
+def pool_counts() -> dict:
+    """What `--data bundled` trains on and `--heldout bundled-parity` judges on: package photos
+    and Tux Paint stamps per split, and the held-out images."""
+    from edgevl.calibration.samples import pool_name, split_samples
+
+    out: dict = {"pool": pool_name()}
+    for split in ("calibration", "gate", "parity"):
+        samples = split_samples(split)
+        out[split] = {"package_photos": sum(not s.is_stamp for s in samples),
+                      "stamps": sum(s.is_stamp for s in samples)}
+    return out
+
+
 def train(args: argparse.Namespace) -> dict:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     names = list(rows())[: args.rows] if args.rows else list(rows())
-    eval_every = max(1, args.steps // 4)
+    eval_every = max(1, args.steps // 3)
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         futures = {name: pool.submit(train_row, i, name, str(work), args.steps, args.batch, args.views, eval_every,
                                      args.threads) for i, name in enumerate(names)}
         done = {name: f.result() for name, f in futures.items()}
     out = {"rows": done, "train_seconds": time.time() - t0, "jobs": args.jobs, "threads": args.threads,
-           "steps": args.steps, "batch": args.batch, "views": args.views, "eval_every": eval_every}
+           "steps": args.steps, "batch": args.batch, "views": args.views, "eval_every": eval_every,
+           "data": pool_counts(), "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
     (work / "train.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
     return out
 
@@ -310,19 +330,29 @@ def f3(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def data_sentence(d: Optional[dict]) -> str:
+    """Where the training and held-out images come from, in words."""
+    if not d:
+        return ""
+    cal, gate, par = d["calibration"], d["gate"], d["parity"]
+    return (f"Pool: {d['pool']}. Trained on the calibration and gate splits: {cal['package_photos'] + gate['package_photos']} "
+            f"package photos (each with its caption and its label prompt) and {cal['stamps'] + gate['stamps']} Tux Paint "
+            f"stamps (each with its caption). Never trained on: the parity split, {par['package_photos']} package photos "
+            f"(5 views each) and {par['stamps']} stamps (one view each).")
+
+
 def markdown(r: dict) -> str:
     t = r["train"]
     lines = [
         "# Distillation: effnet-minilm -> its inherited student `effnet-lite0` (benchmarks/distill.py)",
         "",
-        f"One run on {r['cpu']} ({os.cpu_count()} CPUs, shared with other jobs; load average at the start "
-        f"{r['load_start']}), {r['date']}. Command: `{r['command']}`. Training: {t['steps']} steps per row, batch "
-        f"{t['batch']}, lr {next(iter(t['rows'].values()))['lr']:g}, the bundled calibration and gate photos "
-        f"(19 photos; the parity photos never trained on), {t['jobs']} rows at a time, each its own process with "
-        f"{t['threads']} torch thread(s): {t['train_seconds'] / 60:.1f} min for the rows. "
-        f"Held out: every view of the 11 parity photos ({r['shrink']['heldout_images']} images; the bundled pool "
-        f"holds no more real photos), zero-shot over the {r['shrink']['prompts']} ImageNet class prompts. Whole "
-        f"run {r['total_seconds'] / 60:.1f} min.",
+        f"One run on {r['cpu']} ({os.cpu_count()} CPUs, shared with other jobs; load average (1, 5, 15 min) at "
+        f"the start {r['load_start']}, after training {t.get('load_end', '-')}, at the end {r.get('load_end', '-')}), "
+        f"{r['date']}. Command: `{r['command']}`. " + data_sentence(t.get("data")) + f" Training: {t['steps']} steps "
+        f"per row, batch {t['batch']}, lr {next(iter(t['rows'].values()))['lr']:g}, {t['jobs']} rows at a time, each "
+        f"its own process with {t['threads']} torch thread(s): {t['train_seconds'] / 60:.1f} min for the rows. "
+        f"Held out: the whole parity split ({r['shrink']['heldout_images']} images), zero-shot over the "
+        f"{r['shrink']['prompts']} ImageNet class prompts. Whole run {r['total_seconds'] / 60:.1f} min.",
         "",
         "## Rows: loss and schedule, judged on the same held-out images",
         "",
@@ -341,7 +371,10 @@ def markdown(r: dict) -> str:
     for name, row in t["rows"].items():
         lines.append(f"| {name} | {cells(row['final'])} | {row['seconds'] / 60:.1f} |")
     lines += ["", f"Teacher on the same images: caption accuracy {f3(first.get('teacher_caption_accuracy'))}, "
-              f"label accuracy {f3(first.get('teacher_accuracy'))}.", "",
+              f"label accuracy {f3(first.get('teacher_accuracy'))}. Caption accuracy: an image's own caption is its "
+              "best match among the held-out captions (the package photos' and the stamps'); label accuracy: "
+              "zero-shot over the parity split's own classes (the package photos' label prompts and the stamps' "
+              "captions).", "",
               "Top-1 over the 1000 prompts at each evaluation (step: value):", ""]
     for name, row in t["rows"].items():
         lines.append(f"- {name}: " + ", ".join(f"{m['step']}: {m['imagenet_top1']:.3f}" for m in row["metrics"]))
@@ -406,7 +439,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phase", choices=("all", "train", "shrink"), default="all")
     ap.add_argument("--steps", type=int, default=72, help="optimizer steps per row")
-    ap.add_argument("--rows", type=int, default=0, help="train only the first N rows (0: all)")
+    ap.add_argument("--rows", type=int, default=3,
+                    help="train the first N rows (0: all four, adding function matching with two stages)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--views", type=int, default=2, help="cached views per photo of the fixed-view rows")
     ap.add_argument("--jobs", type=int, default=2, help="rows trained at a time, each in its own process")
@@ -427,6 +461,7 @@ def main() -> None:
         "teacher": "effnet-minilm (EfficientNet-Lite0 + all-MiniLM-L6-v2)", "student": STUDENT,
         "train": trained, "shrink": shrunk, "verdict": verdict(shrunk),
         "total_seconds": time.time() - start + (0 if args.phase == "all" else trained["train_seconds"]),
+        "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "phases": args.phase,
     }
     RESULTS.mkdir(exist_ok=True)

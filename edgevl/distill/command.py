@@ -27,9 +27,12 @@ def add_distill_parser(sub: "argparse._SubParsersAction") -> None:
                    "effnet-lite0,blocks=10,resolution=192 (the default teacher's own EfficientNet-Lite0 with "
                    "fewer blocks); default: vit-tiny")
     p.add_argument("--data", default="bundled",
-                   help="bundled (default), fashion-mnist[:N], an image folder, or a JSON-lines file")
+                   help="bundled (default: the real-image pool's calibration and gate splits, package photos and "
+                   "Tux Paint stamps where installed; never the parity split), fashion-mnist[:N], an image folder, "
+                   "or a JSON-lines file")
     p.add_argument("--heldout", default=None,
-                   help="evaluation images never trained on: bundled-parity or fashion-mnist-test[:N]; default: by --data")
+                   help="evaluation images never trained on: bundled-parity (the whole parity split: every view of "
+                   "its package photos and its stamps) or fashion-mnist-test[:N]; default: by --data")
     p.add_argument("--out", type=Path, required=True, help="output folder (new or empty, or an earlier run with --resume)")
     p.add_argument("--steps", type=int, default=200,
                    help="optimizer steps, half feature distillation then half joint alignment; default: 200")

@@ -213,9 +213,10 @@ class DistillConfig:
 
     Attributes:
         teacher: a registered model name or a checkpoint folder (edgevl's loaders).
-        data: "bundled" (the bundled photos except the parity split, augmented), an image folder,
+        data: "bundled" (the real-image pool's calibration and gate splits: package photos and
+            Tux Paint stamps where installed, augmented; never the parity split), an image folder,
             a JSON-lines file, or "fashion-mnist[:N]" (Debian's dataset-fashion-mnist).
-        heldout: evaluation images never trained on: "bundled-parity" (the parity split), or
+        heldout: evaluation images never trained on: "bundled-parity" (the whole parity split), or
             "fashion-mnist-test[:N]"; None picks the data's own held-out split.
         out: the output folder (a model `edgevl export` loads; checkpoints under it).
         steps, batch: optimizer steps and the GLOBAL batch of images (split across ranks).

@@ -1,6 +1,7 @@
-"""Where distillation images and texts come from: the bundled photos (every split but parity),
-an image folder (sub-folder names as labels), a JSON-lines file, or Debian's
-`dataset-fashion-mnist`; and the held-out evaluation images (never trained on)."""
+"""Where distillation images and texts come from: the bundled pool's calibration and gate splits
+(package photos and, where installed, Tux Paint stamps; never the parity split), an image folder
+(sub-folder names as labels), a JSON-lines file, or Debian's `dataset-fashion-mnist`; and the
+held-out evaluation images (never trained on: the whole parity split)."""
 
 from __future__ import annotations
 
@@ -46,10 +47,14 @@ class HeldOut:
     files: list[str]
     captions: list[str] = field(default_factory=list)
     caption_of: list[int] = field(default_factory=list)
+    # How many of `classes` (the first ones) are names read through PROMPT; the rest are
+    # zero-shot texts read as they are (Tux Paint stamps' captions). None: every class is a name.
+    named_classes: Optional[int] = None
 
     @property
     def prompts(self) -> list[str]:
-        return [PROMPT.format(c) for c in self.classes]
+        named = len(self.classes) if self.named_classes is None else self.named_classes
+        return [PROMPT.format(c) for c in self.classes[:named]] + list(self.classes[named:])
 
 
 def _count(spec: str, default: int) -> tuple[str, int]:
@@ -102,15 +107,26 @@ def load_source(spec: str, exclude: frozenset = frozenset()) -> Source:
     from edgevl.calibration.samples import file_sha256
 
     if spec == "bundled":
-        from edgevl.calibration.samples import PROMPT_TEMPLATE, bundled_samples, load_rgb
+        from edgevl.calibration.samples import PROMPT_TEMPLATE, load_rgb, sample_views, split_samples
 
+        # The calibration and gate splits of the whole pool: each package photo (as it is; the
+        # augmentation makes its views) with its caption and its label prompt, and each Tux Paint
+        # stamp (composited on white) with its caption. The parity split is never read here.
         src = Source("bundled")
-        for sample in bundled_samples("calibration") + bundled_samples("gate"):
-            image = load_rgb(sample.path)
-            for text in (sample.caption, PROMPT_TEMPLATE.format(sample.label)):
+        for sample in split_samples("calibration") + split_samples("gate"):
+            sha = file_sha256(sample.path)
+            if sha in exclude:
+                src.skipped += 1
+                continue
+            if sample.is_stamp:
+                pairs = [(sample_views(sample)[0], sample.caption)]
+            else:
+                image = load_rgb(sample.path)
+                pairs = [(image, sample.caption), (image, PROMPT_TEMPLATE.format(sample.label))]
+            for image, text in pairs:
                 src.images.append(image)
                 src.texts.append(text)
-                src.files.append(file_sha256(sample.path))
+                src.files.append(sha)
         return src
     name, n = _count(spec, 6000)
     if name == "fashion-mnist":
@@ -146,9 +162,9 @@ def training_source(data: str, extra: Optional[str], heldout: HeldOut,
 
 
 def bundled_photo_views(split: str) -> tuple[list, list, list[tuple[int, int]]]:
-    """The bundled package photos of one split (no other pool's images, so the training and
-    held-out sets stay these photos whatever else the calibration pool reads), every view of
-    each, and (photo index, view index) per view."""
+    """The bundled package photos of one split alone (no Tux Paint stamps: the EfficientNet block
+    ranking reads the calibration photos' views, the set docs/distillation.md measures), every
+    view of each, and (photo index, view index) per view."""
     from edgevl.calibration.samples import bundled_samples, load_rgb, views
 
     samples = bundled_samples(split)
@@ -164,20 +180,35 @@ def load_heldout(spec: Optional[str], data: str) -> HeldOut:
     if spec is None:
         spec = "fashion-mnist-test:1000" if data.startswith("fashion-mnist") else "bundled-parity"
     if spec == "bundled-parity":
-        from edgevl.calibration.samples import file_sha256
-
-        samples, images, view_of = bundled_photo_views("parity")
-        labels = list(dict.fromkeys(s.label for s in samples))
-        captions = [s.caption for s in samples]
-        return HeldOut(spec, images, labels, [labels.index(samples[i].label) for i, _ in view_of],
-                       [f"{file_sha256(samples[i].path)}#{samples[i].name}#{v}" for i, v in view_of],
-                       captions, [captions.index(samples[i].caption) for i, _ in view_of])
+        return _parity_split(spec)
     name, n = _count(spec, 1000)
     if name == "fashion-mnist-test":
         images, labels = _fashion_mnist("t10k", n)
         return HeldOut(spec, images, list(FASHION_MNIST_CLASSES), labels,
                        [f"fashion-mnist/t10k/{i}" for i in range(len(images))])
     raise InputError(f"--heldout {spec!r} is unknown; use 'bundled-parity' or 'fashion-mnist-test[:N]'")
+
+
+def _parity_split(spec: str) -> HeldOut:
+    """The whole parity split (`calibration.samples.split_samples("parity")`): every view of each
+    package photo, whose class is its label prompt, and each Tux Paint stamp (one view), whose
+    class is its own caption, as the parity check reads them. Captions: the photos' and the
+    stamps' own, distinct."""
+    from edgevl.calibration.samples import file_sha256, sample_views, split_samples
+
+    samples = split_samples("parity")
+    labels = list(dict.fromkeys(s.label for s in samples if not s.is_stamp))
+    classes = labels + [c for c in dict.fromkeys(s.caption for s in samples if s.is_stamp) if c not in labels]
+    captions = list(dict.fromkeys(s.caption for s in samples))
+    images, class_of, files, caption_of = [], [], [], []
+    for sample in samples:
+        sha = file_sha256(sample.path)
+        for v, view in enumerate(sample_views(sample)):
+            images.append(view)
+            class_of.append(classes.index(sample.caption if sample.is_stamp else sample.label))
+            files.append(f"{sha}#{sample.name}#{v}")
+            caption_of.append(captions.index(sample.caption))
+    return HeldOut(spec, images, classes, class_of, files, captions, caption_of, named_classes=len(labels))
 
 
 def _fashion_mnist(split: str, n: int) -> tuple[list, list[int]]:

@@ -210,8 +210,9 @@ def test_extra_data_folder_skips_a_copy_of_a_parity_photo_before_decoding(tmp_pa
     source = training_source("bundled", str(tmp_path / "photos"), heldout, lines.append)
     parity_files = {s.path for s in samples.bundled_samples("parity")} | {folder / f"copy{parity.suffix}"}
     assert read and not parity_files & set(read)
-    bundled = samples.bundled_samples("calibration") + samples.bundled_samples("gate")
-    assert source.texts[-1] == "a photo of a dog." and len(source.images) == 2 * len(bundled) + 1
+    bundled = samples.split_samples("calibration") + samples.split_samples("gate")
+    assert source.texts[-1] == "a photo of a dog."
+    assert len(source.images) == sum(1 if s.is_stamp else 2 for s in bundled) + 1
     assert lines == ["training data: skipped 1 file(s) that are held-out photos"]
 
 

@@ -102,28 +102,41 @@ def test_a_student_the_teacher_cannot_give_is_refused_before_any_forward_pass(te
 
 
 def test_no_parity_photo_is_in_the_distillation_training_set():
+    """Training (`--data bundled`) reads the calibration and gate splits of the whole pool, package
+    photos and Tux Paint stamps; no parity photo or stamp is among them, by file hash or by pixels
+    (every view), and the held-out evaluation is exactly the whole parity split."""
     import numpy as np
 
-    from edgevl.calibration.samples import bundled_samples, file_sha256, load_rgb, views
+    from edgevl.calibration import tuxpaint
+    from edgevl.calibration.samples import (bundled_samples, file_sha256, load_rgb, sample_views, split_samples,
+                                            views)
     from edgevl.distill.sources import load_heldout, load_source
 
     def pixels(image) -> str:  # noqa: ANN001 - Pillow image
         return hashlib.sha256(np.asarray(image).tobytes()).hexdigest()
 
-    parity = bundled_samples("parity")
+    parity = split_samples("parity")
     parity_files = {file_sha256(s.path) for s in parity}
-    parity_pixels = {pixels(v) for s in parity for v in views(load_rgb(s.path))}
+    parity_pixels = {pixels(v) for s in parity for v in sample_views(s)}
     training = load_source("bundled")  # what `edgevl distill --data bundled` trains on
     assert training.images and not parity_files & set(training.files)
     assert not parity_pixels & {pixels(image) for image in training.images}
+    # Every calibration and gate sample is trained on, the stamps included where installed.
+    trained = split_samples("calibration") + split_samples("gate")
+    assert set(training.files) == {file_sha256(s.path) for s in trained}
+    assert len(training.images) == sum(1 if s.is_stamp else 2 for s in trained)
+    if tuxpaint.stamps():
+        assert any(s.is_stamp for s in trained) and any(s.is_stamp for s in parity)
     # The photos that rank the EfficientNet blocks (the calibration split) are not parity photos either.
     assert not parity_files & {file_sha256(s.path) for s in bundled_samples("calibration")}
-    # The held-out evaluation is exactly the parity photos, every view of each, and the photos
-    # that rank the blocks exactly the calibration photos' views (the package photos alone,
-    # whatever other images the calibration pool reads).
+    # The held-out evaluation is exactly the parity split: every view of each package photo and
+    # each stamp (220 images with the stamps installed); the photos that rank the blocks exactly
+    # the calibration package photos' views.
     heldout = load_heldout(None, "bundled")
     assert {f.split("#")[0] for f in heldout.files} == parity_files
-    assert {pixels(v) for v in heldout.images} == parity_pixels and len(heldout.images) == len(parity) * 5
+    assert {pixels(v) for v in heldout.images} == parity_pixels
+    assert len(heldout.images) == sum(1 if s.is_stamp else 5 for s in parity)
+    assert len(heldout.prompts) == len(heldout.classes) and max(heldout.labels) < len(heldout.classes)
     from edgevl.distill.sources import bundled_photo_views
 
     calibration = bundled_samples("calibration")
