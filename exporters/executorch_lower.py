@@ -175,18 +175,22 @@ def lower(module: Any, examples: dict, dynamic: Optional[dict]) -> tuple[Any, di
     """Export, decompose attention, lower to XNNPACK; returns (ExecuTorch program, lowering report)."""
     import executorch.kernels.quantized  # noqa: F401  (out variants of ops the delegate leaves)
     import torch
+    from executorch.backends.xnnpack._passes import XNNPACKRemoveCloneOpsTransform
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    import edgevl.ops.attention  # noqa: F401  (registers torch.ops.edgevl.attention, decomposed below)
+    from edgevl.ops.attention import attention_blocks  # also registers torch.ops.edgevl.attention
 
     with torch.no_grad(), _no_eager_conv_backends():
         ep = torch.export.export(module, (), kwargs=examples, dynamic_shapes=dynamic)
         table = torch.export.default_decompositions()
         table[torch.ops.edgevl.attention.default] = attention_as_bmm
         ep = ep.run_decompositions(table)
-        blocks = _block_names(ep.graph_module)
-        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        blocks = _block_names(ep.graph_module, attention_blocks(module))
+        # XNNPACK drops identity clones inside each partition; dropped before partitioning instead,
+        # so a clone on a partition's edge cannot leave that partition returning one tensor twice.
+        edge = to_edge_transform_and_lower(ep, transform_passes=[XNNPACKRemoveCloneOpsTransform()],
+                                           partitioner=[XnnpackPartitioner()])
         report = _delegation_report(edge.exported_program().graph_module, blocks)
         program = edge.to_executorch()
         _check_bounds(program.exported_program(), dynamic)
@@ -232,14 +236,29 @@ def _origin(node: Any) -> Optional[str]:
     return None
 
 
-def _block_names(gm: Any) -> dict[str, str]:
-    """attention node name -> the module path of its block (from nn_module_stack)."""
-    names: dict[str, str] = {}
+def _block_names(gm: Any, known: Sequence[str]) -> dict[str, str]:
+    """attention node name -> the module path of its block. The path is the innermost module on
+    the node's nn_module_stack when that is one of the `known` blocks (`attention_blocks`) and no
+    other attention node has it; a token-reduced tower runs its blocks' attention from the encoder
+    loop (`edgevl.compress.tokens`), so its nodes name the encoder instead: those take the known
+    blocks left, in graph order (the order the layers run)."""
+    stacked: dict[str, str] = {}
     for node in gm.graph.nodes:
         origin = _origin(node) if node.op == "call_function" else None
-        if origin and origin not in names:
+        if origin and origin not in stacked:
             stack = node.meta.get("nn_module_stack") or {}
-            names[origin] = list(stack.values())[-1][0] if stack else origin
+            stacked[origin] = list(stack.values())[-1][0] if stack else origin
+    counts = Counter(stacked.values())
+    names = {o: path for o, path in stacked.items() if path in known and counts[path] == 1}
+    unnamed = [o for o in stacked if o not in names]
+    left = [b for b in known if b not in names.values()]
+    if len(left) == len(unnamed):
+        names.update(zip(unnamed, left))
+    else:  # not matched one to one: keep the stack's paths, numbered where they repeat
+        seen: Counter = Counter()
+        for o in unnamed:
+            seen[stacked[o]] += 1
+            names[o] = stacked[o] if counts[stacked[o]] == 1 else f"{stacked[o]}#{seen[stacked[o]]}"
     return names
 
 
