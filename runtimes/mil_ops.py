@@ -193,11 +193,19 @@ def _matmul(a: dict[str, Any]) -> np.ndarray:
         x = np.swapaxes(x, -1, -2)
     if a.get("transpose_y"):
         y = np.swapaxes(y, -1, -2)
+    return _flat_matmul(x, y)
+
+
+def _flat_matmul(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`np.matmul(x, y)`; a stacked x times one matrix y is computed as one 2-D product (its
+    rows stacked), which BLAS runs as one call instead of numpy's loop over the stack."""
+    if x.ndim > 2 and y.ndim == 2:
+        return np.matmul(x.reshape(-1, x.shape[-1]), y).reshape(*x.shape[:-1], y.shape[-1])
     return np.matmul(x, y)
 
 
 def _linear(a: dict[str, Any]) -> np.ndarray:
-    out = np.matmul(np.asarray(a["x"]), np.asarray(a["weight"]).T)
+    out = _flat_matmul(np.asarray(a["x"]), np.asarray(a["weight"]).T)
     return out + a["bias"] if a.get("bias") is not None else out
 
 
