@@ -1,6 +1,7 @@
 """numpy kernels for MIL's neural-network ops (conv, norms, pooling, iOS18
 `scaled_dot_product_attention`) and the compile-time weight-decompression ops (`constexpr_*`),
-as coremltools' op definitions specify them. Same kernel contract as `mil_ops`.
+as coremltools' op definitions specify them. Same kernel contract as `mil_ops`. `conv` runs
+PyTorch's conv2d arithmetic where torch is installed (`_torch_conv2d`), numpy's otherwise.
 """
 
 from __future__ import annotations
@@ -42,6 +43,39 @@ def _conv(a: dict[str, Any]) -> np.ndarray:
     else:
         raise NotImplementedError(f"conv pad_type {pad_type!r}")
     x = np.pad(x, [(0, 0), (0, 0), *pads])
+    torch_conv = _torch_conv2d()
+    if torch_conv is not None:
+        out = torch_conv(x, w, strides, dilations, groups)
+    else:
+        out = _numpy_conv2d(x, w, strides, dilations, groups)
+    if a.get("bias") is not None:
+        out = out + np.asarray(a["bias"]).reshape(1, -1, 1, 1)
+    return out
+
+
+def _torch_conv2d() -> Any:
+    """PyTorch's conv2d kernel where torch is importable (it is wherever edgevl exports), else
+    None. Only the arithmetic comes from it: the weights, padding, strides, dilations and groups
+    are the program's, read and applied here, so the interpreter still checks what the converter
+    wrote. It runs the convolutions (depthwise ones most) several times faster than the numpy kernel."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+
+    def conv(x: np.ndarray, w: np.ndarray, strides: list[int], dilations: list[int], groups: int) -> np.ndarray:
+        with torch.no_grad():
+            out = F.conv2d(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(w)),
+                           stride=strides, dilation=dilations, groups=groups)
+        return out.numpy()
+
+    return conv
+
+
+def _numpy_conv2d(x: np.ndarray, w: np.ndarray, strides: list[int], dilations: list[int], groups: int) -> np.ndarray:
+    """conv2d of an already padded `x` in numpy (sliding windows and einsum)."""
+    kernel = w.shape[2:]
     span = [(kernel[i] - 1) * dilations[i] + 1 for i in range(2)]
     windows = np.lib.stride_tricks.sliding_window_view(x, span, axis=(2, 3))
     windows = windows[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
@@ -58,8 +92,6 @@ def _conv(a: dict[str, Any]) -> np.ndarray:
                       w[g * step_out:(g + 1) * step_out], optimize=True)
             for g in range(groups)
         ], axis=1)
-    if a.get("bias") is not None:
-        out = out + np.asarray(a["bias"]).reshape(1, -1, 1, 1)
     return out
 
 

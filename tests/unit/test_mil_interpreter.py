@@ -75,6 +75,9 @@ CASES = {
     "split": lambda: mb.split(x=_f(4, 6), split_sizes=[2, 4], axis=1),
     "linear": lambda: mb.linear(x=_f(2, 5), weight=_f(3, 5), bias=_f(3)),
     "matmul": lambda: mb.matmul(x=_f(2, 3, 4), y=_f(2, 5, 4), transpose_y=True),
+    # A stack times one matrix: computed as one 2-D product (`_flat_matmul`).
+    "linear_stacked": lambda: mb.linear(x=_f(2, 3, 5), weight=_f(4, 5), bias=_f(4)),
+    "matmul_stacked": lambda: mb.matmul(x=_f(2, 3, 4), y=_f(5, 4), transpose_y=True),
     "layer_norm": lambda: mb.layer_norm(x=_f(2, 3, 8), axes=[-1], gamma=_f(8), beta=_f(8), epsilon=np.float32(1e-5)),
     "shape": lambda: mb.shape(x=_f(2, 3, 5)),
     "equal": lambda: mb.equal(x=np.array([1, 2, 3], np.int32), y=np.array([1, 0, 3], np.int32)),
@@ -132,15 +135,22 @@ def _program(build, *specs):  # noqa: ANN001, ANN202
     return mb.program(input_specs=[mb.TensorSpec(shape=s) for s in specs], opset_version=_ios18())(build)
 
 
+@pytest.mark.parametrize("kernel", ["torch", "numpy"])
 @pytest.mark.parametrize("pad_type,stride,groups", [
     ("valid", 1, 1), ("same", 2, 1), ("custom", 1, 2), ("same", 1, 4), ("same", 2, 4),
 ])
-def test_conv_matches_pytorch(pad_type, stride, groups):
+def test_conv_matches_pytorch(pad_type, stride, groups, kernel, monkeypatch):
     """`conv` has no value_inference: PyTorch's conv2d is the reference (TF-style "same" padding
-    puts the odd pixel after, which PyTorch expresses as an explicit asymmetric pad)."""
+    puts the odd pixel after, which PyTorch expresses as an explicit asymmetric pad). The
+    interpreter pads and strides as the program says, then runs PyTorch's kernel, or its own numpy
+    kernel where torch is not installed: both are checked."""
     import torch
     import torch.nn.functional as F
 
+    from edgevl.runtimes import mil_nn
+
+    if kernel == "numpy":
+        monkeypatch.setattr(mil_nn, "_torch_conv2d", lambda: None)
     x, w, bias = _f(2, 4, 9, 8), _f(8, 4 // groups, 3, 3), _f(8)
     pad = [1, 0, 0, 2] if pad_type == "custom" else [0, 0, 0, 0]
     prog = _program(lambda x_: mb.conv(x=x_, weight=w, bias=bias, strides=[stride, stride], pad_type=pad_type,
