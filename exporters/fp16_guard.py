@@ -20,7 +20,10 @@ def peak(value: Any) -> float:
     value = np.asarray(value)
     if value.dtype.kind != "f" or not value.size:
         return 0.0
-    return float(np.max(np.abs(value))) if np.all(np.isfinite(value)) else float("inf")
+    # max(|x|) from the max and the min (two reductions, no temporaries); NaN propagates through
+    # both, and any NaN or inf makes the result not finite.
+    largest = max(float(np.max(value)), -float(np.min(value)))
+    return largest if np.isfinite(largest) else float("inf")
 
 
 def guard_reason(kept_any: bool, threshold: float, unit: str) -> str:
