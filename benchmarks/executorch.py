@@ -19,7 +19,11 @@ pattern the XNNPACK delegate can run on int8 data; whether it computes such an o
 delegate's choice), else float; plus the ops the lowering left on portable kernels (outside the
 delegate).
 
-    python benchmarks/executorch.py [--rounds 7] [--iters 20] [--no-tiny] [--markdown-only]
+    python benchmarks/executorch.py [--rounds 7] [--iters 20] [--no-tiny] [--markdown-only] [--work DIR]
+
+With --work DIR the exports are kept in DIR/<model>/<tower>/<precision> and an export whose
+manifest.json is already there is read instead of run again (e.g. a long int8 search run before
+with the same CLI line, `--out DIR/effnet-minilm/image/int8`).
 
 Writes benchmarks/results/executorch.json and .md.
 """
@@ -62,8 +66,14 @@ def _cpu() -> dict:
 
 def _export(model: Optional[str], component: str, precision: str, out: Path) -> tuple[int, Optional[dict], list[str]]:
     """The CLI export of one tower at one precision: (exit code, manifest artifact or None, the
-    progress lines about the accuracy gate and the error line, if any)."""
+    progress lines about the accuracy gate and the error line, if any). An export already in
+    `out` (its manifest.json there) is read, not run again."""
     from edgevl.cli import main
+
+    if (out / "manifest.json").exists():
+        (art,) = json.loads((out / "manifest.json").read_text())["artifacts"]
+        art["file"] = str(out / art["path"])
+        return 0, art, ["read from an earlier export in " + str(out)]
 
     argv = ["export", *([model] if model else []), "--target", "executorch", "--precision", precision,
             "--components", component, "--out", str(out), "--force"]
@@ -254,6 +264,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-tiny", action="store_true")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the exports here and reuse those already there (default: a temporary folder)")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite executorch.md from executorch.json (no export, no timing)")
     args = parser.parse_args()
@@ -278,7 +290,7 @@ def main() -> None:
         "models": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         report["models"].append(_model("effnet-minilm", None, resolve_model(None, LoadOptions()), work,
                                        args.rounds, args.iters))
         if not args.no_tiny:

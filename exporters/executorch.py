@@ -114,6 +114,7 @@ class ExecuTorchExporter(Exporter):
         from edgevl.compress.plan import resolve_calibration, tower_plan
         from edgevl.exporters.executorch_lower import example_and_shapes, lower, quantize_pt2e, weighted_op_count
         from edgevl.exporters.executorch_quant import Int8Plan
+        from edgevl.paritydata import build_split_data
         from edgevl.runtimes.executorch import load_program
         from edgevl.tolerances import tolerance_for
 
@@ -136,7 +137,6 @@ class ExecuTorchExporter(Exporter):
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"ExecuTorch int8 conditioning of the {tower.component} tower failed: {first}") from exc
-        why = dict(plan.ranked)
         built: dict[str, Any] = {}
 
         def build(float_layers: list[str]) -> Any:
@@ -151,7 +151,12 @@ class ExecuTorchExporter(Exporter):
             return program
 
         parity_floor = tolerance_for(self.name, "int8").cosine_min
-        gate = gate_data(spec, tower.component, run_fn(fp32_program), parity_floor)
+        # The gate predicts the worst of the held-out split's rows, not only its own worst.
+        held_out = build_split_data(spec, "parity", (options.static_shapes or {}).get("seq")).feeds(tower.component)
+        gate = gate_data(spec, tower.component, run_fn(fp32_program), parity_floor,
+                         held_out_rows=int(next(iter(held_out.values())).shape[0]))
+        plan.rank_by_sensitivity(feeds, gate.feeds, gate.reference)
+        why = dict(plan.ranked)
         # The quantizer also quantizes activations outside the ranked layers, so the float
         # program is the last candidate.
         result = run_gate(

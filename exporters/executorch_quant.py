@@ -1,7 +1,10 @@
 """What the ExecuTorch int8 gate searches over: the tower's weighted layers ranked for keeping
 float, and, for a convolutional tower, the conditioned module each candidate quantizes.
 
-Ranking (the order the gate keeps layers float, fewest first; `edgevl/compress/gate.py`):
+Ranking (the order the gate keeps layers float, fewest first; `edgevl/compress/gate.py`): by
+measured sensitivity (`Int8Plan.rank_by_sensitivity`, `edgevl.compress.torch_sensitivity`): each
+layer int8 alone, the rest float, its output's cosine to the float tower on the gate split, the
+most harmful first. Layers the measurement cannot hook keep their structural rank after them:
 - a convolutional tower: every convolution in depth order (the stem is the most sensitive), as
   the ONNX and OpenVINO targets rank them;
 - a transformer tower: the linears outside the numbered encoder blocks (projection, heads: they
@@ -79,6 +82,30 @@ class Int8Plan:
         conditioner = ConvConditioner(folded, examples, dynamic, input_names, output_name, feeds)
         return cls(ranked, folded, conditioner,
                    {"batchnorm_folded": len(fused), "equalization": conditioner.report})
+
+    def rank_by_sensitivity(self, calib_feeds: list[dict[str, np.ndarray]], gate_feeds: dict[str, np.ndarray],
+                            reference: np.ndarray) -> None:
+        """Reorder `ranked` by each layer's measured int8 sensitivity on the gate split (the
+        most harmful first); the report lists the figures in that order."""
+        from edgevl.compress.torch_sensitivity import measure_sensitivity, rank_by_sensitivity
+
+        names = [name for name, _ in self.ranked]
+        # The equalized weights, without bias correction (one copy, not one per layer).
+        module = self.conditioner.apply([]) if self.conditioner is not None else self.module
+        found = measure_sensitivity(module, names, calib_feeds, gate_feeds, reference)
+        by_name = {s.layer: s for s in found}
+        why = dict(self.ranked)
+        self.ranked = [
+            (name, f"int8 alone moves the gate split to min cosine {by_name[name].cosine_min:.6f}"
+                   f" (mean {by_name[name].cosine_mean:.6f})" if name in by_name else why[name])
+            for name in rank_by_sensitivity(names, found)]
+        self.report["sensitivity"] = {
+            "measured": len(found), "of": len(names),
+            "how": "each layer int8 alone (per-channel weights, per-tensor input over its calibration range), "
+                   "simulated in PyTorch, cosine to the float tower on the gate split",
+            "order": [{"layer": s.layer, "cosine_min": s.cosine_min, "cosine_mean": s.cosine_mean}
+                      for s in sorted(found, key=lambda s: s.score, reverse=True)],
+        }
 
     def module_for(self, float_layers: list[str]) -> Any:
         """The module the candidate keeping `float_layers` float quantizes (bias-corrected on the

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
-from edgevl.compress.gate_data import Feeds, GateData  # noqa: F401  (GateData re-exported)
+from edgevl.compress.gate_data import Feeds, GateData, HeldOut  # noqa: F401  (GateData re-exported)
 from edgevl.compress.handlers import QuantContext
 from edgevl.compress.ort_graph import session
 from edgevl.errors import ParityError
@@ -35,11 +35,28 @@ GATE_MAX_TRIES = 12
 # right at the tolerance's cosine floor flips near-tie zero-shot picks. So the gate asks for half
 # the tolerance's distance to 1 (int8: 0.995 where parity asks 0.99).
 GATE_COSINE_MARGIN = 0.5
+# Confidence that the held-out split's worst row is no worse than the predicted one
+# (`predicted_worst_cosine`), for gates given the held-out split's size.
+HELD_OUT_CONFIDENCE = 0.9
 
 
 def gate_cosine_floor(parity_cosine_min: float) -> float:
     """The min cosine a candidate must reach on the gate split for parity's `parity_cosine_min`."""
     return round(1.0 - GATE_COSINE_MARGIN * (1.0 - parity_cosine_min), 6)
+
+
+def predicted_worst_cosine(cosines: np.ndarray, rows: int, confidence: float = HELD_OUT_CONFIDENCE) -> float:
+    """The cosine the worst of `rows` unseen rows stays above with probability `confidence`, if
+    rows' errors (1 - cosine) follow the log-normal fitted to the gate rows' `cosines`. The gate
+    sees fewer rows than the held-out split, and the worst of more draws is worse: its own worst
+    row alone does not predict parity's."""
+    from statistics import NormalDist
+
+    errors = np.log(np.clip(1.0 - np.asarray(cosines, np.float64), 1e-12, None))
+    if errors.size < 2:
+        return float(1.0 - np.exp(errors.max())) if errors.size else 1.0
+    z = NormalDist().inv_cdf(confidence ** (1.0 / max(rows, 1)))
+    return round(float(1.0 - np.exp(errors.mean() + z * errors.std(ddof=1))), 6)
 
 
 def ort_run(model: "object") -> RunFn:
@@ -48,12 +65,15 @@ def ort_run(model: "object") -> RunFn:
     return lambda feeds: sess.run(None, feeds)[0]
 
 
-def gate_data(spec: "object", component: str, run_fp32: RunFn, cosine_floor: float, split: str = "gate") -> GateData:
+def gate_data(spec: "object", component: str, run_fp32: RunFn, cosine_floor: float, split: str = "gate",
+              held_out_rows: Optional[int] = None) -> GateData:
     """Gate data for `component`; `run_fp32` (the fp32 artifact on its own runtime) gives the
     reference, so the gate measures what quantization changed and nothing else; `cosine_floor`
     is the parity row's, which decides the zero-shot ties exactly as parity will. Which inputs
     the gate sees is decided here only: the gate split, disjoint from calibration and parity
-    (`split="parity"` gives the same figures on the held-out split, for reports)."""
+    (`split="parity"` gives the same figures on the held-out split, for reports).
+    `held_out_rows` (the parity split's rows for this tower) adds the held-out prediction
+    (`HeldOut`)."""
     from edgevl.paritydata import build_parity_data, run_batched, zero_shot_agreement
 
     data = build_parity_data(spec, split=split)
@@ -63,7 +83,8 @@ def gate_data(spec: "object", component: str, run_fp32: RunFn, cosine_floor: flo
     if zero_shot_agreement(data, component, reference, reference, cosine_floor) is not None:
         def fn(ref: np.ndarray, cand: np.ndarray) -> "Agreement":
             return zero_shot_agreement(data, component, ref, cand, cosine_floor)
-    return GateData(feeds, reference, fn, int(reference.shape[0]))
+    held_out = HeldOut(held_out_rows, cosine_floor) if held_out_rows else None
+    return GateData(feeds, reference, fn, int(reference.shape[0]), held_out)
 
 
 def build_gate_data(spec: "object", component: str, fp32_model: "object", cosine_floor: float) -> GateData:
@@ -93,6 +114,9 @@ def figures_of(gate: GateData, out: np.ndarray) -> dict:
     cos = cosine_per_row(gate.reference, out)
     figures.update(cosine_min=round(float(cos.min()), 6), cosine_mean=round(float(cos.mean()), 6),
                    sqnr_db=round(float(sqnr_db(gate.reference, out)), 2))
+    if gate.held_out is not None:
+        figures.update(cosine_predicted=predicted_worst_cosine(cos, gate.held_out.rows),
+                       cosine_predicted_floor=gate.held_out.cosine_floor, held_out_rows=gate.held_out.rows)
     if gate.agreement_fn is not None:
         found = gate.agreement_fn(gate.reference, out)
         figures.update(top1_agreement=round(found.tie_aware, 4), top1_agreement_strict=round(found.strict, 4),
@@ -101,8 +125,11 @@ def figures_of(gate: GateData, out: np.ndarray) -> dict:
 
 
 def gate_passes(figures: dict, cosine_min: float, max_drop: float) -> bool:
-    """The tie-aware agreement is the one gated (as in the parity check); strict is reported."""
+    """The tie-aware agreement is the one gated (as in the parity check); strict is reported.
+    Figures with a held-out prediction (`cosine_predicted`) also need it at parity's floor."""
     ok = figures["cosine_min"] >= cosine_min
+    if figures.get("cosine_predicted") is not None:
+        ok = ok and figures["cosine_predicted"] >= figures["cosine_predicted_floor"]
     if figures["top1_agreement"] is not None:
         ok = ok and figures["top1_agreement"] >= 1.0 - max_drop - 1e-9
     return ok

@@ -27,3 +27,14 @@ class GateData:
     reference: np.ndarray
     agreement_fn: Optional[Callable[[np.ndarray, np.ndarray], "Agreement"]]
     n_samples: int
+    held_out: Optional["HeldOut"] = None
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out split a passing candidate will face: its row count and parity's cosine
+    floor. With it, the gate also asks the worst row it predicts for that many rows
+    (`gate.predicted_worst_cosine`) to reach the floor, not only the worst of its own rows."""
+
+    rows: int
+    cosine_floor: float

@@ -92,3 +92,34 @@ def test_a_gate_without_data_never_reports_passed():
     assert "no gate data" in report["reason"]
     gated = _search(lambda k: 0.0)
     assert gated.report["passed"] is True and gated.report["gated"] is True
+
+
+def test_held_out_prediction_covers_the_larger_splits_worst_row():
+    """Row errors drawn log-normal: the worst of 220 unseen rows falls below the cosine the gate
+    predicts from 90 rows in about 1 - HELD_OUT_CONFIDENCE of the draws, while the gate's own
+    worst row alone would be beaten far more often."""
+    rng = np.random.default_rng(3)
+    below_predicted = below_own_worst = 0
+    draws = 400
+    for _ in range(draws):
+        errors = np.exp(rng.normal(np.log(1e-3), 0.8, 90 + 220))
+        gate_cos, held_cos = 1 - errors[:90], 1 - errors[90:]
+        below_predicted += held_cos.min() < G.predicted_worst_cosine(gate_cos, 220)
+        below_own_worst += held_cos.min() < gate_cos.min()
+    assert below_predicted / draws < 1 - G.HELD_OUT_CONFIDENCE + 0.05
+    assert below_own_worst / draws > 0.5
+
+
+def test_a_gate_given_the_held_out_size_refuses_a_spread_that_predicts_a_parity_miss():
+    """Every gate row above both floors, but errors spread so that 5,000 held-out rows would
+    likely hold one below parity's floor: refused, with the prediction in the figures."""
+    rng = np.random.default_rng(4)
+    reference = rng.standard_normal((40, 32))
+    candidate = reference + np.exp(rng.normal(np.log(0.03), 0.5, (40, 1))) * rng.standard_normal((40, 32))
+    plain = GateData({"row": np.arange(40)}, reference, None, 40)
+    held = GateData({"row": np.arange(40)}, reference, None, 40, G.HeldOut(5000, 0.99))
+    own = G.figures_of(plain, candidate)
+    assert own["cosine_min"] >= 0.995 and G.gate_passes(own, 0.995, 0.01)
+    figures = G.figures_of(held, candidate)
+    assert figures["held_out_rows"] == 5000 and figures["cosine_predicted"] < 0.99
+    assert not G.gate_passes(figures, 0.995, 0.01)
