@@ -42,12 +42,11 @@ def _conv(a: dict[str, Any]) -> np.ndarray:
         pads = [(0, 0), (0, 0)]
     else:
         raise NotImplementedError(f"conv pad_type {pad_type!r}")
-    x = np.pad(x, [(0, 0), (0, 0), *pads])
     torch_conv = _torch_conv2d()
     if torch_conv is not None:
-        out = torch_conv(x, w, strides, dilations, groups)
+        out = torch_conv(x, w, pads, strides, dilations, groups)
     else:
-        out = _numpy_conv2d(x, w, strides, dilations, groups)
+        out = _numpy_conv2d(np.pad(x, [(0, 0), (0, 0), *pads]), w, strides, dilations, groups)
     if a.get("bias") is not None:
         out = out + np.asarray(a["bias"]).reshape(1, -1, 1, 1)
     return out
@@ -64,10 +63,17 @@ def _torch_conv2d() -> Any:
     except ImportError:
         return None
 
-    def conv(x: np.ndarray, w: np.ndarray, strides: list[int], dilations: list[int], groups: int) -> np.ndarray:
+    def conv(x: np.ndarray, w: np.ndarray, pads: list[tuple[int, int]], strides: list[int], dilations: list[int],
+             groups: int) -> np.ndarray:
+        (top, bottom), (left, right) = pads
+        xt = torch.from_numpy(np.ascontiguousarray(x))
         with torch.no_grad():
-            out = F.conv2d(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(w)),
-                           stride=strides, dilation=dilations, groups=groups)
+            if top == bottom and left == right:  # conv2d pads both sides alike
+                padding = (top, left)
+            else:  # zero padding, as np.pad writes it (last axis first in F.pad)
+                xt, padding = F.pad(xt, [left, right, top, bottom]), (0, 0)
+            out = F.conv2d(xt, torch.from_numpy(np.ascontiguousarray(w)), stride=strides, padding=padding,
+                           dilation=dilations, groups=groups)
         return out.numpy()
 
     return conv
