@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -75,6 +76,7 @@ def train_row(index: int, name: str, work: str, steps: int, batch: int, views: i
 
     augment, stages = rows()[name]
     out = Path(work) / f"row{index}"
+    shutil.rmtree(out, ignore_errors=True)  # a row folder an earlier run of the benchmark left in --work
     logfile = open(Path(work) / f"row{index}.log", "w")
 
     def say(line: str) -> None:
