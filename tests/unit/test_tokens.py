@@ -1,6 +1,7 @@
 """Token reduction (`--tokens`, `reduce_tokens_`): config parsing, the per-layer plan, identity at
-r=0 / keep=1.0, fewer tokens and FLOPs otherwise, and real exports with static shapes and every
-attention block fused, verified by ONNX Runtime and OpenVINO."""
+r=0 / keep=1.0 (in PyTorch and on every target), fewer tokens and FLOPs otherwise, and real
+exports with static shapes and every attention block fused, verified by ONNX Runtime, OpenVINO
+and ExecuTorch's runtime."""
 
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def test_evit_refused_on_siglip_and_cnn_tower_refused(tiny_siglip_dir):
 
 
 @pytest.mark.slow
-def test_tome_export_onnx_openvino_static_fused(tiny_clip_dir, tmp_path, capsys):
+def test_tome_export_onnx_openvino_executorch_static_fused(tiny_clip_dir, tmp_path, capsys):
     import onnx
 
     from edgevl.cli import main
@@ -114,14 +115,16 @@ def test_tome_export_onnx_openvino_static_fused(tiny_clip_dir, tmp_path, capsys)
     # r=auto with a drop of up to 0.99 accepted: every candidate passes, so the gate settles on the
     # most reduction this 17-token, 2-layer tower allows (r=8, capped to 4 in the second layer).
     assert main(["export", str(tiny_clip_dir), "--tokens", "tome:r=auto", "--max-drop", "0.99",
-                 "--target", "onnx,openvino", "--components", "image", "--out", str(out), "-q"]) == 0
+                 "--target", "onnx,openvino,executorch", "--components", "image", "--out", str(out), "-q"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     tokens = manifest["tokens"]
     assert tokens["gate"]["chosen"] == tokens["config"] == "tome:r=8" and tokens["gate"]["tries"][0]["passed"]
     assert tokens["per_layer_tokens"] == [17, 9, 5] and tokens["encoder_flops_after"] < tokens["encoder_flops_before"]
     assert 0.0 <= tokens["agreement_with_unreduced"]["cosine_min"] <= 1.0
+    assert [a["target"] for a in manifest["artifacts"]] == ["onnx", "openvino", "executorch"]
     for a in manifest["artifacts"]:
-        assert (a["fused_attention"], a["unfused_attention"], a["parity"]["passed"]) == (2, 0, True)
+        facts = (a["fused_attention"], a["unfused_attention"], a["parity"]["passed"], a["verified"])
+        assert facts == (2, 0, True, "runtime")
     model = onnx.shape_inference.infer_shapes(onnx.load(str(out / manifest["artifacts"][0]["path"])))
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
               for v in model.graph.value_info}
@@ -170,3 +173,106 @@ def test_mil_topk_and_argmax_kernels():
     assert index.tolist() == [[1, 3], [0, 2]] and np.array_equal(values, x[[[0], [1]], index])
     assert kernels["reduce_argmax"]({"x": x, "axis": -1}).tolist() == [1, 0]
     assert kernels["topk"]({"x": x, "k": 1, "axis": -1, "ascending": True})[1].tolist() == [[0], [1]]
+
+
+@pytest.fixture(scope="module")
+def identity_setup(tiny_clip_dir):
+    """The tiny CLIP spec, four real photos of the held-out parity split as the image tower's
+    inputs, and the UNREDUCED tower's outputs on them (computed before any reduction)."""
+    from edgevl.calibration.samples import bundled_split
+    from edgevl.preprocess import preprocess_images
+
+    spec = _spec(tiny_clip_dir)
+    images = bundled_split("parity", max_photos=4, stamps=False).images[:4]
+    feeds = {"pixel_values": preprocess_images(images, spec.preprocess)}
+    return spec, feeds, spec.image.forward_numpy(feeds)
+
+
+def _export_and_run(spec, target, feeds, out_dir, static=None):
+    """Export `spec`'s image tower to `target` and run it on `feeds` with the target's runtime
+    (one image per call where the batch is static); returns (artifact, outputs, what ran it)."""
+    import numpy as np
+
+    from edgevl.exporters.base import ExportOptions
+    from edgevl.registry import EXPORTERS, RUNTIMES
+
+    artifact = EXPORTERS.get(target)().export(spec, "image", out_dir, ExportOptions(static_shapes=static))
+    loaded = RUNTIMES.get(artifact.runtime)().load(artifact.path, artifact.runtime_options)
+    name = loaded.output_names[0]
+    n = len(feeds["pixel_values"])
+    parts = [loaded.run({k: v[i:i + 1] for k, v in feeds.items()})[name] for i in range(n)] if static else \
+        [loaded.run(feeds)[name]]
+    return artifact, np.concatenate(parts), loaded.verified
+
+
+def _assert_fp32_close(reference, out):
+    import numpy as np
+
+    from edgevl.parity import cosine_per_row
+    from edgevl.tolerances import tolerance_for
+
+    fp32 = tolerance_for("onnx", "fp32")  # every target's fp32 row is the same
+    assert out.shape == reference.shape
+    assert cosine_per_row(reference, out).min() >= fp32.cosine_min
+    assert np.abs(reference - out).max() <= fp32.max_abs
+
+
+# What runs each target here: ONNX Runtime (onnx), OpenVINO's CPU plugin (openvino), ONNX Runtime
+# standing in for TensorRT on the engine-ready ONNX where TensorRT and a CUDA GPU are absent
+# (tensorrt), edgevl's MIL reference interpreter off macOS (coreml, static batch as --tokens
+# requires there), ExecuTorch's runtime (executorch).
+IDENTITY_CASES = [("onnx", "tome:r=0"), ("onnx", "evit:keep=1.0"), ("openvino", "tome:r=0"),
+                  ("tensorrt", "tome:r=0"), ("coreml", "tome:r=0"), ("executorch", "tome:r=0")]
+RAN_BY = {"onnx": {"runtime"}, "openvino": {"runtime"}, "tensorrt": {"onnxruntime", "runtime"},
+          "coreml": {"reference-interpreter", "runtime"}, "executorch": {"runtime"}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, config", IDENTITY_CASES)
+def test_identity_configs_reproduce_unreduced_outputs_on_every_target(target, config, identity_setup, tmp_path):
+    from edgevl.compress.tokens import reduce_tokens_
+
+    spec, feeds, unreduced = identity_setup
+    reduce_tokens_(spec, parse_tokens(config))
+    static = {"batch": 1} if target == "coreml" else None
+    artifact, out, verified = _export_and_run(spec, target, feeds, tmp_path, static)
+    assert verified in RAN_BY[target]
+    assert (artifact.fused_attention, artifact.unfused_attention) == (2, 0)
+    _assert_fp32_close(unreduced, out)
+
+
+def test_identity_configs_trace_to_the_same_graph(tiny_clip_dir):
+    """keep=1.0 and r=0 plan no step: the exported programs are the same graph, so what the
+    targets show for one (above) holds for the other."""
+    import torch
+
+    from edgevl.compress.tokens import reduce_tokens_
+
+    spec = _spec(tiny_clip_dir)
+    x = spec.image.example_inputs["pixel_values"]
+    graphs = []
+    for text in ("tome:r=0", "evit:keep=1.0", "tome:r=2"):
+        reduce_tokens_(spec, parse_tokens(text))
+        with torch.no_grad():
+            graphs.append(str(torch.export.export(spec.image.module.eval(), (), {"pixel_values": x}).graph))
+    assert graphs[0] == graphs[1] != graphs[2]
+
+
+@pytest.mark.slow
+def test_evit_on_executorch_is_fused_and_matches_the_reduced_tower(identity_setup, tmp_path):
+    import torch
+
+    from edgevl.compress.tokens import reduce_tokens_
+
+    spec, feeds, _ = identity_setup
+    record = reduce_tokens_(spec, parse_tokens("evit:keep=0.5"))
+    assert record["per_layer_tokens"] == [17, 17, 10]
+    with torch.no_grad():
+        reduced = spec.image.forward_numpy(feeds)
+    # A static batch: each block's attention then runs whole inside XNNPACK (no portable reshapes).
+    artifact, out, verified = _export_and_run(spec, "executorch", feeds, tmp_path, {"batch": 1})
+    assert verified == "runtime" and (artifact.fused_attention, artifact.unfused_attention) == (2, 0)
+    blocks = artifact.passes["lowering"]["attention"]
+    assert {name: b["lowered_to"] for name, b in blocks.items()} == {
+        f"vision_model.encoder.layers.{i}.self_attn": "xnnpack" for i in (0, 1)}
+    _assert_fp32_close(reduced, out)
