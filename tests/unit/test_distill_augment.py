@@ -134,7 +134,7 @@ def test_function_matching_shows_teacher_and_student_the_same_view_deterministic
         teacher, tmp_path, monkeypatch):
     import torch
 
-    from edgevl.calibration.samples import bundled_samples, load_rgb, views
+    from edgevl.calibration.samples import sample_views, split_samples
 
     first = _recorded_run(teacher, tmp_path / "a", monkeypatch)
     assert [step for step, *_ in first["views"]] == [0, 1, 2]
@@ -155,9 +155,10 @@ def test_function_matching_shows_teacher_and_student_the_same_view_deterministic
     other = _recorded_run(teacher, tmp_path / "c", monkeypatch, seed=1, steps=1)
     assert not torch.equal(other["views"][0][1], first["views"][0][1])
 
-    # The photos the views are drawn from: the calibration and gate photos, no parity photo.
-    parity = {_pixels(v) for s in bundled_samples("parity") for v in views(load_rgb(s.path))}
-    allowed = {_pixels(load_rgb(s.path)) for s in bundled_samples("calibration") + bundled_samples("gate")}
+    # The photos the views are drawn from: the calibration and gate photos and stamps, no parity
+    # photo or stamp (a package photo's first view is the photo as it is).
+    parity = {_pixels(v) for s in split_samples("parity") for v in sample_views(s)}
+    allowed = {_pixels(sample_views(s)[0]) for s in split_samples("calibration") + split_samples("gate")}
     drawn = {_pixels(p) for p in first["photos"]}
     assert drawn and drawn <= allowed and not drawn & parity
     # The held-out evaluation ran on the parity photos: before training and after.
