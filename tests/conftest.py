@@ -80,6 +80,33 @@ def default_export_fp32(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def default_int8_exports(tmp_path_factory):
+    """component ("image" / "text") -> (output folder, printed summary) of the embedded default
+    model's tower exported once per run to ONNX and OpenVINO at int8 (default --max-drop), each
+    target through its own accuracy gate: the ONNX and the OpenVINO default-model int8 tests
+    read the same export (one model load, one PyTorch reference on the parity split)."""
+    import contextlib
+    import io
+
+    from edgevl.cli import main
+
+    built: dict[str, tuple[Path, str]] = {}
+
+    def get(component: str) -> tuple[Path, str]:
+        if component not in built:
+            out = tmp_path_factory.mktemp(f"default-int8-{component}") / "out"
+            printed, errors = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+                code = main(["export", "--target", "onnx,openvino", "--precision", "int8", "--components", component,
+                             "--out", str(out), "-q"])
+            assert code == 0, f"default {component} int8 export exited {code}: {errors.getvalue()}"
+            built[component] = (out, printed.getvalue())
+        return built[component]
+
+    return get
+
+
 # Tiny trained checkpoints' shapes for the int8 exports: head widths 8, 12 and 16, CLIP towers
 # of different widths (shapes the other tiny fixtures do not use).
 TINY_INT8_SHAPES = {

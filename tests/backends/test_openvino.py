@@ -229,19 +229,23 @@ OV_INT8_TEXT_FLOOR = 25
 
 
 @pytest.mark.slow
-def test_default_model_text_tower_fp32_and_int8(default_export_fp32, tmp_path, capsys):
+def _openvino_int8(default_int8_exports, component: str) -> tuple[Path, dict, str]:
+    """The run's shared default int8 export of `component` (ONNX and OpenVINO in one command,
+    each through its own gate; tests/conftest.py): its folder, OpenVINO artifact and printed
+    summary."""
+    out, printed = default_int8_exports(component)
+    (art,) = [a for a in json.loads((out / "manifest.json").read_text())["artifacts"] if a["target"] == "openvino"]
+    return out, art, printed
+
+
+def test_default_model_text_tower_fp32_and_int8(default_export_fp32, default_int8_exports):
     """The embedded default model's MiniLM tower (real weights): 6/6 SDPA, fp32 exact (the run's
     shared fp32 export), int8 through the accuracy gate with 7-bit weights and at least the
     measured share of its ranked layers int8, which the summary line shows, parity passing on the
     held-out split's texts."""
     fp32 = [a for a in json.loads((default_export_fp32 / "manifest.json").read_text())["artifacts"]
             if a["target"] == "openvino" and a["component"] == "text"]
-    out = tmp_path / "out"
-    code = main(["export", "--target", "openvino", "--precision", "int8", "--components", "text",
-                 "--out", str(out), "-q"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    (int8,) = json.loads((out / "manifest.json").read_text())["artifacts"]
+    out, int8, printed = _openvino_int8(default_int8_exports, "text")
     arts = {"fp32": fp32[0], "int8": int8}
     for art, root in ((arts["fp32"], default_export_fp32), (arts["int8"], out)):
         assert (art["fused_attention"], art["unfused_attention"]) == (6, 0)
@@ -255,7 +259,7 @@ def test_default_model_text_tower_fp32_and_int8(default_export_fp32, tmp_path, c
     share = arts["int8"]["compression"]
     assert share == {"compressed_layers": 43 - q["float_layer_count"], "compressible_layers": 43, "float_fallback": False}
     assert share["compressed_layers"] >= OV_INT8_TEXT_FLOOR and q["fake_quantize"] > 0
-    assert f"text openvino int8 {share['compressed_layers']}/43 layers  attention fused 6/6" in captured.out
+    assert f"text openvino int8 {share['compressed_layers']}/43 layers  attention fused 6/6" in printed
     levels = weight_levels(_read(out / arts["int8"]["path"]))
     assert set(levels).isdisjoint(q["float_layers"]) and max(levels.values(), default=0) <= SATURATION_SAFE_LEVEL
 
@@ -267,15 +271,11 @@ OV_INT8_IMAGE_FLOOR = 35
 
 
 @pytest.mark.slow
-def test_default_model_image_int8_keeps_a_float_prefix_chosen_by_the_gate(tmp_path, capsys):
+def test_default_model_image_int8_keeps_a_float_prefix_chosen_by_the_gate(default_int8_exports):
     """The CNN tower's int8 IR (real EfficientNet-Lite0 weights, real photos): the gate keeps the
     first k convolutions float (depth order), the rest read their input through a FakeQuantize,
     weights within 7 bits, parity passes, and the summary's share is at least the measured floor."""
-    out = tmp_path / "out"
-    code = main(["export", "--target", "openvino", "--precision", "int8", "--components", "image",
-                 "--out", str(out), "-q"])
-    assert code == 0, capsys.readouterr().err
-    art = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+    out, art, _ = _openvino_int8(default_int8_exports, "image")
     q = art["passes"]["quantization"]
     _check_gate(q)
     assert art["parity"]["passed"] and art["parity"]["cosine_min"] >= 0.99
