@@ -40,12 +40,14 @@ def is_conv_tower(model: "object") -> bool:
 
 
 def _prefix(model: "object", convs: list[str], k: int) -> list[str]:
-    """Every node up to and including the k-th conv: the float part when k convs stay float
-    (the Clips and Adds between them too, so no int8 island is left inside the float prefix)."""
+    """Every node before the (k+1)-th conv: the float part when k convs stay float. The Clips
+    and Adds between them stay float too, so no int8 island is left inside the float prefix: a
+    residual Add after the k-th conv joins two float tensors, and quantizing it there re-rounds
+    both inputs to uint8 for nothing (measured on the default model: docs/compression-and-gate.md)."""
     if k == 0:
         return []
     names = [n.name for n in model.graph.node]
-    return names[: names.index(convs[k - 1]) + 1]
+    return names[: names.index(convs[k])] if k < len(convs) else names
 
 
 def _recipe_layers(qmodel: "object", convs: list[str]) -> dict[str, LayerRecipe]:
