@@ -1,12 +1,11 @@
 """The README's main job, end to end: `edgevl export` on the embedded default model (real
 EfficientNet-Lite0 and all-MiniLM-L6-v2 weights), verified by ONNX Runtime on real photos and
-captions, then used by the torch-free app. The export is the session's (tests/conftest.py:
-ONNX and OpenVINO, shared with the apps' tests); these tests read its ONNX artifacts."""
+captions, then used by the torch-free app. The exports are the session's (tests/conftest.py:
+fp32 ONNX and OpenVINO, shared with the apps' tests; int8 per tower, shared with the OpenVINO
+tests); these tests read their ONNX artifacts."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -15,8 +14,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-
-from edgevl.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # two real-model exports: ~40 s on 2 cores
@@ -127,40 +124,31 @@ def _assert_saturation_safe(quant: dict, path: Path) -> None:
     assert sat["outputs_differing_without_vnni"] == 0
 
 
-def test_exports_are_reproducible(default_export, tmp_path):
-    """The same inputs give byte-identical artifacts: nothing that shapes an artifact depends on
-    timing, on run-to-run state or on the other targets of the command (fp32 both towers: an
-    ONNX-only export against the session's ONNX+OpenVINO one)."""
-    def digests(out: Path) -> dict:
-        manifest = json.loads((out / "manifest.json").read_text())
-        return {(a["precision"], a["component"]): a["sha256"] for a in _onnx(manifest)}
-
-    again = tmp_path / "again"
-    assert main(["export", "--target", "onnx", "--out", str(again / "fp32"), "-q"]) == 0
-    assert digests(again / "fp32") == digests(default_export)
-
-
 # Measured floors on the share of compressed layers (the measured shares are in
 # docs/compression-and-gate.md); the 7-bit default weights give every x86 CPU the same numbers, and the
 # floors leave room for the gate's bisection to land a step or two away.
 INT8_TEXT_FLOOR = 30
 
 
-def test_int8_text_tower_is_int8(tmp_path):
+def _onnx_int8(default_int8_exports, component: str) -> tuple[Path, dict, dict, str]:
+    """The run's shared default int8 export of `component` (ONNX and OpenVINO in one command,
+    tests/conftest.py): its folder, manifest, ONNX artifact and printed summary."""
+    out, printed = default_int8_exports(component)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (art,) = _onnx(manifest)
+    return out, manifest, art, printed
+
+
+def test_int8_text_tower_is_int8(default_int8_exports):
     """The MiniLM tower at `--precision int8` (default --max-drop): most of its 37 MatMuls int8
     (MatMulInteger, ai.onnx ops only in the standard flavour), attention still fused, parity on
     the held-out split's hundreds of texts, calibrated and gated on other data."""
-    out = tmp_path / "int8-text"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        assert main(["export", "--precision", "int8", "--components", "text", "--out", str(out)]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    art = manifest["artifacts"][0]
+    out, manifest, art, printed = _onnx_int8(default_int8_exports, "text")
     quant = art["passes"]["quantization"]
     assert quant["gate"]["passed"] and quant["quantized_layers"] >= INT8_TEXT_FLOOR
     assert art["compression"] == {"compressed_layers": quant["quantized_layers"], "compressible_layers": 37,
                                   "float_fallback": False}
-    line = next(line for line in stdout.getvalue().splitlines() if line.startswith(art["path"]))
+    line = next(line for line in printed.splitlines() if line.startswith(art["path"]))
     assert f"text onnx int8 {quant['quantized_layers']}/37 layers" in line and "attention fused 6/6" in line
     assert art["parity"]["passed"] and art["parity"]["cosine_min"] >= 0.99 and art["parity"]["n_samples"] >= 200
     assert (art["fused_attention"], art["unfused_attention"]) == (6, 0)
@@ -181,14 +169,11 @@ def test_int8_text_tower_is_int8(tmp_path):
 INT8_IMAGE_FLOOR = 30
 
 
-def test_int8_image_tower_through_the_cli(tmp_path):
-    """The CNN tower at `--precision int8`: ORT static Q/DQ on the convs, the earliest convs kept
-    float by the gate (they were measured the most sensitive), parity at the issue's bar
-    (agreement >= 0.98, i.e. `--max-drop 0.02`), the scales ORT chose read back into the recipe."""
-    out = tmp_path / "int8-image"
-    args = ["export", "--precision", "int8", "--components", "image", "--max-drop", "0.02", "--out", str(out), "-q"]
-    assert main(args) == 0
-    art = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+def test_int8_image_tower_through_the_cli(default_int8_exports):
+    """The CNN tower at `--precision int8` (default --max-drop): ORT static Q/DQ on the convs, the
+    earliest convs kept float by the gate (they were measured the most sensitive), parity at the
+    issue's bar (agreement >= 0.98), the scales ORT chose read back into the recipe."""
+    out, _, art, _ = _onnx_int8(default_int8_exports, "image")
     quant = art["passes"]["quantization"]
     assert quant["config"]["type"] == "ConvW8A8Config" and quant["gate"]["passed"]
     assert art["parity"]["passed"] and art["parity"]["cosine_min"] >= 0.99 and art["parity"]["top1_agreement"] >= 0.98

@@ -87,8 +87,12 @@ def _purelib(python: Path | str) -> Path:
     return Path(probe.stdout.strip())
 
 
-@pytest.mark.slow  # a venv, then a real default export to ONNX and OpenVINO from the installed wheel
-def test_installed_wheel_runs_the_cli_and_a_default_export_outside_the_checkout(built, tmp_path):
+@pytest.mark.slow  # a venv, then a real default export to ONNX from the installed wheel
+def test_installed_wheel_runs_the_cli_and_a_default_export_outside_the_checkout(built, default_export_fp32, tmp_path):
+    """The installed wheel's default export (ONNX alone) is byte-identical to the checkout's
+    (the session's ONNX + OpenVINO export): nothing that shapes an artifact depends on timing,
+    run-to-run state, the other targets of the command, the photo pool the data splits read, or
+    where edgevl is installed."""
     wheel, _ = built
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -125,13 +129,16 @@ def test_installed_wheel_runs_the_cli_and_a_default_export_outside_the_checkout(
     assert all(f"{t} " in targets for t in ("onnx", "openvino", "coreml", "tensorrt")), targets
 
     started = time.perf_counter()
-    run("edgevl", "export", "--target", "onnx,openvino", "--out", "out", "-q", timeout=900)
+    run("edgevl", "export", "--target", "onnx", "--out", "out", "-q", timeout=900)
     print(f"default export from the installed wheel: {time.perf_counter() - started:.1f} s")
     out = outside / "out"
     manifest = json.loads((out / "manifest.json").read_text())
     artifacts = manifest["artifacts"]
-    assert {(a["target"], a["precision"]) for a in artifacts} == {("onnx", "fp32"), ("openvino", "fp32")}
-    assert len(artifacts) == 4 and all((out / a["path"]).is_file() and a["parity"]["passed"] for a in artifacts)
+    assert {(a["target"], a["precision"]) for a in artifacts} == {("onnx", "fp32")}
+    assert len(artifacts) == 2 and all((out / a["path"]).is_file() and a["parity"]["passed"] for a in artifacts)
+    session = json.loads((default_export_fp32 / "manifest.json").read_text())["artifacts"]
+    digests = {(a["component"], a["path"]): a["sha256"] for a in session if a["target"] == "onnx"}
+    assert {(a["component"], a["path"]): a["sha256"] for a in artifacts} == digests
     for split, record in manifest["data_splits"].items():
         # The core pool, with Debian's Tux Paint stamps where that package is installed.
         stamps = " + Tux Paint stamps" if record["pool"]["tuxpaint"] else ""
