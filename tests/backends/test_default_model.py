@@ -166,7 +166,8 @@ def test_int8_text_tower_is_int8(default_int8_exports):
     _assert_saturation_safe(quant, out / art["path"])
 
 
-INT8_IMAGE_FLOOR = 30
+# Issue 25's 80 % line (40 of 49 convs), which the measured share meets (docs/compression-and-gate.md).
+INT8_IMAGE_FLOOR = 40
 
 
 def test_int8_image_tower_through_the_cli(default_int8_exports):

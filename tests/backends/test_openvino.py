@@ -266,8 +266,8 @@ def test_default_model_text_tower_fp32_and_int8(default_export_fp32, default_int
 
 # The default image tower's convs left int8 by the gate at the default --max-drop: the ONNX
 # target's equalized, bias-corrected Q/DQ graph read by OpenVINO (measured share:
-# benchmarks/results/openvino_int8.md), with room for a CPU whose float rounding differs.
-OV_INT8_IMAGE_FLOOR = 35
+# benchmarks/results/openvino_int8.md: 40 of 49), held at issue 25's 80 % line.
+OV_INT8_IMAGE_FLOOR = 40
 
 
 @pytest.mark.slow
