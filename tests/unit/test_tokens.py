@@ -106,7 +106,7 @@ def test_evit_refused_on_siglip_and_cnn_tower_refused(tiny_siglip_dir):
 
 
 @pytest.mark.slow
-def test_tome_export_onnx_openvino_executorch_static_fused(tiny_clip_dir, tmp_path, capsys):
+def test_tome_export_onnx_openvino_static_fused(tiny_clip_dir, tmp_path, capsys):
     import onnx
 
     from edgevl.cli import main
@@ -115,16 +115,14 @@ def test_tome_export_onnx_openvino_executorch_static_fused(tiny_clip_dir, tmp_pa
     # r=auto with a drop of up to 0.99 accepted: every candidate passes, so the gate settles on the
     # most reduction this 17-token, 2-layer tower allows (r=8, capped to 4 in the second layer).
     assert main(["export", str(tiny_clip_dir), "--tokens", "tome:r=auto", "--max-drop", "0.99",
-                 "--target", "onnx,openvino,executorch", "--components", "image", "--out", str(out), "-q"]) == 0
+                 "--target", "onnx,openvino", "--components", "image", "--out", str(out), "-q"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     tokens = manifest["tokens"]
     assert tokens["gate"]["chosen"] == tokens["config"] == "tome:r=8" and tokens["gate"]["tries"][0]["passed"]
     assert tokens["per_layer_tokens"] == [17, 9, 5] and tokens["encoder_flops_after"] < tokens["encoder_flops_before"]
     assert 0.0 <= tokens["agreement_with_unreduced"]["cosine_min"] <= 1.0
-    assert [a["target"] for a in manifest["artifacts"]] == ["onnx", "openvino", "executorch"]
     for a in manifest["artifacts"]:
-        facts = (a["fused_attention"], a["unfused_attention"], a["parity"]["passed"], a["verified"])
-        assert facts == (2, 0, True, "runtime")
+        assert (a["fused_attention"], a["unfused_attention"], a["parity"]["passed"]) == (2, 0, True)
     model = onnx.shape_inference.infer_shapes(onnx.load(str(out / manifest["artifacts"][0]["path"])))
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
               for v in model.graph.value_info}
@@ -190,7 +188,7 @@ def identity_setup(tiny_clip_dir):
 
 def _export_and_run(spec, target, feeds, out_dir, static=None):
     """Export `spec`'s image tower to `target` and run it on `feeds` with the target's runtime
-    (one image per call where the batch is static); returns (artifact, outputs, what ran it)."""
+    (in chunks of the static batch, if one is given); returns (artifact, outputs, what ran it)."""
     import numpy as np
 
     from edgevl.exporters.base import ExportOptions
@@ -200,8 +198,8 @@ def _export_and_run(spec, target, feeds, out_dir, static=None):
     loaded = RUNTIMES.get(artifact.runtime)().load(artifact.path, artifact.runtime_options)
     name = loaded.output_names[0]
     n = len(feeds["pixel_values"])
-    parts = [loaded.run({k: v[i:i + 1] for k, v in feeds.items()})[name] for i in range(n)] if static else \
-        [loaded.run(feeds)[name]]
+    step = (static or {}).get("batch", n)
+    parts = [loaded.run({k: v[i:i + step] for k, v in feeds.items()})[name] for i in range(0, n, step)]
     return artifact, np.concatenate(parts), loaded.verified
 
 
@@ -259,18 +257,17 @@ def test_identity_configs_trace_to_the_same_graph(tiny_clip_dir):
 
 
 @pytest.mark.slow
-def test_evit_on_executorch_is_fused_and_matches_the_reduced_tower(identity_setup, tmp_path):
-    import torch
-
+@pytest.mark.parametrize("config, tokens", [("tome:r=2", [17, 15, 13]), ("evit:keep=0.5", [17, 17, 10])])
+def test_reduced_tower_on_executorch_is_fused_and_matches_it(config, tokens, identity_setup, tmp_path):
+    """At a static batch of 2 (the default dynamic batch is exported in the identity case above):
+    each block runs whole inside XNNPACK, and two images per call show the per-image TopK /
+    Gather steps keep the images apart."""
     from edgevl.compress.tokens import reduce_tokens_
 
     spec, feeds, _ = identity_setup
-    record = reduce_tokens_(spec, parse_tokens("evit:keep=0.5"))
-    assert record["per_layer_tokens"] == [17, 17, 10]
-    with torch.no_grad():
-        reduced = spec.image.forward_numpy(feeds)
-    # A static batch: each block's attention then runs whole inside XNNPACK (no portable reshapes).
-    artifact, out, verified = _export_and_run(spec, "executorch", feeds, tmp_path, {"batch": 1})
+    assert reduce_tokens_(spec, parse_tokens(config))["per_layer_tokens"] == tokens
+    reduced = spec.image.forward_numpy(feeds)
+    artifact, out, verified = _export_and_run(spec, "executorch", feeds, tmp_path, {"batch": 2})
     assert verified == "runtime" and (artifact.fused_attention, artifact.unfused_attention) == (2, 0)
     blocks = artifact.passes["lowering"]["attention"]
     assert {name: b["lowered_to"] for name, b in blocks.items()} == {
