@@ -16,16 +16,20 @@ Precisions:
            convolution -> ReLU6 is observed after the clamp (`executorch_lower._quantizer`).
            A convolutional tower is first BN-folded, range-equalized and bias-corrected
            (`executorch_quant`, `edgevl.compress.torch_conv`). The accuracy gate keeps the
-           fewest ranked layers float (`executorch_quant.rank_layers`; each try is a PT2E pass,
-           a lowering and a run of the candidate `.pte` on ExecuTorch's runtime); when even the
+           fewest ranked layers float, ranked by measured int8 sensitivity
+           (`Int8Plan.rank_by_sensitivity`), with the activation observer it chose on the gate
+           split; each try is a PT2E pass, a lowering and a run of the candidate `.pte` on
+           ExecuTorch's runtime, judged on the gate split and by the worst row it predicts for
+           the held-out split's size (`edgevl.compress.gate.predicted_worst_cosine`); when even the
            every-layer-float candidate fails, the tower would ship float, which is refused
            (exit 3) unless --allow-float-fallback.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from edgevl.errors import ExportError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, quiet, refuse_unfused
@@ -110,9 +114,11 @@ class ExecuTorchExporter(Exporter):
               fp32_lowering: dict, options: ExportOptions) -> tuple[Any, dict, dict]:
         """PT2E int8 of the tower, its float layers searched by the accuracy gate against the fp32
         program on the gate split."""
-        from edgevl.compress.gate import gate_cosine_floor, gate_data, run_gate
+        from edgevl.compress.gate import gate_cosine_floor, gate_data, gate_passes, measure, run_gate
         from edgevl.compress.plan import resolve_calibration, tower_plan
-        from edgevl.exporters.executorch_lower import example_and_shapes, lower, quantize_pt2e, weighted_op_count
+        from edgevl.exporters.executorch_lower import (
+            ACTIVATION_OBSERVERS, example_and_shapes, lower, quantize_pt2e, weighted_op_count,
+        )
         from edgevl.exporters.executorch_quant import Int8Plan
         from edgevl.paritydata import build_split_data
         from edgevl.runtimes.executorch import load_program
@@ -137,33 +143,60 @@ class ExecuTorchExporter(Exporter):
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"ExecuTorch int8 conditioning of the {tower.component} tower failed: {first}") from exc
-        built: dict[str, Any] = {}
+        # What each built program quantized and how it was lowered (the gate may ship an earlier
+        # try than the last one built), and the first try of each observer, kept for the search.
+        built: dict[int, tuple[int, dict]] = {}
+        first_try: dict[str, Any] = {}
+        observer = {"name": ACTIVATION_OBSERVERS[0]}
 
-        def build(float_layers: list[str]) -> Any:
+        def build(float_layers: list[str], obs: Optional[str] = None) -> Any:
+            obs = obs or observer["name"]
+            if not float_layers and obs in first_try:
+                return first_try[obs]
             try:
                 with quiet(*_LOGGERS):
-                    converted, built["quantized"] = quantize_pt2e(plan.module_for(float_layers), calib_examples,
-                                                                  calib_dynamic, feeds, float_layers)
-                    program, built["lowering"] = lower(converted, examples, dynamic)
+                    converted, quantized = quantize_pt2e(plan.module_for(float_layers), calib_examples,
+                                                         calib_dynamic, feeds, float_layers, obs)
+                    program, lowering = lower(converted, examples, dynamic)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ExportError(f"ExecuTorch int8 export of the {tower.component} tower failed: {first}") from exc
+            built[id(program)] = (quantized, lowering)
             return program
 
         parity_floor = tolerance_for(self.name, "int8").cosine_min
+        gate_floor = gate_cosine_floor(parity_floor)
         # The gate predicts the worst of the held-out split's rows, not only its own worst.
         held_out = build_split_data(spec, "parity", (options.static_shapes or {}).get("seq")).feeds(tower.component)
         gate = gate_data(spec, tower.component, run_fn(fp32_program), parity_floor,
                          held_out_rows=int(next(iter(held_out.values())).shape[0]))
         plan.rank_by_sensitivity(feeds, gate.feeds, gate.reference)
         why = dict(plan.ranked)
+        # The activation observer is chosen on the gate split, by the every-layer-int8 candidate:
+        # passing first, then the higher predicted held-out worst row.
+        observers: dict[str, dict] = {}
+        for obs in ACTIVATION_OBSERVERS:
+            t0 = time.perf_counter()
+            first_try[obs] = build([], obs)
+            figures = measure(gate, run_fn(first_try[obs]))
+            observers[obs] = {**figures, "passed": gate_passes(figures, gate_floor, options.max_drop),
+                              "seconds": round(time.perf_counter() - t0, 1)}
+            if options.progress is not None:
+                options.progress(f"activation observer ({tower.component}): {obs}: every layer int8, min cosine "
+                                 f"{figures['cosine_min']:.4f}, predicted held-out worst "
+                                 f"{figures.get('cosine_predicted', figures['cosine_min']):.4f}")
+        observer["name"] = max(ACTIVATION_OBSERVERS, key=lambda o: (
+            observers[o]["passed"], observers[o].get("cosine_predicted", observers[o]["cosine_min"]),
+            observers[o]["cosine_min"]))
+        first_try = {observer["name"]: first_try[observer["name"]]}
         # The quantizer also quantizes activations outside the ranked layers, so the float
         # program is the last candidate.
         result = run_gate(
-            [name for name, _ in plan.ranked], build, run_fn, gate, gate_cosine_floor(parity_floor), options.max_drop,
+            [name for name, _ in plan.ranked], build, run_fn, gate, gate_floor, options.max_drop,
             tower.component, lambda name, rank: f"kept float by the accuracy gate (rank {rank}: {why[name]})",
             options.progress, whole_float=lambda: fp32_program,
         )
+        first_try.clear()
         weighted = weighted_op_count(module, calib_examples)
         report = {
             "scheme": "PT2E XNNPACKQuantizer: int8 per-channel symmetric weights, int8 per-tensor activations; "
@@ -171,16 +204,19 @@ class ExecuTorchExporter(Exporter):
                       "left unannotated",
             "calibration": {"samples": len(feeds), **calib.describe()},
             "conditioning": plan.report,
+            "activation_observer": {"chosen": observer["name"], "tried": observers,
+                                    "how": "every layer int8 with each observer, on the gate split: passing first, "
+                                           "then the higher predicted held-out worst row"},
             "gate": result.report,
             "float_layers": {name: {"why": reason} for name, reason in result.float_layers.items()},
             "float_layer_count": len(result.float_layers),
             "whole_tower_float": result.whole_tower_float,
             "weighted_ops": weighted,
-            "quantized_ops": 0 if result.whole_tower_float else built.get("quantized", 0),
+            "quantized_ops": 0 if result.whole_tower_float else built[id(result.model)][0],
         }
         if result.whole_tower_float:
             return fp32_program, fp32_lowering, report
-        return result.model, built["lowering"], report
+        return result.model, built[id(result.model)][1], report
 
     def describe(self, artifact: ExportedArtifact) -> ArtifactFacts:
         """int8: the linear / convolution ops quantized, of all of them in the tower."""

@@ -14,6 +14,7 @@ block counts as fused when its compute (bmm, softmax, scale, mask add) runs insi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections import Counter
 from typing import Any, Iterator, Optional, Sequence
@@ -65,16 +66,32 @@ def example_and_shapes(tower: TowerSpec, context: int, static: Optional[dict[str
     return examples, (spec if dims else None), record
 
 
+# Activation observers the int8 gate chooses between (`quantize_pt2e`'s `observer`): XNNPACK's
+# default histogram (the range that minimises the calibration data's rounding error, clipping its
+# tails) and min-max (the whole calibrated range, coarser steps, nothing seen in calibration clipped).
+ACTIVATION_OBSERVERS = ("histogram", "minmax")
+
+
 def quantize_pt2e(module: Any, examples: dict, dynamic: Optional[dict], calib_feeds: list[dict],
-                  float_modules: Sequence[str] = ()) -> tuple[Any, int]:
-    """PT2E int8 with XNNPACK's quantizer (symmetric per-channel weights, per-tensor activations),
+                  float_modules: Sequence[str] = (), observer: str = "histogram") -> tuple[Any, int]:
+    """PT2E int8 with XNNPACK's quantizer (symmetric per-channel weights, per-tensor activations
+    observed by `observer`, one of ACTIVATION_OBSERVERS),
     calibrated on `calib_feeds`, the ops of `float_modules` (module paths) left float; returns
     (the converted module, how many weighted ops it quantized)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = _quantizer(float_modules).set_global(get_symmetric_quantization_config(is_per_channel=True))
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    if observer == "minmax":
+        from torchao.quantization.pt2e import MinMaxObserver
+
+        act = dataclasses.replace(config.input_activation,
+                                  observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    elif observer != "histogram":
+        raise ValueError(f"unknown activation observer {observer!r}; choose from {', '.join(ACTIVATION_OBSERVERS)}")
+    quantizer = _quantizer(float_modules).set_global(config)
     with torch.no_grad():
         graph = torch.export.export(module, (), kwargs=examples, dynamic_shapes=dynamic).module()
         prepared = _integer_constants_back(prepare_pt2e(graph, quantizer))
