@@ -6,7 +6,7 @@ each converted to a real `.mlpackage` (fp16 elsewhere, coremltools' palettizatio
 planned weights) whose size is measured. It answers whether any mix of palette widths fits the
 issue's size target (<= 0.3x the fp16 package) at the palettize4 row.
 
-    .venv/bin/python benchmarks/coreml_palette_bits.py
+    .venv/bin/python -P benchmarks/coreml_palette_bits.py   # -P: benchmarks/executorch.py must not shadow executorch
 
 Writes benchmarks/results/coreml_palette_bits.json and coreml_palette_bits.md.
 """

@@ -4,7 +4,9 @@ each exported by `edgevl export` and judged by the reference interpreter on the 
 split. Records package sizes (and their ratio to fp16), parity, the gate's choice and the tuning
 report.
 
-    .venv/bin/python benchmarks/coreml_palettize.py [--steps 0,400] [--component text]
+    .venv/bin/python -P benchmarks/coreml_palettize.py [--steps 0,400] [--component text]
+
+(-P: benchmarks/executorch.py would shadow the executorch package that coremltools imports.)
 
 Writes benchmarks/results/coreml_palettize4.json and coreml_palettize4.md.
 """
