@@ -28,6 +28,14 @@ WEIGHT_ONLY_INSTEAD = ("its int8w and int4w are NNCF's compress_weights at fixed
                        "per output channel, int4w INT4_SYM in groups of 128); export without quantize_, or to onnx")
 
 
+# SmoothQuant alpha on the MatMuls of a transformer tower when no plan sets one. NNCF's own
+# default (0.95) moves nearly all of an activation's range onto the weights; on the default text
+# tower every-layer-int8 measured min cosine 0.980 with it, 0.992 with 0.8, 0.985 with 0.5 and
+# 0.986 without SmoothQuant (gate split; the calibration split ranks them alike), and edgevl's
+# own per-tensor search on MiniLM picks 0.7 to 0.8 (benchmarks/results/smoothquant_alpha.md).
+TRANSFORMER_SMOOTH_ALPHA = 0.8
+
+
 @dataclass(frozen=True)
 class Int8Settings:
     """What OpenVINO int8 does for one tower: from the command line's options, or from a
@@ -45,7 +53,7 @@ class Int8Settings:
     @classmethod
     def of(cls, plan: Optional[Plan], options: ExportOptions) -> "Int8Settings":
         if plan is None:
-            return cls(options.max_drop, options.cpu_isa)
+            return cls(options.max_drop, options.cpu_isa, smooth_alpha=TRANSFORMER_SMOOTH_ALPHA)
         config = plan.config
         bad = unsupported_fields(config, _APPLIED_FIELDS)
         sq = getattr(config, "smoothquant", None)
@@ -102,11 +110,12 @@ def rank_layers(model: Any, transformer: bool) -> list[tuple[str, str]]:
     Convolutional towers: every convolution, depthwise included, in depth order (a float prefix:
     per-layer sensitivity of a CNN falls with depth, the stem being the most sensitive).
     Transformer towers: a ViT's patch-embedding convolution first (it reads raw pixels and its
-    error reaches every token), then the tail outside the numbered encoder blocks (projection,
-    attention-pooling head, text head: they write the embedding the parity check compares),
-    then the attention ops (NNCF quantizes their Q and K inputs), then the FFN down-projections
-    (fed by Gelu, their inputs carry the outlier channels per-tensor int8 cannot hold), then the
-    rest in graph order.
+    error reaches every token), then the FFN down-projections (fed by Gelu, their inputs carry
+    the outlier channels per-tensor int8 cannot hold; measured the largest share of the error
+    on the default text tower, docs/compression-and-gate.md), then the tail outside the
+    numbered encoder blocks (projection, attention-pooling head, text head: they write the
+    embedding the parity check compares), then the attention ops (NNCF quantizes their Q and K
+    inputs), then the rest in graph order.
     """
     convs = [op for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
     if not transformer:
@@ -116,13 +125,13 @@ def rank_layers(model: Any, transformer: bool) -> list[tuple[str, str]]:
     ranked = [(op.get_friendly_name(), "patch-embedding convolution (reads raw pixels)") for op in convs]
     attention = [op for op in model.get_ordered_ops() if op.get_type_name() == "ScaledDotProductAttention"]
     rankable = {op.get_friendly_name() for op in (*matmuls, *attention)}
+    ranked += [(op.get_friendly_name(), "FFN down-projection (input after Gelu carries outlier channels)")
+               for op in matmuls if _producer(op.inputs()[0]).get_type_name() == "Gelu"]
     ranked += [(op.get_friendly_name(), "head or projection after the encoder blocks (writes the embedding)")
                for op in model.get_ordered_ops() if op.get_friendly_name() in rankable
                and not _in_numbered_block(op.get_friendly_name())]
     ranked += [(op.get_friendly_name(), "attention (int8 Q and K inputs: per-tensor scales over every head)")
                for op in attention]
-    ranked += [(op.get_friendly_name(), "FFN down-projection (input after Gelu carries outlier channels)")
-               for op in matmuls if _producer(op.inputs()[0]).get_type_name() == "Gelu"]
     ranked += [(op.get_friendly_name(), "weighted MatMul, graph order") for op in matmuls]
     first_reason: dict[str, str] = {}
     for name, why in ranked:  # a layer keeps its first (highest) rank
