@@ -258,14 +258,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every layer at 4 bits only (see measure_quick)")
     args = parser.parse_args()
-    if args.quick:
-        rows, meta = measure_quick()
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "coreml_palettizers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        return
-    rows, meta = measure()
+    rows, meta = measure_quick() if args.quick else measure()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "coreml_palettizers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    if args.quick:
+        return
     text = markdown(rows, meta)
     (RESULTS / "coreml_palettizers.md").write_text(text)
     print(text)

@@ -42,7 +42,8 @@ ROWS: tuple[Row, ...] = (
     Row("parity", "pydicom", "data/test_files/CT_small.dcm",
         "a grey CT scan slice through a vertebra of the spine", "CT scan",
         "NEMA WG04 sample CT1_UNC, downsized (pydicom test file)"),
-    # --- gate (what the int8 accuracy gate measures on) ----------------------------------------
+    # --- gate (what the int8 accuracy gate measures on) and calibration (what int8 observes by
+    # default); each row names its split --------------------------------------------------------
     Row("gate", "skimage", "data/clock_motion.png", "a wall clock with a blurred second hand", "clock",
         "public domain (Stefan van der Walt)"),
     Row("gate", "skimage", "data/grass.png", "a close-up of green grass", "grass", "CC0 (CC0Textures)"),
@@ -56,7 +57,6 @@ ROWS: tuple[Row, ...] = (
         "Middlebury 2014 stereo data set (Scharstein et al.)"),
     Row("calibration", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg",
         "a portrait of a woman in a navy uniform", "uniform", "public domain (US Navy)"),
-    # --- calibration (what int8 observes by default) -------------------------------------------
     Row("gate", "pywt", "data/ascent.npz",
         "a black and white photo of people climbing an outdoor metal staircase", "staircase",
         "public domain (public-domain-image.com, via PyWavelets)"),
