@@ -29,10 +29,9 @@ WEIGHT_ONLY_INSTEAD = ("its int8w and int4w are NNCF's compress_weights at fixed
 
 
 # SmoothQuant alpha on the MatMuls of a transformer tower when no plan sets one. NNCF's own
-# default (0.95) moves nearly all of an activation's range onto the weights; on the default text
-# tower every-layer-int8 measured min cosine 0.980 with it, 0.992 with 0.8, 0.985 with 0.5 and
-# 0.986 without SmoothQuant (gate split; on the calibration split 0.8 is best too), and edgevl's
-# own per-tensor search on MiniLM picks 0.7 to 0.8 (benchmarks/results/smoothquant_alpha.md).
+# default (0.95) moves nearly all of an activation's range onto the weights; 0.8 kept the default
+# text tower closest to float with every layer int8 on the gate and calibration splits (figures in
+# docs/compression-and-gate.md and benchmarks/results/smoothquant_alpha.md).
 TRANSFORMER_SMOOTH_ALPHA = 0.8
 
 

@@ -26,9 +26,9 @@ def _export(ckpt, out, capsys, *extra: str) -> dict:
 
 
 @pytest.mark.slow  # PT2E calibration, the gate's try and two lowerings: about 30 s per tower (+ profile)
-# Tiny SigLIP's image tower is left out: its all-int8 program passes the gate split (90 images; min
-# cosine 0.9989, predicted worst of 220 held-out rows 0.9983) and held-out parity refuses it (one
-# row at 0.986080 < 0.99; exit 3, nothing written; docs/executorch.md).
+# Tiny SigLIP's image tower is left out: its all-int8 program passes the gate split, then held-out
+# parity refuses it (one held-out row far below the gate's worst; exit 3, nothing written; the
+# figures are in docs/executorch.md).
 @pytest.mark.parametrize("kind,component", [("clip", "text"), ("clip", "image")])
 def test_int8_is_quantized_gated_and_verified_by_the_runtime(kind, component, tiny_clip_dir, tiny_siglip_dir,
                                                              tmp_path, capsys):
