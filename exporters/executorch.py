@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from edgevl.errors import ExportError
 from edgevl.exporters.base import ExportedArtifact, Exporter, ExportOptions, quiet, refuse_unfused
@@ -66,17 +66,20 @@ class ExecuTorchExporter(Exporter):
         refuse_unfused(component, len(unrouted), unrouted, len(blocks), options.allow_unfused,
                        "edgevl's attention op (lowered to XNNPACK)")
 
-        try:
-            with quiet(*_LOGGERS):
-                program, lowering = lower(module, examples, dynamic)
-        except Exception as exc:  # export and lowering raise many types; one clear line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"ExecuTorch export of the {component} tower failed: {first}") from exc
-        passes: dict[str, Any] = {"attention_blocks": len(blocks), "shapes": shapes,
-                                  "dynamic": dynamic is not None, "lowering": lowering}
+        def lower_fp32() -> tuple[Any, dict]:
+            try:
+                with quiet(*_LOGGERS):
+                    return lower(module, examples, dynamic)
+            except Exception as exc:  # export and lowering raise many types; one clear line
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExportError(f"ExecuTorch export of the {component} tower failed: {first}") from exc
+
+        passes: dict[str, Any] = {"attention_blocks": len(blocks), "shapes": shapes, "dynamic": dynamic is not None}
         if precision == "int8":
             program, passes["lowering"], passes["quantization"] = self._int8(spec, tower, module, examples, dynamic,
-                                                                            program, lowering, options)
+                                                                            lower_fp32, options)
+        else:
+            program, passes["lowering"] = lower_fp32()
         # Refused like an unfused block: attention arithmetic that runs outside the delegate.
         attn = passes["lowering"]["attention"]
         portable = [name for name, how in attn.items() if how["lowered_to"] == "portable"]
@@ -110,12 +113,16 @@ class ExecuTorchExporter(Exporter):
             notes=notes,
         )
 
-    def _int8(self, spec: ModelSpec, tower: Any, module: Any, examples: dict, dynamic: Any, fp32_program: Any,
-              fp32_lowering: dict, options: ExportOptions) -> tuple[Any, dict, dict]:
-        """PT2E int8 of the tower, its float layers searched by the accuracy gate against the fp32
-        program on the gate split."""
+    def _int8(self, spec: ModelSpec, tower: Any, module: Any, examples: dict, dynamic: Any,
+              lower_fp32: Callable[[], tuple[Any, dict]], options: ExportOptions) -> tuple[Any, dict, dict]:
+        """PT2E int8 of the tower, its float layers searched by the accuracy gate against the
+        PyTorch tower on the gate split. Lowering costs about as much per program as the rest of
+        a try together, so only programs that can ship are lowered: the observers are compared on
+        the PT2E-converted graphs run by PyTorch, and the fp32 program (`lower_fp32`) is lowered
+        only when the whole tower must stay float."""
         from edgevl.compress.gate import gate_cosine_floor, gate_data, gate_passes, measure, run_gate
         from edgevl.compress.plan import resolve_calibration, tower_plan
+        from edgevl.compress.torch_sensitivity import torch_run
         from edgevl.exporters.executorch_lower import (
             ACTIVATION_OBSERVERS, example_and_shapes, lower, quantize_pt2e, weighted_op_count,
         )
@@ -144,19 +151,29 @@ class ExecuTorchExporter(Exporter):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"ExecuTorch int8 conditioning of the {tower.component} tower failed: {first}") from exc
         # What each built program quantized and how it was lowered (the gate may ship an earlier
-        # try than the last one built), and the first try of each observer, kept for the search.
+        # try than the last one built).
         built: dict[int, tuple[int, dict]] = {}
-        first_try: dict[str, Any] = {}
+        fp32: dict[str, tuple[Any, dict]] = {}  # the fp32 program, lowered once if the gate needs it
+        # Each observer's every-layer-int8 graph (converted module, quantized op count), kept so
+        # that the chosen one is lowered without quantizing again.
+        first_try: dict[str, tuple[Any, int]] = {}
         observer = {"name": ACTIVATION_OBSERVERS[0]}
 
-        def build(float_layers: list[str], obs: Optional[str] = None) -> Any:
-            obs = obs or observer["name"]
-            if not float_layers and obs in first_try:
-                return first_try[obs]
+        def quantize(float_layers: list[str], obs: str) -> tuple[Any, int]:
             try:
                 with quiet(*_LOGGERS):
-                    converted, quantized = quantize_pt2e(plan.module_for(float_layers), calib_examples,
-                                                         calib_dynamic, feeds, float_layers, obs)
+                    return quantize_pt2e(plan.module_for(float_layers), calib_examples, calib_dynamic, feeds,
+                                         float_layers, obs)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExportError(f"ExecuTorch int8 export of the {tower.component} tower failed: {first}") from exc
+
+        def build(float_layers: list[str]) -> Any:
+            obs = observer["name"]
+            converted, quantized = (first_try[obs] if not float_layers and obs in first_try
+                                    else quantize(float_layers, obs))
+            try:
+                with quiet(*_LOGGERS):
                     program, lowering = lower(converted, examples, dynamic)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -164,21 +181,28 @@ class ExecuTorchExporter(Exporter):
             built[id(program)] = (quantized, lowering)
             return program
 
+        def whole_float() -> Any:
+            if "lowered" not in fp32:
+                fp32["lowered"] = lower_fp32()
+            return fp32["lowered"][0]
+
         parity_floor = tolerance_for(self.name, "int8").cosine_min
         gate_floor = gate_cosine_floor(parity_floor)
         # The gate predicts the worst of the held-out split's rows, not only its own worst.
         held_out = build_split_data(spec, "parity", (options.static_shapes or {}).get("seq")).feeds(tower.component)
-        gate = gate_data(spec, tower.component, run_fn(fp32_program), parity_floor,
+        # The reference is the PyTorch tower: the fp32 program matches it to parity's fp32 row.
+        gate = gate_data(spec, tower.component, torch_run(module), parity_floor,
                          held_out_rows=int(next(iter(held_out.values())).shape[0]))
         plan.rank_by_sensitivity(feeds, gate.feeds, gate.reference)
         why = dict(plan.ranked)
-        # The activation observer is chosen on the gate split, by the every-layer-int8 candidate:
-        # passing first, then the higher predicted held-out worst row.
+        # The activation observer is chosen on the gate split, by the every-layer-int8 candidate
+        # (its PT2E-converted graph run by PyTorch): passing first, then the higher predicted
+        # held-out worst row. The gate then judges the chosen candidate's lowered program.
         observers: dict[str, dict] = {}
         for obs in ACTIVATION_OBSERVERS:
             t0 = time.perf_counter()
-            first_try[obs] = build([], obs)
-            figures = measure(gate, run_fn(first_try[obs]))
+            first_try[obs] = quantize([], obs)
+            figures = measure(gate, torch_run(first_try[obs][0]))
             observers[obs] = {**figures, "passed": gate_passes(figures, gate_floor, options.max_drop),
                               "seconds": round(time.perf_counter() - t0, 1)}
             if options.progress is not None:
@@ -194,7 +218,7 @@ class ExecuTorchExporter(Exporter):
         result = run_gate(
             [name for name, _ in plan.ranked], build, run_fn, gate, gate_floor, options.max_drop,
             tower.component, lambda name, rank: f"kept float by the accuracy gate (rank {rank}: {why[name]})",
-            options.progress, whole_float=lambda: fp32_program,
+            options.progress, whole_float=whole_float,
         )
         first_try.clear()
         weighted = weighted_op_count(module, calib_examples)
@@ -205,8 +229,9 @@ class ExecuTorchExporter(Exporter):
             "calibration": {"samples": len(feeds), **calib.describe()},
             "conditioning": plan.report,
             "activation_observer": {"chosen": observer["name"], "tried": observers,
-                                    "how": "every layer int8 with each observer, on the gate split: passing first, "
-                                           "then the higher predicted held-out worst row"},
+                                    "how": "every layer int8 with each observer, its PT2E graph run by PyTorch on "
+                                           "the gate split: passing first, then the higher predicted held-out "
+                                           "worst row"},
             "gate": result.report,
             "float_layers": {name: {"why": reason} for name, reason in result.float_layers.items()},
             "float_layer_count": len(result.float_layers),
@@ -215,7 +240,8 @@ class ExecuTorchExporter(Exporter):
             "quantized_ops": 0 if result.whole_tower_float else built[id(result.model)][0],
         }
         if result.whole_tower_float:
-            return fp32_program, fp32_lowering, report
+            program, lowering = fp32["lowered"]
+            return program, lowering, report
         return result.model, built[id(result.model)][1], report
 
     def describe(self, artifact: ExportedArtifact) -> ArtifactFacts:

@@ -47,6 +47,18 @@ def _tensors(feeds: Feeds) -> dict[str, Any]:
     return {k: torch.from_numpy(v.astype("int64") if v.dtype.kind in "iu" else v) for k, v in feeds.items()}
 
 
+def torch_run(module: Any) -> Callable[[Feeds], np.ndarray]:
+    """`module` (a tower or a PT2E-converted graph) as a feeds -> output callable, run by PyTorch
+    without autograd."""
+    import torch
+
+    def run(feeds: Feeds) -> np.ndarray:
+        with torch.no_grad():
+            return module(**_tensors(feeds)).numpy()
+
+    return run
+
+
 def _weighted(module: Any, layers: Sequence[str]) -> dict[str, Any]:
     import torch
 
