@@ -86,9 +86,18 @@ class Int8Plan:
     def rank_by_sensitivity(self, calib_feeds: list[dict[str, np.ndarray]], gate_feeds: dict[str, np.ndarray],
                             reference: np.ndarray) -> None:
         """Reorder `ranked` by each layer's measured int8 sensitivity on the gate split (the
-        most harmful first); the report lists the figures in that order."""
+        most harmful first); the report lists the figures in that order. A convolutional tower
+        keeps its depth order, so its float convolutions are a prefix: XNNPACK refused to lower a
+        non-prefix float set on the default image tower ("Weight and Input should both be
+        quantized"), float prefixes lower (docs/executorch.md)."""
         from edgevl.compress.torch_sensitivity import measure_sensitivity, rank_by_sensitivity
 
+        if self.conditioner is not None:
+            self.report["sensitivity"] = {
+                "measured": 0, "of": len(self.ranked),
+                "skipped": "convolutional tower: the gate keeps a float prefix in depth order (XNNPACK did not "
+                           "lower a non-prefix float set of the default image tower)"}
+            return
         names = [name for name, _ in self.ranked]
         # The equalized weights, without bias correction (one copy, not one per layer).
         module = self.conditioner.apply([]) if self.conditioner is not None else self.module

@@ -189,6 +189,28 @@ def test_int8_leaves_the_gates_float_layers_unquantized():
     assert int8_weight == [True, False, True]
 
 
+def test_conv_towers_keep_the_depth_order_for_the_gate():
+    """A convolutional tower's gate ranking stays a depth-order prefix (a measured ranking made a
+    candidate XNNPACK could not lower on the default image tower); the report says so."""
+    import torch
+
+    from edgevl.exporters.executorch_quant import Int8Plan
+
+    rng = np.random.default_rng(0)
+    feeds = [{"pixel_values": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    examples = {"pixel_values": torch.randn(2, 3, 8, 8)}
+    module = _conv_block()
+    dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=16)}}
+    plan = Int8Plan.of(module, examples, dynamic, ["pixel_values"], "out", feeds)
+    before = [name for name, _ in plan.ranked]
+    gate_feeds = {"pixel_values": rng.standard_normal((6, 3, 8, 8)).astype(np.float32)}
+    with torch.no_grad():
+        reference = module(pixel_values=torch.from_numpy(gate_feeds["pixel_values"])).numpy()
+    plan.rank_by_sensitivity(feeds, gate_feeds, reference)
+    assert before == [name for name, _ in plan.ranked] == ["expand", "dw", "project"]
+    assert plan.report["sensitivity"]["measured"] == 0 and "prefix" in plan.report["sensitivity"]["skipped"]
+
+
 def _conv_bn_chain():
     """conv -> BN -> ReLU6 -> conv -> BN -> conv -> BN (a linear conv -> conv pair after folding)."""
     import torch
